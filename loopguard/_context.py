@@ -1,0 +1,72 @@
+"""What is running right now: the event loop, the test, and stable names for loops."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import weakref
+from typing import Any, Callable, Optional
+
+# asyncio._get_running_loop is the C fast path behind get_running_loop(): None instead of raising.
+running_loop: Callable[[], Optional[asyncio.AbstractEventLoop]] = asyncio._get_running_loop
+
+_loop_ids: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+_strong_loop_ids: dict[int, int] = {}  # for loop types without weakref support
+_counter = itertools.count(1)
+
+# Set by the pytest plugin to the rootdir so paths print relative to it.
+rootdir: Optional[str] = None
+
+
+def loop_id(loop: Any) -> int:
+    """A small number naming a loop for the life of the process (ids are never reused)."""
+    try:
+        known = _loop_ids.get(loop)
+        if known is None:
+            known = _loop_ids[loop] = next(_counter)
+        return known
+    except TypeError:
+        key = id(loop)
+        if key not in _strong_loop_ids:
+            _strong_loop_ids[key] = next(_counter)
+        return _strong_loop_ids[key]
+
+
+def current_test() -> Optional[str]:
+    """The pytest node id and phase running now, e.g. ``tests/test_a.py::test_x (call)``."""
+    return os.environ.get("PYTEST_CURRENT_TEST")
+
+
+class LoopRef:
+    """A weak reference to a loop (strong where the loop type forbids weak references)."""
+
+    __slots__ = ("_ref", "id")
+
+    def __init__(self, loop: Any) -> None:
+        self.id = loop_id(loop)
+        try:
+            self._ref: Callable[[], Any] = weakref.ref(loop)
+        except TypeError:
+            self._ref = lambda: loop
+
+    def __call__(self) -> Any:
+        return self._ref()
+
+    def is_closed(self) -> bool:
+        """Closed, or garbage-collected (which for a loop means it is gone for good)."""
+        loop = self._ref()
+        return loop is None or loop.is_closed()
+
+    def describe(self) -> str:
+        loop = self._ref()
+        if loop is None:
+            return f"loop #{self.id}, which has been closed and garbage-collected"
+        if loop.is_closed():
+            return f"loop #{self.id}, which is now closed"
+        if loop.is_running():
+            return f"loop #{self.id}, which is still running"
+        return f"loop #{self.id}, which is still open but not running"
+
+    def __repr__(self) -> str:
+        return f"<LoopRef {self.describe()}>"

@@ -1,0 +1,89 @@
+"""Exceptions and warnings raised by loopguard."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional
+
+# One place for the documentation address: every message links a code to its page here.
+DOCS_PAGE = "docs/errors.md"
+
+
+def docs_link(code: str) -> str:
+    return f"{DOCS_PAGE}#{code.lower()}"
+
+
+class LoopguardError(Exception):
+    """Base class of every error loopguard raises."""
+
+
+class ConfigError(LoopguardError, ValueError):
+    """A mode or environment value loopguard does not understand."""
+
+
+class MissingDependencyError(LoopguardError, ImportError):
+    """No integration could be enabled: the libraries loopguard guards are absent or too old."""
+
+
+class LoopMismatchError(LoopguardError, RuntimeError):
+    """A resource bound to one event loop was used on another.
+
+    A subclass of :class:`RuntimeError`, like the error asyncio itself would raise later,
+    so existing ``except RuntimeError`` handlers keep working.  Every fact in the message
+    is also an attribute (and the whole log record is in :attr:`record`).
+    """
+
+    code: str
+    resource: str
+    url: Optional[str]
+    pool_class: Optional[str]
+    created_at: Optional[str]
+    created_in: Optional[str]
+    created_during: Optional[str]
+    bound_during: Optional[str]
+    used_at: Optional[str]
+    used_during: Optional[str]
+    owner_loop_id: Optional[int]
+    owner_loop_closed: Optional[bool]
+    current_loop_id: Optional[int]
+
+    def __init__(self, message: str, record: Mapping[str, Any]) -> None:
+        super().__init__(message)
+        self.record = dict(record)
+        for field in _RECORD_FIELDS:
+            setattr(self, field, self.record.get(field))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keep the record when the error crosses a process boundary (pytest-xdist, multiprocessing).
+        return (type(self), (self.args[0], self.record))
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(code={self.code!r}, resource={self.resource!r}, "
+            f"created_at={self.created_at!r}, used_during={self.used_during!r}, "
+            f"owner_loop_closed={self.owner_loop_closed!r})"
+        )
+
+
+_RECORD_FIELDS = (
+    "code",
+    "resource",
+    "url",
+    "pool_class",
+    "created_at",
+    "created_in",
+    "created_during",
+    "bound_during",
+    "used_at",
+    "used_during",
+    "owner_loop_id",
+    "owner_loop_closed",
+    "current_loop_id",
+)
+
+
+class LoopguardWarning(UserWarning):
+    """Base class of every warning loopguard emits."""
+
+
+class LoopMismatchWarning(LoopguardWarning, RuntimeWarning):
+    """``warn`` mode: a resource was used on a foreign loop and loopguard healed it."""

@@ -1,0 +1,115 @@
+"""install() / uninstall(): every patch and listener goes on and comes off as one unit."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Optional
+
+from . import _config, _sites
+from ._errors import LoopguardWarning, MissingDependencyError
+from ._log import JsonLinesSink
+from ._patching import PatchStack
+from ._state import STATE
+from .integrations import DidNotEnable, Integration, all_integrations
+
+_patches = PatchStack()
+_active: list[Integration] = []
+
+
+def install(mode: Optional[str] = None, *, log_file: Optional[str] = None) -> None:
+    """Start guarding; idempotent (a second call only updates the mode and log file).
+
+    Args:
+        mode: ``"raise"`` (default) or ``"warn"``. Wins over the ``LOOPGUARD`` environment
+            variable; without it, ``LOOPGUARD=0`` makes this call a no-op.
+        log_file: append JSON-lines records to this file (default: ``LOOPGUARD_LOG_FILE``).
+
+    Raises:
+        loopguard.ConfigError: unknown mode or ``LOOPGUARD`` value.
+        loopguard.MissingDependencyError: none of the guarded libraries can be used.
+    """
+    settings = _config.resolve(mode, log_file)
+    if settings.mode is None:
+        return
+    with STATE.lock:
+        if not STATE.installed:
+            _apply_integrations()
+        _set_log_file(settings.log_file)
+        STATE.mode = settings.mode
+        STATE.mode_source = settings.mode_source
+
+
+def _apply_integrations() -> None:
+    _sites.reset_caches()
+    enabled: list[Integration] = []
+    skipped: dict[str, str] = {}
+    try:
+        for integration in all_integrations():
+            try:
+                integration.setup(_patches)
+            except DidNotEnable as exc:
+                skipped[integration.name] = str(exc)
+            else:
+                enabled.append(integration)
+        if not enabled:
+            reasons = "; ".join(f"{name}: {why}" for name, why in skipped.items())
+            msg = f"loopguard has nothing to guard: {reasons}."
+            raise MissingDependencyError(msg)
+    except BaseException:
+        # Nothing half-installed: undo whatever the integrations that did start had done.
+        for integration in reversed(enabled):
+            integration.teardown()
+        _patches.restore()
+        raise
+    _active[:] = enabled
+    STATE.enabled = [integration.name for integration in enabled]
+    STATE.skipped = skipped
+
+
+def _set_log_file(path: Optional[str]) -> None:
+    current = STATE.sink
+    if current is not None and current.path == path:
+        return
+    STATE.sink = JsonLinesSink(path) if path else None
+    if current is not None:
+        current.close()
+
+
+def uninstall() -> None:
+    """Remove every patch and listener and restore the originals exactly.
+
+    Safe to call when loopguard is not installed: it then only warns that there was
+    nothing to undo.
+    """
+    with STATE.lock:
+        if not STATE.installed:
+            warnings.warn(
+                "loopguard.uninstall() was called but loopguard is not installed; "
+                "nothing to undo.",
+                LoopguardWarning,
+                stacklevel=2,
+            )
+            return
+        try:
+            for integration in reversed(_active):
+                integration.teardown()
+        finally:
+            _patches.restore()
+            _active.clear()
+            _set_log_file(None)
+            STATE.mode = None
+            STATE.mode_source = ""
+            STATE.enabled = []
+            STATE.skipped = {}
+
+
+def is_installed() -> bool:
+    """True while loopguard's patches and listeners are in place."""
+    return STATE.installed
+
+
+def mode() -> Optional[str]:
+    """The active mode (``"raise"`` or ``"warn"``), or None when not installed."""
+    return STATE.mode
+
+

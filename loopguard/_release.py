@@ -1,0 +1,46 @@
+"""Closing a driver connection's socket without running the event loop it belongs to.
+
+Used when loopguard heals a pool (``warn`` mode): the stale connection's loop may be closed
+(``transport.abort()`` would then raise "Event loop is closed" and leak the socket) or idle
+(a graceful close would be I/O on a loop that is not running).  So the socket is closed
+directly and the transport and driver are marked closed, which keeps them from warning
+about an unclosed transport or connection when they are collected.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _close_selector_transport(transport: Any) -> bool:
+    sock = getattr(transport, "_sock", None)
+    if sock is None:
+        return False
+    loop = transport._loop
+    fd = transport._sock_fd
+    if not loop.is_closed():
+        # Unregister from the idle loop's selector, so it never polls a closed descriptor.
+        loop._remove_reader(fd)
+        loop._remove_writer(fd)
+    sock.close()
+    transport._sock = None
+    transport._closing = True
+    # A later abort()/write() on this transport returns early instead of using the loop.
+    transport._conn_lost += 1
+    return True
+
+
+def _close_asyncpg(connection: Any) -> bool:
+    closed = _close_selector_transport(connection._transport)
+    if closed:
+        # Marks the connection aborted; protocol.abort() now finds the transport already lost.
+        connection._abort()
+    return closed
+
+
+def close_without_loop(driver_connection: Any) -> bool:
+    """Close ``driver_connection``'s socket now; True when a socket was closed."""
+    module = type(driver_connection).__module__ or ""
+    if module.startswith("asyncpg"):
+        return _close_asyncpg(driver_connection)
+    return False

@@ -1,0 +1,121 @@
+"""Finding the user's line of code on the stack, cheaply.
+
+A bounded walk over ``f_back`` (never ``inspect.stack()``, which reads source files): the
+first frame outside loopguard, SQLAlchemy, asyncio, functools, greenlet and the standard
+library is "the user's".  Inside SQLAlchemy's greenlet bridge the chain stops at the
+greenlet entry, so the walk continues in the parent greenlet, where the awaiting
+coroutines are.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import sysconfig
+from pathlib import Path
+from types import FrameType
+from typing import NamedTuple, Optional
+
+_MAX_FRAMES = 80
+
+
+class Site(NamedTuple):
+    """A place in the user's code: ``path:line in function`` (path relative to the rootdir)."""
+
+    path: str
+    lineno: int
+    function: str
+    filename: str  # absolute, for warnings.warn_explicit
+
+    @property
+    def location(self) -> str:
+        return f"{self.path}:{self.lineno}"
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.lineno} in {self.function}"
+
+
+def _module_dir(name: str) -> Optional[str]:
+    module = sys.modules.get(name)
+    file = getattr(module, "__file__", None)
+    return os.path.dirname(file) + os.sep if file else None
+
+
+def _internal_prefixes() -> tuple[str, ...]:
+    prefixes = [os.path.dirname(__file__) + os.sep]
+    for name in ("sqlalchemy", "greenlet", "asyncpg", "asyncio"):
+        directory = _module_dir(name)
+        if directory:
+            prefixes.append(directory)
+    return tuple(prefixes)
+
+
+_STDLIB = tuple(
+    {os.path.realpath(p) + os.sep for p in (sysconfig.get_paths()["stdlib"],)}
+    | {sysconfig.get_paths()["stdlib"] + os.sep}
+)
+_SITE_PACKAGES = tuple(
+    {sysconfig.get_paths()[k] + os.sep for k in ("purelib", "platlib")}
+    | {os.path.realpath(sysconfig.get_paths()[k]) + os.sep for k in ("purelib", "platlib")}
+)
+_verdicts: dict[str, bool] = {}
+_prefixes: tuple[str, ...] = ()
+
+
+def _is_internal(filename: str) -> bool:
+    verdict = _verdicts.get(filename)
+    if verdict is None:
+        global _prefixes
+        if not _prefixes:
+            _prefixes = _internal_prefixes()
+        verdict = (
+            filename.startswith("<")
+            or filename.startswith(_prefixes)
+            or (filename.startswith(_STDLIB) and not filename.startswith(_SITE_PACKAGES))
+        )
+        _verdicts[filename] = verdict
+    return verdict
+
+
+def reset_caches() -> None:
+    """Forget cached verdicts (used on install: libraries may have been imported since)."""
+    global _prefixes
+    _verdicts.clear()
+    _prefixes = ()
+
+
+def _parent_greenlet_frame() -> Optional[FrameType]:
+    greenlet = sys.modules.get("greenlet")
+    if greenlet is None:
+        return None
+    parent = greenlet.getcurrent().parent
+    return parent.gr_frame if parent is not None else None
+
+
+def user_site(root: Optional[str] = None, skip: int = 1) -> Optional[Site]:
+    """The first frame of user code above the caller, or None if none is found in the bound."""
+    frame: Optional[FrameType] = sys._getframe(skip)
+    hopped = False
+    for _ in range(_MAX_FRAMES):
+        if frame is None:
+            if hopped:
+                return None
+            frame, hopped = _parent_greenlet_frame(), True
+            if frame is None:
+                return None
+        code = frame.f_code
+        if not _is_internal(code.co_filename):
+            return Site(
+                display_path(code.co_filename, root), frame.f_lineno, code.co_name, code.co_filename
+            )
+        frame = frame.f_back
+    return None
+
+
+def display_path(filename: str, root: Optional[str] = None) -> str:
+    """Relative to the root directory (pytest's rootdir, else the cwd) when under it."""
+    base = Path(root) if root else Path.cwd()
+    try:
+        return Path(filename).resolve().relative_to(base.resolve()).as_posix()
+    except ValueError:
+        return filename

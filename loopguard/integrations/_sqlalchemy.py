@@ -1,0 +1,337 @@
+"""SQLAlchemy async engines: a pooled engine belongs to the loop of its first connection until
+``await engine.dispose()`` (SQLAlchemy's documented rule for asyncio).
+
+Where it hooks, and why each hook is the one it is:
+- ``AsyncEngine.__init__`` (patched): there is no public "engine created" event, and this is
+  the one place every async engine passes through, whatever name ``create_async_engine`` was
+  imported under.  Records the creation site; deduplicated per pool (``execution_options()``
+  builds new AsyncEngines on the same pool).
+- ``QueuePool._do_get`` (patched): the public ``checkout`` event fires after pre-ping and recycle,
+  which already do I/O on the connection; ``_do_get`` is the earliest point of every checkout.
+  The pool-level check runs before anything is taken from the pool, the connection-level check
+  right after, before SQLAlchemy touches the connection.
+- ``engine_disposed`` (event): ``dispose()`` builds a new pool, which starts unbound.
+"""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from typing import Any, Callable, Optional
+
+from .. import _context, _release, _sites
+from .._patching import PatchStack
+from .._report import LG101, likely_cause, raise_mismatch, warn_mismatch
+from .._state import STATE
+from . import DidNotEnable
+
+MIN_VERSION = (2, 0)
+_CONN_KEY = "loopguard"
+
+
+class EngineInfo:
+    """Facts about one engine that survive ``dispose()`` (which replaces its pool)."""
+
+    __slots__ = ("url", "pool_class", "site", "created_during", "created_in_loop", "__weakref__")
+
+    def __init__(
+        self,
+        url: str,
+        pool_class: str,
+        site: Optional[_sites.Site],
+        created_during: Optional[str],
+        created_in_loop: Optional[bool],
+    ) -> None:
+        self.url = url
+        self.pool_class = pool_class
+        self.site = site
+        self.created_during = created_during
+        self.created_in_loop = created_in_loop
+
+    def __repr__(self) -> str:
+        where = str(self.site) if self.site else "unknown site"
+        return f"<EngineInfo {self.url} ({self.pool_class}) created at {where}>"
+
+
+class PoolState:
+    """Which loop one pool belongs to: set by its first connection, cleared by healing."""
+
+    __slots__ = ("engine", "owner", "bound_during", "heals")
+
+    def __init__(self, engine: EngineInfo) -> None:
+        self.engine = engine
+        self.owner: Optional[_context.LoopRef] = None
+        self.bound_during: Optional[str] = None
+        self.heals = 0
+
+    def __repr__(self) -> str:
+        owner = self.owner.describe() if self.owner else "no loop yet"
+        return f"<PoolState {self.engine.url}: {owner}>"
+
+
+class ConnectionInfo:
+    """Stored in the connection record's ``info``: the loop of this DBAPI connection."""
+
+    __slots__ = ("loop", "dbapi_id", "opened_during")
+
+    def __init__(self, loop: _context.LoopRef, dbapi_id: int, opened_during: Optional[str]) -> None:
+        self.loop = loop
+        self.dbapi_id = dbapi_id
+        self.opened_during = opened_during
+
+    def __repr__(self) -> str:
+        return f"<ConnectionInfo on {self.loop.describe()}, opened {self.opened_during}>"
+
+
+# Pools and engines are weakly referenced: tracking never keeps an engine alive.
+_pools: weakref.WeakKeyDictionary[Any, PoolState] = weakref.WeakKeyDictionary()
+_engines: weakref.WeakKeyDictionary[Any, EngineInfo] = weakref.WeakKeyDictionary()
+
+
+def _is_guarded_pool(pool: Any) -> bool:
+    from sqlalchemy.pool import QueuePool
+
+    # NullPool never keeps a connection, so it may legitimately cross loops; other pool
+    # classes are not patched (yet), so tracking them would promise a check that never runs.
+    return isinstance(pool, QueuePool)
+
+
+def track_engine(sync_engine: Any, site: Optional[_sites.Site], known_site: bool = True) -> None:
+    pool = sync_engine.pool
+    if not _is_guarded_pool(pool):
+        return
+    existing = _pools.get(pool)
+    if existing is not None:  # same pool, another AsyncEngine proxy: keep the first site
+        _engines.setdefault(sync_engine, existing.engine)
+        return
+    loop = _context.running_loop()
+    info = EngineInfo(
+        url=sync_engine.url.render_as_string(hide_password=True),
+        pool_class=type(pool).__name__,
+        site=site,
+        created_during=_context.current_test() if known_site else None,
+        created_in_loop=(loop is not None) if known_site else None,
+    )
+    _engines[sync_engine] = info
+    _pools[pool] = PoolState(info)
+
+
+def _make_tracking_init(original: Callable[..., None]) -> Callable[..., None]:
+    def __init__(self: Any, sync_engine: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, sync_engine, *args, **kwargs)
+        track_engine(self.sync_engine, _sites.user_site(_context.rootdir, skip=2))
+
+    return __init__
+
+
+def _on_engine_disposed(engine: Any) -> None:
+    info = _engines.get(engine)
+    if info is None:
+        return
+    # The new pool starts unbound: the next loop to connect owns it.
+    if _is_guarded_pool(engine.pool) and engine.pool not in _pools:
+        _pools[engine.pool] = PoolState(info)
+
+
+def _make_guarded_do_get(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def _do_get(self: Any) -> Any:
+        __tracebackhide__ = True
+        state = _pools.get(self)
+        if state is None:
+            return original(self)
+        loop = _context.running_loop()
+        if loop is None:  # no loop: nothing asyncio-bound can be checked here
+            return original(self)
+        owner = state.owner
+        if owner is not None and owner() is not loop:
+            _on_pool_mismatch(self, state, loop)  # raises, or heals and returns
+        while True:
+            record = original(self)
+            dbapi_connection = record.dbapi_connection
+            if dbapi_connection is None:  # invalidated: it reconnects on this loop
+                return record
+            conn = record.info.get(_CONN_KEY)
+            if conn is None or conn.dbapi_id != id(dbapi_connection):
+                _adopt_connection(state, record, loop)
+                return record
+            if conn.loop() is loop:
+                return record
+            _on_connection_mismatch(self, state, record, conn, loop)  # raises, or releases it
+
+    return _do_get
+
+
+def _adopt_connection(state: PoolState, record: Any, loop: Any) -> None:
+    """A connection seen for the first time: it belongs to the running loop."""
+    test = _context.current_test()
+    ref = _context.LoopRef(loop)
+    record.info[_CONN_KEY] = ConnectionInfo(ref, id(record.dbapi_connection), test)
+    if state.owner is None:
+        state.owner = ref
+        state.bound_during = test
+
+
+def _holds_no_connections(pool: Any) -> bool:
+    return bool(pool.checkedin() == 0 and pool.checkedout() == 0)
+
+
+def _asyncio_queue(pool: Any) -> Any:
+    # AsyncAdaptedQueue creates its asyncio.Queue lazily (memoized in __dict__).
+    return getattr(pool._pool, "__dict__", {}).get("_queue")
+
+
+def _queue_bound_elsewhere(pool: Any, loop: Any) -> bool:
+    queue = _asyncio_queue(pool)
+    bound = getattr(queue, "_loop", None)
+    return bound is not None and bound is not loop
+
+
+def _on_pool_mismatch(pool: Any, state: PoolState, loop: Any) -> None:
+    __tracebackhide__ = True
+    if _holds_no_connections(pool) and not _queue_bound_elsewhere(pool, loop):
+        # Nothing of the old loop is left in this pool (all connections were closed or
+        # invalidated): using it on a new loop is harmless, so it is not reported.
+        state.owner = None
+        return
+    if STATE.mode == "raise":
+        raise raise_mismatch(_mismatch_record(state, state.owner, loop, "raised"))
+    record = _mismatch_record(state, state.owner, loop, "warned")
+    record["released"], record["sockets_closed"] = _release_idle_connections(pool, loop)
+    state.owner = None
+    state.heals += 1
+    warn_mismatch(record)
+
+
+def _on_connection_mismatch(
+    pool: Any, state: PoolState, record: Any, conn: ConnectionInfo, loop: Any
+) -> None:
+    __tracebackhide__ = True
+    if STATE.mode == "raise":
+        # Back into the pool untouched: its own loop may still use it.
+        pool._do_return_conn(record)
+        raise raise_mismatch(_mismatch_record(state, conn.loop, loop, "raised", conn.opened_during))
+    log_record = _mismatch_record(state, conn.loop, loop, "warned", conn.opened_during)
+    log_record["released"] = 1
+    log_record["sockets_closed"] = int(_release_record(pool, record))
+    warn_mismatch(log_record)
+
+
+def _release_record(pool: Any, record: Any) -> bool:
+    """Drop one connection without I/O on its loop; True if its socket was closed."""
+    dbapi_connection = record.dbapi_connection
+    record.dbapi_connection = None
+    pool._dec_overflow()
+    if dbapi_connection is None:
+        return False
+    driver_connection = getattr(dbapi_connection, "driver_connection", dbapi_connection)
+    return _release.close_without_loop(driver_connection)
+
+
+def _release_idle_connections(pool: Any, loop: Any) -> tuple[int, int]:
+    """Empty the pool as dispose() would, but without touching the old loop."""
+    from sqlalchemy.util.queue import Empty
+
+    released = closed = 0
+    while True:
+        try:
+            record = pool._pool.get(False)
+        except Empty:
+            break
+        released += 1
+        closed += _release_record(pool, record)
+    if _queue_bound_elsewhere(pool, loop):
+        # A queue that once waited on the old loop stays bound to it: start a fresh one.
+        del pool._pool.__dict__["_queue"]
+    return released, closed
+
+
+def _mismatch_record(
+    state: PoolState,
+    owner: Optional[_context.LoopRef],
+    loop: Any,
+    action: str,
+    bound_during: Optional[str] = None,
+) -> dict[str, Any]:
+    assert owner is not None
+    owner_loop = owner()
+    if owner_loop is None or owner_loop.is_closed():
+        owner_state = "closed"
+    elif owner_loop.is_running():
+        owner_state = "running"
+    else:
+        owner_state = "idle"
+    used_during = _context.current_test()
+    used = _sites.user_site(_context.rootdir, skip=2)
+    site = state.engine.site
+    return {
+        "code": LG101,
+        "action": action,
+        "resource": "SQLAlchemy AsyncEngine",
+        "url": state.engine.url,
+        "pool_class": state.engine.pool_class,
+        "created_at": site.location if site else None,
+        "created_in": site.function if site else None,
+        "created_during": state.engine.created_during,
+        "bound_during": bound_during if bound_during is not None else state.bound_during,
+        "used_at": str(used) if used else None,
+        "used_during": used_during,
+        "owner_loop_id": owner.id,
+        "owner_loop_closed": owner_state == "closed",
+        "current_loop_id": _context.loop_id(loop),
+        "cause": likely_cause(owner_state, in_test=used_during is not None),
+        # message-only helpers (not logged)
+        "owner_loop": owner.describe(),
+        "used_site": (used.filename, used.lineno) if used else None,
+    }
+
+
+def _adopt_existing_engines() -> None:
+    """Engines created before install(): guarded too, with their creation site unknown."""
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    for obj in gc.get_objects():
+        if type(obj) is AsyncEngine:
+            track_engine(obj.sync_engine, None, known_site=False)
+
+
+class SQLAlchemyIntegration:
+    name = "sqlalchemy"
+
+    def __init__(self) -> None:
+        self._listening = False
+
+    def setup(self, patches: PatchStack) -> None:
+        try:
+            import sqlalchemy
+            from sqlalchemy import event
+            from sqlalchemy.engine import Engine
+            from sqlalchemy.ext.asyncio import AsyncEngine
+            from sqlalchemy.pool import QueuePool
+        except ImportError as exc:
+            msg = f"SQLAlchemy is not installed ({exc}); pip install 'sqlalchemy[asyncio]'"
+            raise DidNotEnable(msg) from exc
+        version = tuple(int(part) for part in sqlalchemy.__version__.split(".")[:2])
+        if version < MIN_VERSION:
+            msg = (
+                f"SQLAlchemy {sqlalchemy.__version__} is too old: loopguard supports "
+                f"{'.'.join(map(str, MIN_VERSION))} and newer"
+            )
+            raise DidNotEnable(msg)
+        patches.wrap(QueuePool, "_do_get", _make_guarded_do_get)
+        patches.wrap(AsyncEngine, "__init__", _make_tracking_init)
+        event.listen(Engine, "engine_disposed", _on_engine_disposed)
+        self._listening = True
+        _adopt_existing_engines()
+
+    def teardown(self) -> None:
+        if self._listening:
+            from sqlalchemy import event
+            from sqlalchemy.engine import Engine
+
+            event.remove(Engine, "engine_disposed", _on_engine_disposed)
+            self._listening = False
+        _pools.clear()
+        _engines.clear()
+
+    def __repr__(self) -> str:
+        return f"<SQLAlchemyIntegration tracking {len(_pools)} pools>"
