@@ -87,3 +87,16 @@ class LoopguardWarning(UserWarning):
 
 class LoopMismatchWarning(LoopguardWarning, RuntimeWarning):
     """``warn`` mode: a resource was used on a foreign loop and loopguard healed it."""
+
+
+# Show the public name in tracebacks and pytest summaries: loopguard.LoopMismatchError.
+for _cls in (
+    LoopguardError,
+    ConfigError,
+    MissingDependencyError,
+    LoopMismatchError,
+    LoopguardWarning,
+    LoopMismatchWarning,
+):
+    _cls.__module__ = "loopguard"
+del _cls

@@ -11,7 +11,7 @@ from ._state import STATE
 
 LG101 = "LG101"
 # Keys that help build the message and the warning but are not plain log values.
-_MESSAGE_ONLY = ("owner_loop", "used_site")
+_MESSAGE_ONLY = ("owner_loop", "used_site", "created_in_loop")
 
 CAUSES = {
     "closed-loop-test": (
@@ -64,8 +64,9 @@ def _during(test: Optional[str]) -> str:
 def format_message(record: dict[str, Any]) -> str:
     cause, fix = CAUSES[record["cause"]]
     created = record["created_at"]
+    no_loop = ", no event loop running" if record.get("created_in_loop") is False else ""
     created_line = (
-        f"{created} in {record['created_in']} ({_during(record['created_during'])})"
+        f"{created} in {record['created_in']} ({_during(record['created_during'])}{no_loop})"
         if created
         else "unknown: the engine was created before loopguard was installed "
         "(install it earlier: LOOPGUARD=1 or the pytest plugin)"

@@ -280,6 +280,7 @@ def _mismatch_record(
         "current_loop_id": _context.loop_id(loop),
         "cause": likely_cause(owner_state, in_test=used_during is not None),
         # message-only helpers (not logged)
+        "created_in_loop": state.engine.created_in_loop,
         "owner_loop": owner.describe(),
         "used_site": (used.filename, used.lineno) if used else None,
     }

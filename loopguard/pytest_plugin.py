@@ -1,0 +1,159 @@
+"""pytest plugin (entry point ``asyncio_loopguard``).
+
+Mode precedence: ``--loopguard[=MODE]`` > ``LOOPGUARD`` environment variable > ini option
+``asyncio_loopguard``.  Installs before conftest files are imported, so module-level engines
+created by them get a creation site; uninstalls at the end of the session.  Off: every hook
+returns at once and nothing is patched.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from typing import Any, NamedTuple, Optional
+
+import pytest
+
+from . import _config, _context, _install
+from ._errors import ConfigError
+from ._state import STATE
+
+MODE_HELP = (
+    "guard SQLAlchemy async engines against use on a foreign event loop: "
+    "raise (default when the option is given bare), warn or off"
+)
+INI_NAME = "asyncio_loopguard"
+
+
+class Resolved(NamedTuple):
+    mode: Optional[str]
+    source: str
+
+
+_resolved_key = pytest.StashKey[Resolved]()
+_collector_key = pytest.StashKey["_Collector"]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("loopguard")
+    group.addoption(
+        "--loopguard",
+        action="store",
+        nargs="?",
+        const="raise",
+        default=None,
+        dest="loopguard",
+        metavar="MODE",
+        help=MODE_HELP + " (write --loopguard=MODE).",
+    )
+    parser.addini(INI_NAME, MODE_HELP, default=None)
+
+
+def _resolve(cli_value: Optional[str], ini_value: Optional[str]) -> Resolved:
+    candidates = (
+        (cli_value, "the --loopguard option"),
+        (os.environ.get(_config.MODE_ENV) or None, f"the {_config.MODE_ENV} environment variable"),
+        (ini_value or None, f"the {INI_NAME} ini option"),
+    )
+    for value, where in candidates:
+        if value is not None and value.strip():
+            try:
+                return Resolved(_config.parse_mode_text(value, where), where)
+            except ConfigError as exc:
+                raise pytest.UsageError(str(exc)) from None
+    return Resolved(None, "default")
+
+
+def _activate(config: pytest.Config, resolved: Resolved) -> None:
+    config.stash[_resolved_key] = resolved
+    if resolved.mode is None:
+        return
+    _context.rootdir = str(config.rootpath)
+    if not STATE.installed:
+        _install.install(resolved.mode)
+        STATE.mode_source = resolved.source
+        collector = _Collector()
+        STATE.listeners.append(collector)
+        config.stash[_collector_key] = collector
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(
+    early_config: pytest.Config, parser: pytest.Parser, args: list[str]
+) -> None:
+    # Before conftest.py files are imported: engines they create get their creation site.
+    namespace = early_config.known_args_namespace
+    _activate(early_config, _resolve(namespace.loopguard, early_config.getini(INI_NAME)))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if _resolved_key in config.stash:
+        return
+    # Reached when the plugin was loaded after the early hook (e.g. ``-p``).
+    _activate(config, _resolve(config.getoption("loopguard"), config.getini(INI_NAME)))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    collector = config.stash.get(_collector_key, None)
+    if collector is None:
+        return
+    if collector in STATE.listeners:
+        STATE.listeners.remove(collector)
+    if STATE.installed:
+        _install.uninstall()
+    _context.rootdir = None
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    resolved = config.stash.get(_resolved_key, Resolved(None, "default"))
+    if resolved.mode is None:
+        return "loopguard: off"
+    guarding = ", ".join(STATE.enabled) or "nothing"
+    return f"loopguard: mode={resolved.mode} (from {resolved.source}), guarding {guarding}"
+
+
+class _Collector:
+    """Keeps every mismatch record of the run for the terminal summary."""
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+
+    def groups(self) -> dict[tuple[Any, ...], list[dict[str, Any]]]:
+        grouped: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
+        for record in self.records:
+            key = (record["code"], record["created_at"], record["created_in"], record["url"])
+            grouped[key].append(record)
+        return grouped
+
+
+def _test_name(during: Optional[str]) -> str:
+    # PYTEST_CURRENT_TEST reads "nodeid (phase)"; the summary lists node ids.
+    return during.rsplit(" (", 1)[0] if during else "outside any test"
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    collector = config.stash.get(_collector_key, None)
+    if collector is None or not collector.records:
+        return
+    groups = collector.groups()
+    total = len(collector.records)
+    terminalreporter.section("loopguard", sep="=", yellow=True)
+    terminalreporter.line(
+        f"{total} event-loop mismatch{'es' if total != 1 else ''} from "
+        f"{len(groups)} engine{'s' if len(groups) != 1 else ''}:"
+    )
+    for (code, created_at, created_in, url), records in groups.items():
+        where = f"{created_at} in {created_in}" if created_at else "creation site unknown"
+        actions = sorted({r["action"] for r in records})
+        tests = list(dict.fromkeys(_test_name(r["used_during"]) for r in records))
+        bound = list(dict.fromkeys(_test_name(r["bound_during"]) for r in records))
+        terminalreporter.line(f"  {code} {where}  [{url}]")
+        terminalreporter.line(
+            f"    {len(records)} × {'/'.join(actions)}; first bound during {bound[0]}"
+        )
+        terminalreporter.line(f"    used on another loop by {len(tests)} test(s):")
+        for test in tests:
+            terminalreporter.line(f"      {test}")

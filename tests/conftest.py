@@ -1,0 +1,27 @@
+"""Shared fixtures.  ``tools/`` is on sys.path via pytest's ``pythonpath`` setting."""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import pytest
+
+from pgserver import ENV_DSN, throwaway_postgres
+
+pytest_plugins = ["pytester"]
+
+
+@pytest.fixture(scope="session")
+def pg_dsn() -> Iterator[str]:
+    """DSN of a throwaway PostgreSQL server shared by the session (or LOOPGUARD_TEST_DSN)."""
+    with throwaway_postgres() as dsn:
+        yield dsn
+
+
+@pytest.fixture
+def pg_env(pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Export the DSN as LOOPGUARD_TEST_DSN, so runpytest_subprocess children reuse the server."""
+    monkeypatch.setenv(ENV_DSN, pg_dsn)
+    assert os.environ[ENV_DSN] == pg_dsn
+    return pg_dsn
