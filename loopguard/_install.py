@@ -45,12 +45,13 @@ def _apply_integrations() -> None:
     skipped: dict[str, str] = {}
     try:
         for integration in all_integrations():
+            # Listed before setup() so a failure half-way through is torn down too.
+            enabled.append(integration)
             try:
                 integration.setup(_patches)
             except DidNotEnable as exc:
+                enabled.pop()
                 skipped[integration.name] = str(exc)
-            else:
-                enabled.append(integration)
         if not enabled:
             reasons = "; ".join(f"{name}: {why}" for name, why in skipped.items())
             msg = f"loopguard has nothing to guard: {reasons}."
