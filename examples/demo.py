@@ -22,8 +22,15 @@ def run_suite(title: str, *extra: str) -> int:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOOPGUARD")}
     env["DATABASE_URL"] = sqlalchemy_url(os.environ[ENV_DSN])
     command = [
-        sys.executable, "-m", "pytest", "-q", "--tb=line", "--show-capture=no",
-        "-p", "no:cacheprovider", *extra,
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "--tb=line",
+        "--show-capture=no",
+        "-p",
+        "no:cacheprovider",
+        *extra,
     ]
     print(f"\n{'=' * 78}\n{title}\n$ {' '.join(['pytest', *command[3:]])}\n{'=' * 78}", flush=True)
     return subprocess.run(command, cwd=SUITE, env=env).returncode
@@ -37,8 +44,10 @@ def main() -> int:
     print("three tests, pytest-asyncio giving each test its own event loop.")
     without = run_suite("1. WITHOUT loopguard: errors from deep inside asyncpg")
     with_guard = run_suite("2. WITH loopguard (--loopguard): the same suite", "--loopguard")
-    print(f"\nexit codes: without loopguard {without}, with loopguard {with_guard} "
-          "(both runs fail: the suite has a real bug; only the second says which and why)")
+    print(
+        f"\nexit codes: without loopguard {without}, with loopguard {with_guard} "
+        "(both runs fail: the suite has a real bug; only the second says which and why)"
+    )
     # The demo succeeds when both runs failed the way they should (pytest exit code 1).
     return 0 if (without, with_guard) == (1, 1) else 1
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any, Optional
 
 # One place for the documentation address: every message links a code to its page here.
 DOCS_PAGE = "docs/errors.md"

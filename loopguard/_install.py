@@ -85,8 +85,7 @@ def uninstall() -> None:
     with STATE.lock:
         if not STATE.installed:
             warnings.warn(
-                "loopguard.uninstall() was called but loopguard is not installed; "
-                "nothing to undo.",
+                "loopguard.uninstall() was called but loopguard is not installed; nothing to undo.",
                 LoopguardWarning,
                 stacklevel=2,
             )
@@ -112,5 +111,3 @@ def is_installed() -> bool:
 def mode() -> Optional[str]:
     """The active mode (``"raise"`` or ``"warn"``), or None when not installed."""
     return STATE.mode
-
-

@@ -72,5 +72,3 @@ class JsonLinesSink:
 
     def __repr__(self) -> str:
         return f"<JsonLinesSink {self.path!r}>"
-
-

@@ -33,7 +33,7 @@ CAUSES = {
         "its connections belong to a loop that is still open but not running: typically a "
         "fixture with a wider loop scope (session, package, module or class) than the test "
         "that uses the engine.",
-        "run the test on the fixture's loop (`@pytest.mark.asyncio(loop_scope=\"session\")`, or "
+        'run the test on the fixture\'s loop (`@pytest.mark.asyncio(loop_scope="session")`, or '
         "asyncio_default_test_loop_scope equal to asyncio_default_fixture_loop_scope), or give "
         "the engine fixture the test's loop scope.",
     ),

@@ -1,7 +1,6 @@
 """Three ordinary tests; pytest-asyncio runs each on a fresh event loop."""
 
 from sqlalchemy import text
-
 from src.configs.db import SessionLocal
 
 
