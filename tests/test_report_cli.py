@@ -1,0 +1,430 @@
+"""``loopguard report``: summarising LOOPGUARD_LOG_FILE records, run as a real command.
+
+Every test runs the command in a subprocess, both as ``python -m loopguard`` and as the
+installed ``loopguard`` console script.  The records are written by hand in the shape of real
+ones (copied from a run of examples/cached_engine), so no database is needed.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import pytest
+
+from loopguard._log import SCHEMA_VERSION
+from loopguard._report import CAUSES
+
+Run = Callable[..., "subprocess.CompletedProcess[str]"]
+
+URL = "postgresql+asyncpg://postgres@/postgres?host=%2Ftmp%2Floopguard-pg-vxaatmzu&port=5432"
+JSON_KEYS = [
+    "code",
+    "created_at",
+    "created_in",
+    "url",
+    "count",
+    "actions",
+    "first_test",
+    "last_test",
+    "bound_during",
+    "loops",
+    "causes",
+]
+
+
+def record(**overrides: Any) -> dict[str, Any]:
+    """One raised LG101 record, as loopguard writes it to LOOPGUARD_LOG_FILE."""
+    fields: dict[str, Any] = {
+        "pid": 7641,
+        "schema": SCHEMA_VERSION,
+        "code": "LG101",
+        "action": "raised",
+        "resource": "SQLAlchemy AsyncEngine",
+        "url": URL,
+        "pool_class": "AsyncAdaptedQueuePool",
+        "created_at": "src/configs/db.py:12",
+        "created_in": "get_async_engine",
+        "created_during": None,
+        "bound_during": "tests/test_users.py::test_create_user (call)",
+        "used_at": "tests/test_users.py:14 in test_list_users",
+        "used_during": "tests/test_users.py::test_list_users (call)",
+        "owner_loop_id": 1,
+        "owner_loop_closed": True,
+        "current_loop_id": 2,
+        "cause": "closed-loop-test",
+        "event": "loopguard.loop_mismatch",
+        "level": "error",
+        "timestamp": "2026-11-25T12:01:06.073415Z",
+    }
+    if overrides.get("action") == "warned":
+        fields.update(level="warning", released=1, sockets_closed=1)
+    fields.update(overrides)
+    return fields
+
+
+def used_by(test: str, current_loop_id: int, **overrides: Any) -> dict[str, Any]:
+    """A record of the engine used by ``test`` on loop ``current_loop_id``."""
+    return record(
+        used_during=f"tests/test_users.py::{test} (call)",
+        used_at=f"tests/test_users.py:14 in {test}",
+        current_loop_id=current_loop_id,
+        **overrides,
+    )
+
+
+def write_log(path: Path, *lines: Any) -> Path:
+    """Write records (dicts) and raw lines (str) to ``path``, one per line."""
+    text = "".join((json.dumps(line) if isinstance(line, dict) else line) + "\n" for line in lines)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _console_script() -> str:
+    script = Path(sysconfig.get_path("scripts")) / "loopguard"
+    assert script.exists(), "run `.venv/bin/pip install -e .` to install the console script"
+    return str(script)
+
+
+@pytest.fixture(params=["python -m loopguard", "console script"])
+def run(request: pytest.FixtureRequest, tmp_path: Path) -> Run:
+    """Run ``loopguard ARGS...`` (through -m or the console script) in tmp_path."""
+    command = [sys.executable, "-m", "loopguard"] if request.param.startswith("python") else []
+    command = command or [_console_script()]
+
+    def run(*args: str, stdin: Optional[str] = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*command, *args],
+            input=stdin if stdin is not None else "",
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            timeout=60,
+        )
+
+    return run
+
+
+def report_json(run: Run, *args: str) -> tuple[list[dict[str, Any]], Any]:
+    """The parsed ``--format json`` output and the completed process."""
+    result = run("report", "--format", "json", *args)
+    return json.loads(result.stdout), result
+
+
+def test_groups_records_by_engine_and_counts_them(run: Run, tmp_path: Path) -> None:
+    """Records group by (code, created_at, created_in, url), in file order, with their facts."""
+    write_log(
+        tmp_path / "log.jsonl",
+        used_by("test_list_users", 2),
+        record(created_at="src/other.py:3", created_in="make_engine", cause="idle-loop-test"),
+        used_by("test_delete_user", 3),
+        used_by("test_update_user", 4, action="warned", cause="idle-loop-test"),
+        record(url="postgresql+asyncpg://app@db/other"),
+    )
+    groups, result = report_json(run, "log.jsonl")
+    assert result.returncode == 1, result.stderr
+    assert [(g["created_at"], g["url"], g["count"]) for g in groups] == [
+        ("src/configs/db.py:12", URL, 3),
+        ("src/other.py:3", URL, 1),
+        ("src/configs/db.py:12", "postgresql+asyncpg://app@db/other", 1),
+    ]
+    first = groups[0]
+    assert first["code"] == "LG101"
+    assert first["created_in"] == "get_async_engine"
+    assert first["actions"] == {"raised": 2, "warned": 1}
+    assert first["first_test"] == "tests/test_users.py::test_list_users (call)"
+    assert first["last_test"] == "tests/test_users.py::test_update_user (call)"
+    assert first["bound_during"] == ["tests/test_users.py::test_create_user (call)"]
+    assert first["loops"] == [
+        {"pid": 7641, "owner_loop_id": 1, "current_loop_id": n} for n in (2, 3, 4)
+    ]
+    assert first["causes"] == [
+        {"cause": key, "text": CAUSES[key][0], "fix": CAUSES[key][1]}
+        for key in ("closed-loop-test", "idle-loop-test")
+    ]
+
+
+def test_json_output_has_stable_keys(run: Run, tmp_path: Path) -> None:
+    """Every group object has the same keys in the same order, even with null fields."""
+    write_log(
+        tmp_path / "log.jsonl",
+        record(),
+        record(created_at=None, created_in=None, used_during=None, bound_during=None),
+    )
+    groups, _ = report_json(run, "log.jsonl")
+    assert [list(group) for group in groups] == [JSON_KEYS, JSON_KEYS]
+    unknown_site = groups[1]
+    assert unknown_site["created_at"] is None
+    assert unknown_site["first_test"] is None
+    assert unknown_site["bound_during"] == [None]
+
+
+def test_table_is_the_default_format(run: Run, tmp_path: Path) -> None:
+    """The table: a summary line, an aligned index of engines, then each engine's details."""
+    write_log(
+        tmp_path / "log.jsonl",
+        used_by("test_list_users", 2),
+        used_by("test_delete_user", 3),
+        record(created_at=None, created_in=None, action="warned", pid=7700),
+    )
+    result = run("report", "log.jsonl")
+    lines = result.stdout.splitlines()
+    assert lines[0] == "3 loopguard records (2 raised, 1 warned) from 2 engines"
+    assert lines[2:5] == [
+        "#  COUNT  ACTIONS   CODE   CREATED",
+        "1  2      2 raised  LG101  src/configs/db.py:12 in get_async_engine",
+        "2  1      1 warned  LG101  creation site unknown",
+    ]
+    assert "[1] LG101 src/configs/db.py:12 in get_async_engine" in lines
+    assert "    first test:   tests/test_users.py::test_list_users (call)" in lines
+    assert "    last test:    tests/test_users.py::test_delete_user (call)" in lines
+    assert "    bound during: tests/test_users.py::test_create_user (call)" in lines
+    assert "    loops:        #1->#2, #1->#3" in lines
+    assert f"    engine:       {URL}" in lines
+    assert "    docs:         docs/errors.md#lg101" in lines
+    flat = " ".join(result.stdout.split())
+    assert f"cause: closed-loop-test: {CAUSES['closed-loop-test'][0]}" in flat
+    assert f"fix: {CAUSES['closed-loop-test'][1]}" in flat
+    # Cause and fix are wrapped at 100 columns; a URL is never cut.
+    assert max(len(line) for line in lines if not line.startswith("    engine:")) <= 100
+    assert result.returncode == 1
+
+
+def test_table_shortens_long_lists(run: Run, tmp_path: Path) -> None:
+    """Table and markdown show three loops and binding tests; json keeps them all."""
+    records = [
+        used_by(f"test_{n}", n + 1, owner_loop_id=n, bound_during=f"t.py::test_{n - 1} (call)")
+        for n in range(1, 7)
+    ]
+    write_log(tmp_path / "log.jsonl", *records)
+    lines = run("report", "log.jsonl").stdout.splitlines()
+    assert "    loops:        #1->#2, #2->#3, #3->#4, ... (+3 more)" in lines
+    bound = "t.py::test_0 (call), t.py::test_1 (call), t.py::test_2 (call), ... (+3 more)"
+    assert f"    bound during: {bound}" in lines
+    assert (
+        f"| `{bound}` | #1->#2, #2->#3, #3->#4, ... (+3 more) |"
+        in run("report", "--format", "markdown", "log.jsonl").stdout
+    )
+    groups, _ = report_json(run, "log.jsonl")
+    assert len(groups[0]["loops"]) == len(groups[0]["bound_during"]) == 6
+
+
+def test_markdown_is_a_github_table(run: Run, tmp_path: Path) -> None:
+    """A header row, a delimiter row and one row per engine; ``|`` in a cell is escaped."""
+    write_log(
+        tmp_path / "log.jsonl",
+        used_by("test_list_users", 2),
+        used_by("test_pick[a|b]", 3),
+    )
+    result = run("report", "--format", "markdown", "log.jsonl")
+    lines = result.stdout.splitlines()
+    assert lines[0] == "2 loopguard records (2 raised) from 1 engine"
+    assert lines[2] == (
+        "| # | Count | Actions | Code | Created | Engine | First test | Last test "
+        "| Bound during | Loops | Cause | Fix |"
+    )
+    assert lines[3] == "|--:|--:|---|---|---|---|---|---|---|---|---|---|"
+    assert len(lines) == 5
+    row = lines[4]
+    assert row.startswith(
+        "| 1 | 2 | 2 raised | LG101 | `src/configs/db.py:12 in get_async_engine` |"
+    )
+    assert "| `tests/test_users.py::test_pick[a\\|b] (call)` |" in row
+    assert row.replace("\\|", "").count("|") == lines[2].count("|")
+
+
+@pytest.mark.parametrize(
+    ("fail_on", "actions", "failing"),
+    [
+        (None, ["warned", "warned"], 0),
+        (None, ["warned", "raised", "raised"], 2),
+        ("raise", ["warned"], 0),
+        ("raise", ["raised", "warned"], 1),
+        ("warn", ["warned", "warned"], 2),
+        ("warn", ["raised", "warned"], 2),
+        ("never", ["raised", "warned"], 0),
+    ],
+)
+def test_fail_on(
+    run: Run, tmp_path: Path, fail_on: Optional[str], actions: list[str], failing: int
+) -> None:
+    """Exit 1 only when records reach --fail-on (default raise: a raised one); never gives 0."""
+    write_log(tmp_path / "log.jsonl", *(record(action=action) for action in actions))
+    option = ["--fail-on", fail_on] if fail_on else []
+    result = run("report", *option, "log.jsonl")
+    assert result.returncode == (1 if failing else 0), result.stderr
+    gate = f"loopguard report: {failing} record(s) at or above --fail-on={fail_on or 'raise'}\n"
+    assert result.stderr == (gate if failing else "")
+
+
+def test_reads_stdin_for_dash(run: Run, tmp_path: Path) -> None:
+    """``-`` reads the records from stdin, and can be mixed with files."""
+    write_log(tmp_path / "log.jsonl", used_by("test_delete_user", 3))
+    stdin = json.dumps(used_by("test_list_users", 2)) + "\n"
+    result = run("report", "--format", "json", "-", "log.jsonl", stdin=stdin)
+    (group,) = json.loads(result.stdout)
+    assert group["count"] == 2
+    assert group["first_test"] == "tests/test_users.py::test_list_users (call)"
+    assert group["last_test"] == "tests/test_users.py::test_delete_user (call)"
+
+
+def test_several_files_are_one_report(run: Run, tmp_path: Path) -> None:
+    """Records of several files (xdist workers, CI jobs) group together, in argument order."""
+    write_log(tmp_path / "a.jsonl", used_by("test_a", 2, pid=100))
+    write_log(tmp_path / "b.jsonl", used_by("test_b", 2, pid=200), used_by("test_c", 3, pid=200))
+    groups, result = report_json(run, "b.jsonl", "a.jsonl")
+    assert result.returncode == 1
+    (group,) = groups
+    assert group["count"] == 3
+    assert group["first_test"] == "tests/test_users.py::test_b (call)"
+    assert group["last_test"] == "tests/test_users.py::test_a (call)"
+    assert [loop["pid"] for loop in group["loops"]] == [200, 200, 100]
+    table = run("report", "a.jsonl", "b.jsonl").stdout
+    # Loop ids are counted per process: the table names the processes.
+    assert "loops:        pid 100: #1->#2, pid 200: #1->#2, pid 200: #1->#3" in table
+
+
+def test_missing_file_is_reported_and_exits_2(run: Run, tmp_path: Path) -> None:
+    """A missing file gets a clear message; the other files are still reported; exit 2."""
+    write_log(tmp_path / "log.jsonl", record(action="warned"))
+    result = run("report", "missing.jsonl", "log.jsonl")
+    assert result.returncode == 2
+    assert (
+        result.stderr == "loopguard report: cannot read missing.jsonl: No such file or directory\n"
+    )
+    assert result.stdout.startswith("1 loopguard record (1 warned) from 1 engine\n")
+
+    only_missing = run("report", "missing.jsonl")
+    assert only_missing.returncode == 2
+    assert only_missing.stdout == "no loopguard records\n"
+
+
+def test_truncated_line_is_reported_with_its_line_number(run: Run, tmp_path: Path) -> None:
+    """A truncated or non-JSON line names file and line; the other records are still reported."""
+    truncated = json.dumps(record())[:120]
+    write_log(
+        tmp_path / "log.jsonl",
+        used_by("test_list_users", 2),
+        truncated,
+        "",
+        "[1, 2]",
+        used_by("test_delete_user", 3),
+    )
+    groups, result = report_json(run, "log.jsonl")
+    assert result.returncode == 2
+    assert [g["count"] for g in groups] == [2]
+    errors = result.stderr.splitlines()
+    assert errors[0].startswith("log.jsonl:2: not a JSON object (Unterminated string")
+    assert errors[1] == "log.jsonl:4: not a JSON object (found list)"
+    assert len(errors) == 3  # and the --fail-on line
+
+
+def test_too_many_bad_lines_are_summed_up(run: Run, tmp_path: Path) -> None:
+    """A file that is not a log at all gives ten messages and a count, not one per line."""
+    write_log(tmp_path / "app.log", *(f"INFO plain text line {n}" for n in range(25)))
+    result = run("report", "app.log")
+    assert result.returncode == 2
+    errors = result.stderr.splitlines()
+    assert errors[0].startswith("app.log:1: not a JSON object (Expecting value")
+    assert errors[10:] == ["app.log: 15 more lines that are not JSON objects"]
+    assert result.stdout == "no loopguard records\n"
+
+
+def test_other_events_are_ignored(run: Run, tmp_path: Path) -> None:
+    """JSON lines of other events (the application's own logs) are skipped silently."""
+    write_log(
+        tmp_path / "log.jsonl",
+        {"event": "user created", "level": "info", "user_id": 3},
+        {"message": "no event key"},
+        record(),
+    )
+    result = run("report", "log.jsonl")
+    assert result.stderr == "loopguard report: 1 record(s) at or above --fail-on=raise\n"
+    assert result.stdout.startswith("1 loopguard record (1 raised) from 1 engine\n")
+
+
+def test_newer_schema_is_reported_with_the_known_fields(run: Run, tmp_path: Path) -> None:
+    """Records from a newer loopguard: one message per file naming the schema, then reported."""
+    newer = SCHEMA_VERSION + 1
+    write_log(
+        tmp_path / "log.jsonl",
+        record(schema=newer, new_field={"x": 1}, cause="some-new-cause"),
+        record(schema=newer),
+    )
+    groups, result = report_json(run, "log.jsonl")
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[0] == (
+        f"log.jsonl:1: schema {newer}: written by a newer loopguard (this one reads schema "
+        f"{SCHEMA_VERSION}); reporting the fields it knows"
+    )
+    assert len(result.stderr.splitlines()) == 2  # and the --fail-on line
+    (group,) = groups
+    assert group["count"] == 2
+    assert group["causes"][0] == {"cause": "some-new-cause", "text": None, "fix": None}
+    table = run("report", "log.jsonl").stdout
+    assert "    cause:        some-new-cause: unknown cause; closed-loop-test: " in table
+
+
+def test_record_without_key_fields_is_bad_input(run: Run, tmp_path: Path) -> None:
+    """A loopguard record that lacks a grouping field or its action is skipped, exit 2."""
+    incomplete = record(schema=SCHEMA_VERSION + 1)
+    del incomplete["created_at"], incomplete["action"]
+    write_log(tmp_path / "log.jsonl", incomplete, record(action="warned"))
+    groups, result = report_json(run, "log.jsonl")
+    assert result.returncode == 2
+    assert "log.jsonl:1: loopguard record without created_at, action" in result.stderr
+    assert [g["count"] for g in groups] == [1]
+
+
+@pytest.mark.parametrize("fmt", ["table", "markdown", "json"])
+def test_empty_input(run: Run, tmp_path: Path, fmt: str) -> None:
+    """An empty log is not an error: "no loopguard records" (json: ``[]`` on stdout), exit 0."""
+    write_log(tmp_path / "empty.jsonl")
+    result = run("report", "--format", fmt, "empty.jsonl", "-", stdin="")
+    assert result.returncode == 0
+    if fmt == "json":
+        assert (result.stdout, result.stderr) == ("[]\n", "no loopguard records\n")
+    else:
+        assert (result.stdout, result.stderr) == ("no loopguard records\n", "")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "the following arguments are required: COMMAND"),
+        (["report"], "the following arguments are required: LOGFILE"),
+        (["report", "--format", "xml", "x"], "argument --format: invalid choice: 'xml'"),
+        (["report", "--fail-on", "error", "x"], "argument --fail-on: invalid choice: 'error'"),
+        (["frobnicate"], "argument COMMAND: invalid choice: 'frobnicate'"),
+    ],
+)
+def test_usage_errors_exit_2(run: Run, args: list[str], message: str) -> None:
+    """Usage errors print argparse's usage and message and exit 2."""
+    result = run(*args)
+    assert result.returncode == 2
+    assert result.stderr.startswith("usage: loopguard")
+    assert message in result.stderr
+
+
+def test_closed_pipe_is_not_a_traceback(tmp_path: Path) -> None:
+    """``loopguard report ... | head``: a reader that stops early gets no traceback on stderr."""
+    lines = (record(created_at=f"src/db{n}.py:12") for n in range(3000))
+    write_log(tmp_path / "log.jsonl", *lines)
+    process = subprocess.Popen(
+        [_console_script(), "report", "log.jsonl"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    assert process.stdout.readline() == "3000 loopguard records (3000 raised) from 3000 engines\n"
+    process.stdout.close()
+    stderr = process.stderr.read()
+    process.stderr.close()
+    assert process.wait(timeout=60) == 1
+    assert "Traceback" not in stderr
