@@ -17,6 +17,9 @@ _counter = itertools.count(1)
 
 # Set by the pytest plugin to the rootdir so paths print relative to it.
 rootdir: Optional[str] = None
+# Set by the pytest plugin: PYTEST_CURRENT_TEST is only meaningful in pytest's own process
+# (a script started by a test inherits the variable and would blame that test).
+in_pytest = False
 
 
 def loop_id(loop: Any) -> int:
@@ -35,7 +38,7 @@ def loop_id(loop: Any) -> int:
 
 def current_test() -> Optional[str]:
     """The pytest node id and phase running now, e.g. ``tests/test_a.py::test_x (call)``."""
-    return os.environ.get("PYTEST_CURRENT_TEST")
+    return os.environ.get("PYTEST_CURRENT_TEST") if in_pytest else None
 
 
 class LoopRef:

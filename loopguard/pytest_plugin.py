@@ -50,6 +50,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def _resolve(cli_value: Optional[str], ini_value: Optional[str]) -> Resolved:
+    try:
+        _config.env_mode()  # a bad LOOPGUARD is an error even when the CLI wins
+    except ConfigError as exc:
+        raise pytest.UsageError(str(exc)) from None
     candidates = (
         (cli_value, "the --loopguard option"),
         (os.environ.get(_config.MODE_ENV) or None, f"the {_config.MODE_ENV} environment variable"),
@@ -66,8 +70,13 @@ def _resolve(cli_value: Optional[str], ini_value: Optional[str]) -> Resolved:
 
 def _activate(config: pytest.Config, resolved: Resolved) -> None:
     config.stash[_resolved_key] = resolved
+    # Lets a loopguard.install() from conftest.py attribute records to tests, too.
+    _context.in_pytest = True
     if resolved.mode is None:
         return
+    # A pytest started by another pytest's test inherits that test's PYTEST_CURRENT_TEST
+    # until its own first test starts: it would be blamed for engines created at import.
+    os.environ.pop("PYTEST_CURRENT_TEST", None)
     _context.rootdir = str(config.rootpath)
     if not STATE.installed:
         _install.install(resolved.mode)
@@ -94,6 +103,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    _context.in_pytest = False
     collector = config.stash.get(_collector_key, None)
     if collector is None:
         return
@@ -149,7 +159,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         where = f"{created_at} in {created_in}" if created_at else "creation site unknown"
         actions = sorted({r["action"] for r in records})
         tests = list(dict.fromkeys(_test_name(r["used_during"]) for r in records))
-        bound = list(dict.fromkeys(_test_name(r["bound_during"]) for r in records))
+        # The phase stays here: "(setup)" shows a fixture bound the engine.
+        bound = list(dict.fromkeys(r["bound_during"] or "outside any test" for r in records))
         terminalreporter.line(f"  {code} {where}  [{url}]")
         terminalreporter.line(
             f"    {len(records)} × {'/'.join(actions)}; first bound during {bound[0]}"

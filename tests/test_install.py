@@ -37,6 +37,7 @@ def _patched_slots() -> dict[str, Any]:
     """Everything install() may change, by identity."""
     return {
         "QueuePool._do_get": QueuePool.__dict__.get("_do_get"),
+        "QueuePool.dispose": QueuePool.__dict__.get("dispose"),
         "AsyncAdaptedQueuePool has own _do_get": "_do_get" in AsyncAdaptedQueuePool.__dict__,
         "AsyncEngine.__init__": AsyncEngine.__dict__.get("__init__"),
         "engine_disposed listener": event.contains(
@@ -51,6 +52,7 @@ def test_uninstall_restores_every_patched_attribute_exactly() -> None:
     loopguard.install()
     during = _patched_slots()
     assert during["QueuePool._do_get"] is not before["QueuePool._do_get"]
+    assert during["QueuePool.dispose"] is not before["QueuePool.dispose"]
     assert during["AsyncEngine.__init__"] is not before["AsyncEngine.__init__"]
     assert during["engine_disposed listener"] is True
     loopguard.uninstall()

@@ -10,6 +10,9 @@ Where it hooks, and why each hook is the one it is:
   which already do I/O on the connection; ``_do_get`` is the earliest point of every checkout.
   The pool-level check runs before anything is taken from the pool, the connection-level check
   right after, before SQLAlchemy touches the connection.
+- ``QueuePool.dispose`` (patched): closing a connection is I/O on its loop; for idle
+  connections of another loop (closed, or not the running one) the sockets are closed
+  directly instead, so dispose() neither logs "Event loop is closed" nor leaks them.
 - ``engine_disposed`` (event): ``dispose()`` builds a new pool, which starts unbound.
 """
 
@@ -216,11 +219,12 @@ def _on_connection_mismatch(
     warn_mismatch(log_record)
 
 
-def _release_record(pool: Any, record: Any) -> bool:
+def _release_record(pool: Any, record: Any, count_overflow: bool = True) -> bool:
     """Drop one connection without I/O on its loop; True if its socket was closed."""
     dbapi_connection = record.dbapi_connection
     record.dbapi_connection = None
-    pool._dec_overflow()
+    if count_overflow:
+        pool._dec_overflow()
     if dbapi_connection is None:
         return False
     driver_connection = getattr(dbapi_connection, "driver_connection", dbapi_connection)
@@ -243,6 +247,37 @@ def _release_idle_connections(pool: Any, loop: Any) -> tuple[int, int]:
         # A queue that once waited on the old loop stays bound to it: start a fresh one.
         del pool._pool.__dict__["_queue"]
     return released, closed
+
+
+def _make_guarded_dispose(original: Callable[[Any], None]) -> Callable[[Any], None]:
+    def dispose(self: Any) -> None:
+        if self in _pools:
+            _release_foreign_idle_connections(self, _context.running_loop())
+        original(self)
+
+    return dispose
+
+
+def _release_foreign_idle_connections(pool: Any, loop: Any) -> None:
+    """Before dispose(): idle connections of another loop are released without I/O.
+
+    They stay in the queue with no DBAPI connection, so dispose() counts and discards them
+    as usual; connections of the running loop are closed by dispose() itself, gracefully.
+    """
+    from sqlalchemy.util.queue import Empty
+
+    kept = []
+    while True:
+        try:
+            record = pool._pool.get(False)
+        except Empty:
+            break
+        conn = record.info.get(_CONN_KEY)
+        if conn is not None and record.dbapi_connection is not None and conn.loop() is not loop:
+            _release_record(pool, record, count_overflow=False)
+        kept.append(record)
+    for record in kept:
+        pool._pool.put(record, False)
 
 
 def _mismatch_record(
@@ -319,6 +354,7 @@ class SQLAlchemyIntegration:
             )
             raise DidNotEnable(msg)
         patches.wrap(QueuePool, "_do_get", _make_guarded_do_get)
+        patches.wrap(QueuePool, "dispose", _make_guarded_dispose)
         patches.wrap(AsyncEngine, "__init__", _make_tracking_init)
         event.listen(Engine, "engine_disposed", _on_engine_disposed)
         self._listening = True
