@@ -9,6 +9,7 @@ about an unclosed transport or connection when they are collected.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 
@@ -31,10 +32,24 @@ def _close_selector_transport(transport: Any) -> bool:
 
 
 def _close_asyncpg(connection: Any) -> bool:
+    loop = connection._loop
+    if loop.is_running() and loop is not asyncio._get_running_loop():
+        # Its loop runs in another thread: only that thread may touch its selector.
+        loop.call_soon_threadsafe(connection.terminate)
+        return True
     closed = _close_selector_transport(connection._transport)
     if closed:
         # Marks the connection aborted; protocol.abort() now finds the transport already lost.
-        connection._abort()
+        try:
+            connection._abort()
+        except RuntimeError:
+            if not connection._loop.is_closed():
+                raise
+            # An operation was pending (its waiter is a future of the closed loop, which
+            # cannot schedule its callbacks): the socket is closed already, so only mark
+            # the connection aborted.
+            connection._aborted = True
+            connection._protocol = None
     return closed
 
 

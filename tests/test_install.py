@@ -7,8 +7,9 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import structlog
@@ -158,7 +159,7 @@ def test_explicit_mode_wins_over_the_environment(monkeypatch: pytest.MonkeyPatch
 def test_log_file_from_environment_and_argument(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """LOOPGUARD_LOG_FILE opens loopguard's own sink; an explicit log_file wins; uninstall closes it."""
+    """LOOPGUARD_LOG_FILE opens loopguard's own sink; log_file= wins; uninstall closes it."""
     monkeypatch.setenv("LOOPGUARD_LOG_FILE", str(tmp_path / "env.jsonl"))
     loopguard.install()
     assert _state.STATE.sink is not None
@@ -206,7 +207,9 @@ def test_repr_of_the_state_says_what_is_guarded() -> None:
     )
 
 
-def _sanitized_python(tmp_path: Path, packages: list[str], code: str) -> subprocess.CompletedProcess[str]:
+def _sanitized_python(
+    tmp_path: Path, packages: list[str], code: str
+) -> subprocess.CompletedProcess[str]:
     """Run code in a Python that sees only loopguard and the listed installed packages.
 
     ``-S`` drops site-packages; a directory of symlinks puts back exactly what is named.
@@ -216,7 +219,11 @@ def _sanitized_python(tmp_path: Path, packages: list[str], code: str) -> subproc
     (visible / "loopguard").symlink_to(REPO / "loopguard")
     for name in packages:
         module = __import__(name)
-        origin = Path(module.__file__).parent if module.__file__.endswith("__init__.py") else Path(module.__file__)
+        origin = (
+            Path(module.__file__).parent
+            if module.__file__.endswith("__init__.py")
+            else Path(module.__file__)
+        )
         (visible / origin.name).symlink_to(origin)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "LOOPGUARD"))}
     env["PYTHONPATH"] = str(visible)
@@ -230,7 +237,7 @@ def _sanitized_python(tmp_path: Path, packages: list[str], code: str) -> subproc
 
 
 def test_without_sqlalchemy_import_works_and_install_refuses_clearly(tmp_path: Path) -> None:
-    """No SQLAlchemy: `import loopguard` works; install() explains what is missing, installs nothing."""
+    """No SQLAlchemy: `import loopguard` works; install() says what is missing, installs nothing."""
     result = _sanitized_python(
         tmp_path,
         ["structlog"],

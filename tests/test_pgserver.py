@@ -6,7 +6,6 @@ import asyncio
 import os
 
 import pytest
-
 from pgserver import ENV_DSN, sqlalchemy_url
 
 

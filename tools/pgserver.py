@@ -38,8 +38,9 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, List, Optional, Tuple
+from typing import List, Optional, Tuple
 from urllib.parse import quote
 
 __all__ = ["ENV_DSN", "ENV_MODE", "sqlalchemy_url", "throwaway_postgres"]
@@ -56,7 +57,9 @@ _INSTALL_HINT = (
 )
 
 
-def make_dsn(socket_dir: str, port: int = PG_PORT, user: str = "postgres", database: str = "postgres") -> str:
+def make_dsn(
+    socket_dir: str, port: int = PG_PORT, user: str = "postgres", database: str = "postgres"
+) -> str:
     """DSN for a server listening on a unix socket in ``socket_dir``."""
     return f"postgresql://{user}@/{database}?host={quote(socket_dir)}&port={port}"
 
@@ -65,7 +68,7 @@ def sqlalchemy_url(dsn: str, driver: str = "asyncpg") -> str:
     """Turn a ``postgresql://`` (or ``postgres://``) DSN into a SQLAlchemy URL."""
     for scheme in ("postgresql://", "postgres://"):
         if dsn.startswith(scheme):
-            return f"postgresql+{driver}://" + dsn[len(scheme):]
+            return f"postgresql+{driver}://" + dsn[len(scheme) :]
     raise ValueError(f"not a postgresql:// DSN: {dsn!r}")
 
 
@@ -140,8 +143,11 @@ def _embedded_postgres() -> Iterator[str]:
         elif (pgdata / "postmaster.pid").exists():  # start-up failed half-way
             owner = "embedded_postgres" if _is_root() else None
             bin_dir = Path(embedded_postgres.__file__).parent / "pginstall" / "bin"
-            _run([str(bin_dir / "pg_ctl"), "-D", str(pgdata), "-m", "immediate", "-w", "stop"],
-                 user=owner, check=False)
+            _run(
+                [str(bin_dir / "pg_ctl"), "-D", str(pgdata), "-m", "immediate", "-w", "stop"],
+                user=owner,
+                check=False,
+            )
         shutil.rmtree(pgdata, ignore_errors=True)
 
 
@@ -180,13 +186,22 @@ def _ensure_system_user(name: str) -> None:
         _run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name])
 
 
-def _run(cmd: List[str], *, user: Optional[str] = None, check: bool = True, cwd: Optional[str] = None) -> None:
+def _run(
+    cmd: List[str], *, user: Optional[str] = None, check: bool = True, cwd: Optional[str] = None
+) -> None:
     # Output goes to files, not pipes: pg_ctl start leaves the postmaster
     # holding inherited fds, which would make a pipe reader wait forever.
     kwargs = {"user": user} if user else {}
     with tempfile.TemporaryFile("w+") as out:
-        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                              cwd=cwd, timeout=120, **kwargs)
+        proc = subprocess.run(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            timeout=120,
+            **kwargs,
+        )
         if check and proc.returncode != 0:
             out.seek(0)
             raise RuntimeError(f"{shlex.join(cmd)} failed ({proc.returncode}):\n{out.read()}")
@@ -196,7 +211,9 @@ def _run(cmd: List[str], *, user: Optional[str] = None, check: bool = True, cwd:
 def _initdb_postgres() -> Iterator[str]:
     found = _find_pg_bin()
     if found is None:
-        raise FileNotFoundError("initdb/pg_ctl not found on PATH nor under /usr/lib/postgresql/*/bin")
+        raise FileNotFoundError(
+            "initdb/pg_ctl not found on PATH nor under /usr/lib/postgresql/*/bin"
+        )
     initdb, pg_ctl = found
 
     user = None
@@ -219,25 +236,38 @@ def _initdb_postgres() -> Iterator[str]:
 
     started = False
     try:
-        _run([initdb, "-D", data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"],
-             user=user, cwd=base)
-        options = " ".join([
-            "-c listen_addresses=''",
-            f"-k {shlex.quote(base)}",
-            f"-p {PG_PORT}",
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off",
-        ])
+        _run(
+            [initdb, "-D", data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"],
+            user=user,
+            cwd=base,
+        )
+        options = " ".join(
+            [
+                "-c listen_addresses=''",
+                f"-k {shlex.quote(base)}",
+                f"-p {PG_PORT}",
+                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+            ]
+        )
         started = True  # from here on, try to stop it even if start "failed"
         try:
-            _run([pg_ctl, "-D", data, "-l", log, "-o", options, "-w", "-t", "60", "start"],
-                 user=user, cwd=base)
+            _run(
+                [pg_ctl, "-D", data, "-l", log, "-o", options, "-w", "-t", "60", "start"],
+                user=user,
+                cwd=base,
+            )
         except RuntimeError as exc:
             server_log = Path(log).read_text() if os.path.exists(log) else "(none)"
             raise RuntimeError(f"{exc}\nserver log:\n{server_log}") from None
         yield make_dsn(base)
     finally:
         if started:
-            _run([pg_ctl, "-D", data, "-m", "immediate", "-w", "stop"], user=user, check=False, cwd=base)
+            _run(
+                [pg_ctl, "-D", data, "-m", "immediate", "-w", "stop"],
+                user=user,
+                check=False,
+                cwd=base,
+            )
         shutil.rmtree(base, ignore_errors=True)
 
 

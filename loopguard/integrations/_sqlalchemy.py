@@ -23,6 +23,7 @@ import weakref
 from typing import Any, Callable, Optional
 
 from .. import _context, _release, _sites
+from .._log import app_logger
 from .._patching import PatchStack
 from .._report import LG101, likely_cause, raise_mismatch, warn_mismatch
 from .._state import STATE
@@ -155,8 +156,9 @@ def _make_guarded_do_get(original: Callable[[Any], Any]) -> Callable[[Any], Any]
                 return record
             conn = record.info.get(_CONN_KEY)
             if conn is None or conn.dbapi_id != id(dbapi_connection):
-                _adopt_connection(state, record, loop)
-                return record
+                # Adopt it for the loop it really belongs to: it may have been opened before
+                # install(), or reconnected by an earlier checkout on another loop.
+                conn = _adopt_connection(state, record, _driver_loop(dbapi_connection) or loop)
             if conn.loop() is loop:
                 return record
             _on_connection_mismatch(self, state, record, conn, loop)  # raises, or releases it
@@ -164,18 +166,36 @@ def _make_guarded_do_get(original: Callable[[Any], Any]) -> Callable[[Any], Any]
     return _do_get
 
 
-def _adopt_connection(state: PoolState, record: Any, loop: Any) -> None:
-    """A connection seen for the first time: it belongs to the running loop."""
+def _driver_loop(dbapi_connection: Any) -> Any:
+    """The loop the driver connection is bound to (asyncpg: ``Connection._loop``), or None."""
+    driver = getattr(dbapi_connection, "driver_connection", None)
+    return getattr(driver, "_loop", None)
+
+
+def _adopt_connection(state: PoolState, record: Any, loop: Any) -> ConnectionInfo:
+    """A connection seen for the first time: it belongs to ``loop``."""
     test = _context.current_test()
     ref = _context.LoopRef(loop)
-    record.info[_CONN_KEY] = ConnectionInfo(ref, id(record.dbapi_connection), test)
+    info = record.info[_CONN_KEY] = ConnectionInfo(ref, id(record.dbapi_connection), test)
     if state.owner is None:
         state.owner = ref
         state.bound_during = test
+    return info
 
 
 def _holds_no_connections(pool: Any) -> bool:
-    return bool(pool.checkedin() == 0 and pool.checkedout() == 0)
+    """No connection checked out, and every pooled record closed or invalidated."""
+    if pool.checkedout() != 0:
+        return False
+    if pool.checkedin() == 0:
+        return True
+    queue = _asyncio_queue(pool)
+    records = (
+        getattr(queue, "_queue", None) if queue is not None else getattr(pool._pool, "queue", None)
+    )
+    if records is None:
+        return False
+    return all(record.dbapi_connection is None for record in list(records))
 
 
 def _asyncio_queue(pool: Any) -> Any:
@@ -228,7 +248,16 @@ def _release_record(pool: Any, record: Any, count_overflow: bool = True) -> bool
     if dbapi_connection is None:
         return False
     driver_connection = getattr(dbapi_connection, "driver_connection", dbapi_connection)
-    return _release.close_without_loop(driver_connection)
+    try:
+        return _release.close_without_loop(driver_connection)
+    except Exception as exc:  # reported below; the pool must stay consistent
+        # The connection is already out of the pool; say what could not be closed.
+        app_logger().warning(
+            "loopguard.release_failed",
+            connection=repr(driver_connection),
+            error=f"{type(exc).__name__}: {exc}",
+        )
+        return False
 
 
 def _release_idle_connections(pool: Any, loop: Any) -> tuple[int, int]:

@@ -1,0 +1,1186 @@
+"""The SQLAlchemy guard, driven directly against a real PostgreSQL through asyncpg.
+
+Every test is a plain (sync) test function that creates and closes its own event loops with
+``asyncio.run()`` / ``asyncio.new_event_loop()``, the way task runners, CLI commands and
+scripts do; nothing here mocks asyncpg, SQLAlchemy or the loop.  The autouse ``_guard``
+fixture installs loopguard in the test's ``mode`` (``raise`` unless the test parametrizes
+``mode``) and uninstalls it afterwards.  Every engine goes into the ``engines`` list, whose
+teardown leaves no socket behind (see ``_shut_down``): the run has ``filterwarnings = error``,
+so a leaked transport would fail some later test with a ResourceWarning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import json
+import os
+import pickle
+import sys
+import threading
+import warnings
+from collections.abc import Awaitable, Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Optional, TypeVar
+
+import asyncpg
+import pytest
+import structlog
+from pgserver import sqlalchemy_url
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import NullPool, QueuePool
+
+import loopguard
+from loopguard._context import loop_id
+
+T = TypeVar("T")
+
+MODES = ["raise", "warn"]
+EVENT = "loopguard.loop_mismatch"
+# The documented log fields (README "Structured logs"); warn mode adds WARN_KEYS.
+LOG_KEYS = frozenset(
+    {
+        "code",
+        "action",
+        "resource",
+        "url",
+        "pool_class",
+        "created_at",
+        "created_in",
+        "created_during",
+        "bound_during",
+        "used_at",
+        "used_during",
+        "owner_loop_id",
+        "owner_loop_closed",
+        "current_loop_id",
+        "cause",
+    }
+)
+WARN_KEYS = frozenset({"released", "sockets_closed"})
+FILE_KEYS = frozenset({"event", "level", "timestamp", "pid", "schema"})
+RESOURCE = "SQLAlchemy AsyncEngine"
+POOL_CLASS = "AsyncAdaptedQueuePool"
+
+
+def _display_path(filename: str) -> str:
+    """How loopguard prints a path with no pytest rootdir set: relative to the cwd."""
+    try:
+        return Path(filename).resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return filename
+
+
+THIS_FILE = _display_path(__file__)
+
+
+def _marker_line(marker: str) -> int:
+    """The line of this file that ends with the comment ``# <marker>``."""
+    for number, line in enumerate(Path(__file__).read_text().splitlines(), 1):
+        if line.rstrip().endswith("# " + marker):
+            return number
+    raise AssertionError(f"marker {marker!r} not found")
+
+
+# -- helpers: jobs run on a loop -------------------------------------------------------
+
+
+async def _pid(engine: AsyncEngine, loops: Optional[list[Any]] = None) -> int:
+    """One checkout: the backend pid of the connection handed out on the running loop."""
+    if loops is not None:
+        loops.append(asyncio.get_running_loop())
+    async with engine.connect() as conn:  # connect-site
+        return int((await conn.execute(text("select pg_backend_pid()"))).scalar_one())
+
+
+CONNECT_LINE = _marker_line("connect-site")
+USED_AT = f"{THIS_FILE}:{CONNECT_LINE} in _pid"
+
+
+async def _backend(dsn: str, pid: int) -> Optional[dict[str, Any]]:
+    """What the server reports for backend ``pid`` (asked on a separate, raw asyncpg connection)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        row = await conn.fetchrow(
+            "select state, query, query_start, state_change, backend_start "
+            "from pg_stat_activity where pid = $1",
+            pid,
+        )
+    finally:
+        await conn.close()
+    return dict(row) if row is not None else None
+
+
+async def _wait_backends_gone(dsn: str, pids: list[int], timeout: float = 5.0) -> bool:
+    """True once every backend in ``pids`` has exited (the server saw their sockets close)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        query = "select count(*) from pg_stat_activity where pid = any($1::int[])"
+        while await conn.fetchval(query, pids):
+            if loop.time() > deadline:
+                return False
+            await asyncio.sleep(0.005)
+        return True
+    finally:
+        await conn.close()
+
+
+def _on_new_loop(make: Callable[[], Awaitable[T]]) -> tuple[T, Any]:
+    """Run one job with asyncio.run(); return its result and the (now closed) loop."""
+    seen: list[Any] = []
+
+    async def main() -> T:
+        seen.append(asyncio.get_running_loop())
+        return await make()
+
+    result = asyncio.run(main())
+    return result, seen[0]
+
+
+def _shut_down(engine: AsyncEngine) -> None:
+    """Release everything ``engine`` holds, on a live loop, leaking no socket.
+
+    Connections whose loop is closed cannot be closed with I/O any more (plain SQLAlchemy
+    ``dispose()`` on another loop logs "Event loop is closed" and leaks the socket), so
+    loopguard's warn mode heals the pool first (closes their sockets directly), then the
+    engine is disposed on the same, live loop.
+    """
+    loopguard.install("warn")
+
+    async def heal_and_dispose() -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", loopguard.LoopMismatchWarning)
+            async with engine.connect():
+                pass
+        await engine.dispose()
+
+    for attempt in range(3):
+        try:
+            asyncio.run(heal_and_dispose())
+            return
+        except RuntimeError as exc:
+            # A heal that meets a connection with an operation pending on a closed loop
+            # raises "Event loop is closed" after dropping that one connection (see
+            # test_pool_holding_a_connection_poisoned_on_a_foreign_loop): try again, so the
+            # teardown still leaves nothing behind.
+            if "Event loop is closed" not in str(exc) or attempt == 2:
+                raise
+
+
+@contextlib.contextmanager
+def _silence_checked(log_file: Path) -> Iterator[None]:
+    """Assert the block raises nothing, warns nothing and logs nothing (structlog and file)."""
+    with structlog.testing.capture_logs() as logs, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+        gc.collect()
+    assert [f"{w.category.__name__}: {w.message}" for w in caught] == []
+    assert [entry for entry in logs if entry.get("event") == EVENT] == []
+    assert log_file.read_text() == ""
+
+
+def _call_id(request: pytest.FixtureRequest) -> str:
+    """PYTEST_CURRENT_TEST as loopguard reads it while the test body runs."""
+    return f"{request.node.nodeid} (call)"
+
+
+def _queue_loop(engine: AsyncEngine) -> Any:
+    """The loop the pool's asyncio.Queue is bound to (None: not created or never waited)."""
+    queue = engine.sync_engine.pool._pool.__dict__.get("_queue")
+    return getattr(queue, "_loop", None)
+
+
+# -- fixtures ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def mode() -> str:
+    """loopguard's mode for the test; tests parametrize ``mode`` to run in both modes."""
+    return "raise"
+
+
+@pytest.fixture(autouse=True)
+def _guard(mode: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Install loopguard in ``mode`` around each test; uninstall only if still installed."""
+    monkeypatch.delenv("LOOPGUARD", raising=False)
+    monkeypatch.delenv("LOOPGUARD_LOG_FILE", raising=False)
+    loopguard.install(mode)
+    yield
+    if loopguard.is_installed():
+        loopguard.uninstall()
+
+
+@pytest.fixture
+def url(pg_dsn: str) -> str:
+    """The throwaway server as a ``postgresql+asyncpg://`` URL."""
+    return sqlalchemy_url(pg_dsn)
+
+
+@pytest.fixture
+def engines(_guard: None) -> Iterator[list[AsyncEngine]]:
+    """Append every engine here: teardown shuts each down on a live loop (before uninstall)."""
+    made: list[AsyncEngine] = []
+    yield made
+    for engine in made:
+        _shut_down(engine)
+
+
+@pytest.fixture
+def log_file(tmp_path: Path, mode: str) -> Path:
+    """loopguard's JSON-lines log file for this test (install() with log_file=...)."""
+    path = tmp_path / "lg.jsonl"
+    loopguard.install(mode, log_file=str(path))
+    path.touch()
+    return path
+
+
+# -- scenario 3: a module-level style engine used by asyncio.run() per job --------------
+
+
+def test_second_asyncio_run_raises_before_any_io(
+    url: str, pg_dsn: str, engines: list[AsyncEngine], request: pytest.FixtureRequest
+) -> None:
+    """raise mode, scenario 3: job 2 on a new loop gets LoopMismatchError with every fact
+    exact, and the backend of the pooled connection sees no I/O at all."""
+    engine, line = create_async_engine(url), sys._getframe().f_lineno
+    engines.append(engine)
+    pid, loop_a = _on_new_loop(lambda: _pid(engine))
+    assert loop_a.is_closed()
+    before = asyncio.run(_backend(pg_dsn, pid))
+    assert before is not None and before["state"] == "idle"
+
+    loops: list[Any] = []
+    with pytest.raises(loopguard.LoopMismatchError) as excinfo:
+        asyncio.run(_pid(engine, loops))
+    err = excinfo.value
+    [loop_b] = loops
+
+    call_id = _call_id(request)
+    assert isinstance(err, RuntimeError)
+    assert err.code == "LG101"
+    assert err.resource == RESOURCE
+    assert err.url == make_url(url).render_as_string(hide_password=True)
+    assert err.pool_class == POOL_CLASS
+    assert err.created_at == f"{THIS_FILE}:{line}"
+    assert err.created_in == "test_second_asyncio_run_raises_before_any_io"
+    assert err.created_during == call_id
+    assert err.bound_during == call_id
+    assert err.used_during == call_id
+    assert err.used_at == USED_AT
+    assert err.owner_loop_closed is True
+    assert err.owner_loop_id == loop_id(loop_a)
+    assert err.current_loop_id == loop_id(loop_b)
+    assert err.owner_loop_id != err.current_loop_id
+    assert err.record["action"] == "raised"
+    assert err.record["cause"] == "closed-loop-test"
+    # Nothing reached the server: the backend's last query and timestamps are unchanged ...
+    assert asyncio.run(_backend(pg_dsn, pid)) == before
+    # ... and the connection went back into the pool, not checked out, not dropped.
+    pool = engine.sync_engine.pool
+    assert (pool.checkedin(), pool.checkedout()) == (1, 0)
+    # Asking again raises again: nothing was "fixed" behind the user's back.
+    with pytest.raises(loopguard.LoopMismatchError):
+        asyncio.run(_pid(engine))
+
+
+def test_second_asyncio_run_message_is_exact(
+    url: str, engines: list[AsyncEngine], request: pytest.FixtureRequest
+) -> None:
+    """raise mode: the full message, line by line, for the asyncio.run()-per-job pattern."""
+    engine, line = create_async_engine(url), sys._getframe().f_lineno
+    engines.append(engine)
+    _, loop_a = _on_new_loop(lambda: _pid(engine))
+    loops: list[Any] = []
+    with pytest.raises(loopguard.LoopMismatchError) as excinfo:
+        asyncio.run(_pid(engine, loops))
+    owner, current = loop_id(loop_a), loop_id(loops[0])
+    call_id = _call_id(request)
+    masked = make_url(url).render_as_string(hide_password=True)
+    assert str(excinfo.value).splitlines() == [
+        f"SQLAlchemy AsyncEngine used on event loop #{current}, but its pooled connections "
+        f"belong to loop #{owner}; stopped before any I/O.",
+        f"  engine:        {masked} (AsyncAdaptedQueuePool)",
+        f"  created at:    {THIS_FILE}:{line} in test_second_asyncio_run_message_is_exact "
+        f"(during {call_id}, no event loop running)",
+        f"  bound:         first connection opened during {call_id} on loop #{owner}, "
+        "which is now closed",
+        f"  used now:      during {call_id} on loop #{current}, at {USED_AT}",
+        "  likely cause:  the engine outlived the event loop it was first used on: it is "
+        "cached (a module-level engine or async_sessionmaker, or an @lru_cache factory) while "
+        "pytest-asyncio gives each test a new loop.",
+        "  fix:           dispose it when its loop ends (`await engine.dispose()` in the "
+        "teardown of a fixture on the test's loop), or create it per test in a fixture, or "
+        "build it with `poolclass=NullPool` for tests.",
+        "  (Background on this error at: docs/errors.md#lg101, code LG101)",
+    ]
+
+
+def test_outside_pytest_the_cause_is_the_asyncio_run_pattern(
+    url: str, engines: list[AsyncEngine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without PYTEST_CURRENT_TEST (a script or CLI): *_during are None, the message says
+    "outside any test" and the cause is closed-loop-run."""
+    with monkeypatch.context() as env:
+        env.delenv("PYTEST_CURRENT_TEST")
+        engine = create_async_engine(url)
+        engines.append(engine)
+        asyncio.run(_pid(engine))
+        with pytest.raises(loopguard.LoopMismatchError) as excinfo:
+            asyncio.run(_pid(engine))
+    err = excinfo.value
+    assert (err.created_during, err.bound_during, err.used_during) == (None, None, None)
+    assert err.record["cause"] == "closed-loop-run"
+    message = str(err)
+    assert "(outside any test, no event loop running)" in message
+    assert "first connection opened outside any test on loop" in message
+    assert "used now:      outside any test on loop" in message
+    assert "shared by several asyncio.run() calls" in message
+
+
+def test_engine_created_inside_a_running_loop_says_so(url: str, engines: list[AsyncEngine]) -> None:
+    """An engine created in a coroutine: created_at is that line, and the message does not
+    claim "no event loop running"."""
+
+    async def first_job() -> AsyncEngine:
+        engine, line = create_async_engine(url), sys._getframe().f_lineno
+        lines.append(line)
+        await _pid(engine)
+        return engine
+
+    lines: list[int] = []
+    engine = asyncio.run(first_job())
+    engines.append(engine)
+    with pytest.raises(loopguard.LoopMismatchError) as excinfo:
+        asyncio.run(_pid(engine))
+    assert excinfo.value.created_at == f"{THIS_FILE}:{lines[0]}"
+    assert excinfo.value.created_in == "first_job"
+    assert "no event loop running" not in str(excinfo.value)
+
+
+@pytest.mark.parametrize("mode", ["warn"])
+def test_second_asyncio_run_heals_in_warn_mode(
+    url: str, pg_dsn: str, engines: list[AsyncEngine], mode: str
+) -> None:
+    """warn mode, scenario 3: job 2 warns at the user's line, then works on a NEW backend;
+    the stale connection's socket was closed (its backend exits) and the record says so."""
+    engine = create_async_engine(url)
+    engines.append(engine)
+    pid_a, _ = _on_new_loop(lambda: _pid(engine))
+    warns = pytest.warns(loopguard.LoopMismatchWarning)
+    with structlog.testing.capture_logs() as logs, warns as caught:
+        pid_b = asyncio.run(_pid(engine))
+    assert pid_b != pid_a
+    [warning] = caught.list
+    assert (warning.filename, warning.lineno) == (str(Path(__file__)), CONNECT_LINE)
+    message = str(warning.message)
+    assert "its stale connections were released and it now belongs to the new loop" in message
+    assert "which is now closed" in message
+    [entry] = [e for e in logs if e["event"] == EVENT]
+    assert entry["log_level"] == "warning"
+    assert entry["action"] == "warned"
+    assert entry["released"] >= 1
+    assert entry["sockets_closed"] >= 1
+    assert entry["owner_loop_closed"] is True
+    assert asyncio.run(_wait_backends_gone(pg_dsn, [pid_a])), "old backend still connected"
+    # Healed: the pool belongs to loop B now; loop C heals again, once, and keeps working.
+    with pytest.warns(loopguard.LoopMismatchWarning):
+        pid_c = asyncio.run(_pid(engine))
+    assert pid_c not in (pid_a, pid_b)
+
+
+# -- scenario 6: used after its loop closed -------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_session_used_after_its_loop_closed(
+    url: str, engines: list[AsyncEngine], mode: str
+) -> None:
+    """Scenario 6 through a module-level style async_sessionmaker: the owner loop is closed
+    explicitly; the message says "now closed" (raise: error, warn: healed warning)."""
+    engine = create_async_engine(url)
+    engines.append(engine)
+    session_factory = async_sessionmaker(engine)
+
+    async def job() -> int:
+        async with session_factory() as session:
+            return int((await session.execute(text("select 41 + 1"))).scalar_one())
+
+    loop_a = asyncio.new_event_loop()
+    try:
+        assert loop_a.run_until_complete(job()) == 42
+    finally:
+        loop_a.close()
+
+    if mode == "raise":
+        with pytest.raises(loopguard.LoopMismatchError) as excinfo:
+            asyncio.run(job())
+        err = excinfo.value
+        assert err.owner_loop_closed is True
+        assert err.owner_loop_id == loop_id(loop_a)
+        assert f"on loop #{loop_id(loop_a)}, which is now closed" in str(err)
+        assert "stopped before any I/O" in str(err)
+    else:
+        with pytest.warns(loopguard.LoopMismatchWarning, match="which is now closed"):
+            assert asyncio.run(job()) == 42
+
+
+# -- scenario 9: pool exhausted on loop A, then used on loop B --------------------------
+
+
+async def _exhaust(engine: AsyncEngine) -> tuple[int, int]:
+    """Two concurrent checkouts on a one-connection pool: the second waits on the queue."""
+    async with engine.connect() as first:
+        pid = (await first.execute(text("select pg_backend_pid()"))).scalar_one()
+        waiter = asyncio.create_task(_pid(engine))
+        await asyncio.sleep(0.05)
+        assert not waiter.done(), "the second checkout should be waiting for the first"
+    return int(pid), await waiter
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_pool_exhausted_on_one_loop_then_used_on_another(
+    url: str, engines: list[AsyncEngine], mode: str
+) -> None:
+    """Scenario 9: the pool's asyncio.Queue got bound to loop A by waiting; on loop B raise
+    mode raises LoopMismatchError (not asyncio's "bound to a different event loop"); warn
+    mode rebuilds the queue, so queries and even waiting again work on loop B."""
+    engine = create_async_engine(url, pool_size=1, max_overflow=0, pool_timeout=5)
+    engines.append(engine)
+    (pid_1, pid_2), loop_a = _on_new_loop(lambda: _exhaust(engine))
+    assert pid_1 == pid_2  # one connection, handed over through the queue
+    assert _queue_loop(engine) is loop_a  # precondition: the queue is bound to loop A
+
+    if mode == "raise":
+        with pytest.raises(loopguard.LoopMismatchError) as excinfo:
+            asyncio.run(_pid(engine))
+        assert "bound to a different event loop" not in str(excinfo.value)
+        assert excinfo.value.owner_loop_id == loop_id(loop_a)
+        assert _queue_loop(engine) is loop_a  # raise mode changes nothing
+    else:
+        with pytest.warns(loopguard.LoopMismatchWarning):
+            (pid_3, pid_4), loop_b = _on_new_loop(lambda: _exhaust(engine))
+        assert pid_3 == pid_4 != pid_1
+        assert _queue_loop(engine) is loop_b
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_exhausted_pool_whose_connections_were_disposed_moves_silently(
+    url: str, engines: list[AsyncEngine], mode: str, log_file: Path
+) -> None:
+    """An exhausted-then-disposed engine starts over: dispose() builds a new queue too."""
+    engine = create_async_engine(url, pool_size=1, max_overflow=0, pool_timeout=5)
+    engines.append(engine)
+
+    async def exhaust_then_dispose() -> None:
+        await _exhaust(engine)
+        await engine.dispose()
+
+    with _silence_checked(log_file):
+        asyncio.run(exhaust_then_dispose())
+        asyncio.run(exhaust_then_dispose())
+
+
+# -- scenario 10: legitimate patterns stay silent ---------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_nullpool_engine_shared_across_loops_is_silent(
+    url: str, engines: list[AsyncEngine], mode: str, log_file: Path
+) -> None:
+    """A NullPool engine keeps no connection: any number of loops may share it."""
+    engine = create_async_engine(url, poolclass=NullPool)
+    engines.append(engine)
+    with _silence_checked(log_file):
+        pids = [asyncio.run(_pid(engine)) for _ in range(3)]
+    assert len(set(pids)) == 3
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_engine_disposed_at_the_end_of_each_loop_is_silent(
+    url: str, engines: list[AsyncEngine], mode: str, log_file: Path
+) -> None:
+    """`await engine.dispose()` before each asyncio.run() returns: the next loop starts over
+    (also through an execution_options() proxy, and with pre-ping)."""
+    engine = create_async_engine(url, pool_pre_ping=True)
+    engines.append(engine)
+    proxy = engine.execution_options(isolation_level="REPEATABLE READ")
+
+    async def job(which: AsyncEngine) -> int:
+        try:
+            await _pid(which)
+            return await _pid(which)
+        finally:
+            await which.dispose()
+
+    with _silence_checked(log_file):
+        for which in (engine, proxy, engine, proxy):
+            asyncio.run(job(which))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_per_job_engines_are_silent(url: str, mode: str, log_file: Path) -> None:
+    """An engine created and disposed inside each job (the per-test fixture pattern)."""
+
+    async def job() -> int:
+        engine = create_async_engine(url)
+        try:
+            return await _pid(engine)
+        finally:
+            await engine.dispose()
+
+    with _silence_checked(log_file):
+        for _ in range(3):
+            asyncio.run(job())
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_one_loop_for_everything_is_silent(
+    url: str, engines: list[AsyncEngine], mode: str, log_file: Path
+) -> None:
+    """Many sequential and concurrent checkouts (pool waits included) on one loop."""
+    engine = create_async_engine(url, pool_size=2, max_overflow=1, pool_timeout=5)
+    engines.append(engine)
+
+    async def everything() -> set[int]:
+        pids = {await _pid(engine) for _ in range(10)}
+        pids |= set(await asyncio.gather(*(_pid(engine) for _ in range(12))))
+        session_factory = async_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"))
+        async with session_factory() as session:
+            await session.execute(text("select 1"))
+        await engine.dispose()
+        return pids
+
+    with _silence_checked(log_file):
+        pids = asyncio.run(everything())
+    assert 1 <= len(pids) <= 3
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_sync_engine_is_untouched_on_any_thread_or_loop(
+    tmp_path: Path, mode: str, log_file: Path
+) -> None:
+    """A plain sync engine with a QueuePool (file SQLite) used from several threads and from
+    inside several event loops: loopguard leaves it alone."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    assert isinstance(engine.pool, QueuePool)  # the patched class: the test means something
+
+    def query() -> int:
+        with engine.connect() as conn:
+            return int(conn.execute(text("select 1")).scalar_one())
+
+    async def in_loop() -> int:
+        return query()
+
+    try:
+        with _silence_checked(log_file):
+            results = [query()]
+            results += [asyncio.run(in_loop()) for _ in range(3)]
+            threads = [
+                threading.Thread(target=lambda: results.append(asyncio.run(in_loop())))
+                for _ in range(3)
+            ]
+            threads += [threading.Thread(target=lambda: results.append(query())) for _ in range(2)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+    finally:
+        engine.dispose()
+    assert results == [1] * 9
+
+
+# -- execution_options() proxies share the creation site ------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_execution_options_proxy_reports_the_original_creation_site(
+    url: str, engines: list[AsyncEngine], mode: str
+) -> None:
+    """An execution_options() proxy built on another line shares the pool: the mismatch names
+    the create_async_engine line, and a heal through the proxy heals the original too."""
+    engine, line = create_async_engine(url), sys._getframe().f_lineno
+    engines.append(engine)
+    proxy = engine.execution_options(isolation_level="SERIALIZABLE")
+    asyncio.run(_pid(engine))
+
+    with structlog.testing.capture_logs() as logs:
+        if mode == "raise":
+            with pytest.raises(loopguard.LoopMismatchError) as excinfo:
+                asyncio.run(_pid(proxy))
+            assert excinfo.value.created_at == f"{THIS_FILE}:{line}"
+        else:
+            with pytest.warns(loopguard.LoopMismatchWarning):
+                asyncio.run(_pid(proxy))
+    [entry] = [e for e in logs if e["event"] == EVENT]
+    assert entry["created_at"] == f"{THIS_FILE}:{line}"
+    assert entry["created_in"] == "test_execution_options_proxy_reports_the_original_creation_site"
+
+    if mode == "warn":
+
+        async def both() -> None:
+            await _pid(proxy)
+            await _pid(engine)
+
+        # Healed through the proxy: the original engine shares the pool, so it is fine on
+        # the new loop... which asyncio.run() closed, so the next loop heals once more.
+        with pytest.warns(loopguard.LoopMismatchWarning) as caught:
+            asyncio.run(both())
+        assert len(caught.list) == 1
+
+
+# -- raise mode never touches a connection of another (idle) loop -------------------------
+
+
+@pytest.mark.parametrize("pre_ping", [False, True], ids=["plain", "pre_ping"])
+def test_raise_mode_leaves_an_idle_loops_connection_untouched(
+    url: str, pg_dsn: str, engines: list[AsyncEngine], pre_ping: bool
+) -> None:
+    """Scenario 2 without pytest-asyncio: loop A (open, not running) owns the pool; a checkout
+    on loop B raises before pre-ping or any I/O, and loop A gets the very same backend back,
+    healthy (no "another operation is in progress")."""
+    engine = create_async_engine(url, pool_pre_ping=pre_ping)
+    engines.append(engine)
+    loop_a = asyncio.new_event_loop()
+    try:
+        pid = loop_a.run_until_complete(_pid(engine))
+        before = asyncio.run(_backend(pg_dsn, pid))
+        with pytest.raises(loopguard.LoopMismatchError) as excinfo:
+            asyncio.run(_pid(engine))
+        err = excinfo.value
+        assert err.owner_loop_closed is False
+        assert err.owner_loop_id == loop_id(loop_a)
+        assert err.record["cause"] == "idle-loop-test"
+        message = str(err)
+        assert f"loop #{loop_id(loop_a)}, which is still open but not running" in message
+        assert "fixture with a wider loop scope (session, package, module or class)" in message
+        assert "loop_scope=" in message
+        assert asyncio.run(_backend(pg_dsn, pid)) == before  # no ping, no rollback, nothing
+        pool = engine.sync_engine.pool
+        assert (pool.checkedin(), pool.checkedout()) == (1, 0)
+        # Back on its own loop the same connection works, twice, and concurrently.
+        assert loop_a.run_until_complete(_pid(engine)) == pid
+        assert loop_a.run_until_complete(_pid(engine)) == pid
+
+        async def two_at_once() -> list[int]:
+            return list(await asyncio.gather(_pid(engine), _pid(engine)))
+
+        assert pid in loop_a.run_until_complete(two_at_once())
+        loop_a.run_until_complete(engine.dispose())
+    finally:
+        loop_a.close()
+
+
+def test_idle_owner_loop_outside_pytest_gives_the_generic_cause(
+    url: str, engines: list[AsyncEngine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Outside pytest an idle owner loop is reported as idle-loop-run (no fixture advice)."""
+    engine = create_async_engine(url)
+    engines.append(engine)
+    loop_a = asyncio.new_event_loop()
+    try:
+        loop_a.run_until_complete(_pid(engine))
+        with monkeypatch.context() as env:
+            env.delenv("PYTEST_CURRENT_TEST")
+            with pytest.raises(loopguard.LoopMismatchError) as excinfo:
+                asyncio.run(_pid(engine))
+        assert excinfo.value.record["cause"] == "idle-loop-run"
+        advice = [
+            line
+            for line in str(excinfo.value).splitlines()
+            if line.startswith(("  likely cause:", "  fix:"))
+        ]
+        assert len(advice) == 2
+        assert "still open but not running" in advice[0]
+        assert not any("fixture" in line or "pytest" in line for line in advice)
+        loop_a.run_until_complete(engine.dispose())
+    finally:
+        loop_a.close()
+
+
+@pytest.mark.parametrize("mode", ["warn"])
+def test_warn_mode_idle_owner_loop_stays_usable(
+    url: str, pg_dsn: str, engines: list[AsyncEngine], mode: str
+) -> None:
+    """warn mode with an idle owner loop A: loop B heals (A's backend exits), and loop A
+    itself keeps working afterwards (its selector no longer watches the closed socket)."""
+    engine = create_async_engine(url)
+    engines.append(engine)
+    loop_a = asyncio.new_event_loop()
+    try:
+        pid_a = loop_a.run_until_complete(_pid(engine))
+        with pytest.warns(loopguard.LoopMismatchWarning, match="still open but not running"):
+            pid_b = asyncio.run(_pid(engine))
+        assert pid_b != pid_a
+        assert asyncio.run(_wait_backends_gone(pg_dsn, [pid_a]))
+
+        async def on_a() -> list[int]:
+            # Fresh raw connections on loop A: likely reusing the closed socket's fd number.
+            conns = [await asyncpg.connect(pg_dsn) for _ in range(3)]
+            try:
+                return [await c.fetchval("select 1") for c in conns]
+            finally:
+                for c in conns:
+                    await c.close()
+
+        assert loop_a.run_until_complete(on_a()) == [1, 1, 1]
+        with pytest.warns(loopguard.LoopMismatchWarning, match="now closed"):
+            pid_a2 = loop_a.run_until_complete(_pid(engine))
+        assert pid_a2 not in (pid_a, pid_b)
+        loop_a.run_until_complete(engine.dispose())
+    finally:
+        loop_a.close()
+
+
+# -- an owner loop running in another thread ---------------------------------------------
+
+
+@contextlib.contextmanager
+def _loop_in_thread() -> Iterator[asyncio.AbstractEventLoop]:
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield loop
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_owner_loop_running_in_another_thread(
+    url: str, engines: list[AsyncEngine], mode: str
+) -> None:
+    """Loop A runs in another thread and owns the pool: raise mode reports running-loop
+    ("still running"); warn mode heals and both loops can still use the engine."""
+    engine = create_async_engine(url)
+    engines.append(engine)
+    with _loop_in_thread() as loop_a:
+
+        def on_a(coro: Awaitable[T]) -> T:
+            return asyncio.run_coroutine_threadsafe(coro, loop_a).result(10)  # type: ignore[arg-type]
+
+        pid_a = on_a(_pid(engine))
+        if mode == "raise":
+            with pytest.raises(loopguard.LoopMismatchError) as excinfo:
+                asyncio.run(_pid(engine))
+            err = excinfo.value
+            assert err.owner_loop_closed is False
+            assert err.record["cause"] == "running-loop"
+            assert f"loop #{loop_id(loop_a)}, which is still running" in str(err)
+            assert "another thread" in str(err)
+            assert on_a(_pid(engine)) == pid_a
+        else:
+            with pytest.warns(loopguard.LoopMismatchWarning, match="still running"):
+                asyncio.run(_pid(engine))
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                assert on_a(_pid(engine)) != pid_a
+            assert [w.category for w in caught] == [loopguard.LoopMismatchWarning]
+        on_a(engine.dispose())
+
+
+# -- warn mode: no leaks ------------------------------------------------------------------
+
+
+def _fd_count() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+@pytest.mark.parametrize("mode", ["warn"])
+def test_warn_mode_closes_stale_sockets_without_leaks(
+    url: str, pg_dsn: str, engines: list[AsyncEngine], mode: str
+) -> None:
+    """warn mode, owner loop closed, 20 loop switches: one warning per switch, no
+    ResourceWarning (even after gc), and the number of open fds does not grow."""
+    engine = create_async_engine(url, pool_size=2)
+    engines.append(engine)
+
+    async def job() -> list[int]:
+        # Two connections per loop, so every heal releases two stale ones.
+        return list(await asyncio.gather(_pid(engine), _pid(engine)))
+
+    counts: list[int] = []
+    pids: list[int] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(20):
+            pids += asyncio.run(job())
+            gc.collect()
+            counts.append(_fd_count())
+    categories = [w.category for w in caught]
+    assert ResourceWarning not in categories, [str(w.message) for w in caught]
+    assert categories == [loopguard.LoopMismatchWarning] * 19
+    # Constant after warm-up: at most the two pooled sockets of the last loop stay open.
+    assert max(counts[2:]) - min(counts[2:]) <= 1, counts
+    assert counts[-1] <= counts[1] + 1, counts
+    # And the server agrees: every backend but the last loop's two has exited.
+    assert len(set(pids)) == 40
+    assert asyncio.run(_wait_backends_gone(pg_dsn, pids[:-2]))
+
+
+# -- structured log records -------------------------------------------------------------
+
+
+def _with_password(url: str, password: str) -> Any:
+    return make_url(url).set(password=password)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_log_record_has_exactly_the_documented_fields(
+    url: str, engines: list[AsyncEngine], request: pytest.FixtureRequest, mode: str
+) -> None:
+    """structlog gets one record per mismatch with exactly the documented keys, and the URL's
+    password is masked everywhere (record, message, repr, pickled error)."""
+    secret_url = _with_password(url, "s3cret")
+    engine, line = create_async_engine(secret_url), sys._getframe().f_lineno
+    engines.append(engine)
+    masked = secret_url.render_as_string(hide_password=True)
+    assert "***" in masked and "s3cret" not in masked
+
+    with structlog.testing.capture_logs() as logs:
+        _, loop_a = _on_new_loop(lambda: _pid(engine))
+        assert logs == []  # binding a loop is not an event
+        loops: list[Any] = []
+        if mode == "raise":
+            with pytest.raises(loopguard.LoopMismatchError) as excinfo:
+                asyncio.run(_pid(engine, loops))
+            texts = [str(excinfo.value), repr(excinfo.value)]
+            texts.append(pickle.dumps(excinfo.value).decode("latin-1"))
+        else:
+            with pytest.warns(loopguard.LoopMismatchWarning) as caught:
+                asyncio.run(_pid(engine, loops))
+            texts = [str(w.message) for w in caught.list]
+
+    [entry] = logs
+    extra = WARN_KEYS if mode == "warn" else frozenset()
+    assert set(entry) == LOG_KEYS | extra | {"event", "log_level"}
+    call_id = _call_id(request)
+    expected = {
+        "event": EVENT,
+        "log_level": "error" if mode == "raise" else "warning",
+        "code": "LG101",
+        "action": "raised" if mode == "raise" else "warned",
+        "resource": RESOURCE,
+        "url": masked,
+        "pool_class": POOL_CLASS,
+        "created_at": f"{THIS_FILE}:{line}",
+        "created_in": "test_log_record_has_exactly_the_documented_fields",
+        "created_during": call_id,
+        "bound_during": call_id,
+        "used_at": USED_AT,
+        "used_during": call_id,
+        "owner_loop_id": loop_id(loop_a),
+        "owner_loop_closed": True,
+        "current_loop_id": loop_id(loops[0]),
+        "cause": "closed-loop-test",
+    }
+    if mode == "warn":
+        expected.update(released=1, sockets_closed=1)
+    assert entry == expected
+    if mode == "raise":
+        assert excinfo.value.record == {k: v for k, v in entry.items() if k in LOG_KEYS}
+    for blob in [*texts, json.dumps(entry)]:
+        assert "s3cret" not in blob
+    assert f"  engine:        {masked} (AsyncAdaptedQueuePool)" in texts[0]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_json_lines_log_file(
+    url: str, engines: list[AsyncEngine], mode: str, log_file: Path
+) -> None:
+    """install(log_file=...): one complete JSON object per line per mismatch, with the
+    documented fields plus timestamp, level, pid and schema; the password never appears."""
+    engine = create_async_engine(_with_password(url, "s3cret"))
+    engines.append(engine)
+    asyncio.run(_pid(engine))
+    expected_error = loopguard.LoopMismatchError if mode == "raise" else None
+    records: list[dict[str, Any]] = []
+    with structlog.testing.capture_logs() as logs:
+        for _ in range(2):
+            if expected_error is not None:
+                with pytest.raises(expected_error) as excinfo:
+                    asyncio.run(_pid(engine))
+                records.append(excinfo.value.record)
+            else:
+                with pytest.warns(loopguard.LoopMismatchWarning):
+                    asyncio.run(_pid(engine))
+
+    content = log_file.read_text(encoding="utf-8")
+    assert content.endswith("\n")
+    assert "s3cret" not in content
+    lines = content.splitlines()
+    assert len(lines) == 2
+    extra = WARN_KEYS if mode == "warn" else frozenset()
+    for line, logged in zip(lines, logs):
+        data = json.loads(line)
+        assert set(data) == LOG_KEYS | extra | FILE_KEYS
+        assert data["event"] == EVENT
+        assert data["level"] == ("error" if mode == "raise" else "warning")
+        assert data["pid"] == os.getpid()
+        assert data["schema"] == 1
+        stamp = datetime.fromisoformat(data["timestamp"].replace("Z", "+00:00"))
+        assert stamp.utcoffset() == timezone.utc.utcoffset(None)
+        assert abs((datetime.now(timezone.utc) - stamp).total_seconds()) < 60
+        # Same facts as the structlog record, after a JSON round trip.
+        assert {k: data[k] for k in LOG_KEYS | extra} == {k: logged[k] for k in LOG_KEYS | extra}
+    if mode == "raise":
+        for line, record in zip(lines, records):
+            data = json.loads(line)
+            assert {k: data[k] for k in record} == record
+
+
+def test_log_file_from_the_environment(
+    url: str, engines: list[AsyncEngine], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LOOPGUARD_LOG_FILE is honoured by install() and the record lands there."""
+    path = tmp_path / "env.jsonl"
+    monkeypatch.setenv("LOOPGUARD_LOG_FILE", str(path))
+    loopguard.install("raise")
+    engine = create_async_engine(url)
+    engines.append(engine)
+    asyncio.run(_pid(engine))
+    with pytest.raises(loopguard.LoopMismatchError):
+        asyncio.run(_pid(engine))
+    [line] = path.read_text().splitlines()
+    assert json.loads(line)["code"] == "LG101"
+
+
+# -- the error object -------------------------------------------------------------------
+
+
+def test_error_pickles_and_has_a_helpful_repr(
+    url: str, engines: list[AsyncEngine], request: pytest.FixtureRequest
+) -> None:
+    """LoopMismatchError survives pickling (xdist, multiprocessing) with its message, record
+    and attributes; its repr shows code, resource, site, test and whether the loop is closed."""
+    engine, line = create_async_engine(url), sys._getframe().f_lineno
+    engines.append(engine)
+    asyncio.run(_pid(engine))
+    with pytest.raises(loopguard.LoopMismatchError) as excinfo:
+        asyncio.run(_pid(engine))
+    original = excinfo.value
+    copy = pickle.loads(pickle.dumps(original))
+    assert type(copy) is loopguard.LoopMismatchError
+    assert isinstance(copy, RuntimeError)
+    assert str(copy) == str(original)
+    assert copy.args == original.args
+    assert copy.record == original.record
+    for name in (
+        "code",
+        "resource",
+        "url",
+        "pool_class",
+        "created_at",
+        "created_in",
+        "created_during",
+        "bound_during",
+        "used_at",
+        "used_during",
+        "owner_loop_id",
+        "owner_loop_closed",
+        "current_loop_id",
+    ):
+        assert getattr(copy, name) == getattr(original, name), name
+    assert (
+        repr(original)
+        == repr(copy)
+        == (
+            f"LoopMismatchError(code='LG101', resource='SQLAlchemy AsyncEngine', "
+            f"created_at='{THIS_FILE}:{line}', used_during='{_call_id(request)}', "
+            "owner_loop_closed=True)"
+        )
+    )
+    assert type(original).__module__ == "loopguard"
+
+
+# -- engines created before install() ----------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_engine_created_before_install_is_guarded(
+    url: str, engines: list[AsyncEngine], mode: str
+) -> None:
+    """An engine created while loopguard was not installed is found at install(): guarded,
+    with its creation site unknown, and the message says to install earlier."""
+    loopguard.uninstall()
+    engine = create_async_engine(url)
+    engines.append(engine)
+    loopguard.install(mode)
+    asyncio.run(_pid(engine))
+    with structlog.testing.capture_logs() as logs:
+        if mode == "raise":
+            with pytest.raises(loopguard.LoopMismatchError) as excinfo:
+                asyncio.run(_pid(engine))
+            message = str(excinfo.value)
+            assert excinfo.value.created_at is None
+            assert excinfo.value.created_in is None
+            assert excinfo.value.created_during is None
+        else:
+            with pytest.warns(loopguard.LoopMismatchWarning) as caught:
+                asyncio.run(_pid(engine))
+            message = str(caught.list[0].message)
+    assert (
+        "created at:    unknown: the engine was created before loopguard was installed" in message
+    )
+    [entry] = logs
+    assert (entry["created_at"], entry["created_in"], entry["created_during"]) == (None, None, None)
+
+
+def test_engine_used_before_install_is_guarded(
+    url: str, pg_dsn: str, engines: list[AsyncEngine]
+) -> None:
+    """An engine created AND first used before install() (its pooled connection belongs to a
+    loop that is closed now) is still stopped on a foreign loop, before any I/O."""
+    loopguard.uninstall()
+    engine = create_async_engine(url)
+    engines.append(engine)
+    pid, loop_a = _on_new_loop(lambda: _pid(engine))
+    loopguard.install("raise")
+    before = asyncio.run(_backend(pg_dsn, pid))
+
+    outcome: dict[str, Any] = {}
+
+    async def job() -> None:
+        try:
+            await _pid(engine)
+        except Exception as exc:  # noqa: BLE001 - inspected below, without keeping it alive
+            outcome["type"] = type(exc)
+            outcome["text"] = str(exc)
+            outcome["record"] = getattr(exc, "record", None)
+
+    # Without the guard, asyncpg fails mid-I/O and SQLAlchemy leaks the socket of the loop-A
+    # connection ("Event loop is closed" while terminating it): collect that leak here, so a
+    # failure of this test cannot turn into a ResourceWarning in another one.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        asyncio.run(job())
+        gc.collect()
+    assert outcome.get("type") is loopguard.LoopMismatchError, outcome.get("text")
+    assert outcome["record"]["owner_loop_id"] == loop_id(loop_a)
+    assert outcome["record"]["created_at"] is None
+    assert asyncio.run(_backend(pg_dsn, pid)) == before
+
+
+# -- a pool whose connections are all gone may move ---------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_pool_with_only_invalidated_connections_moves_silently(
+    url: str, engines: list[AsyncEngine], mode: str, log_file: Path
+) -> None:
+    """README: "A pool whose connections have all been closed or invalidated may move to a
+    new loop too: nothing of the old loop is left in it." Invalidate on loop A (the
+    connection is closed there, on its own loop), then use the engine on loop B."""
+    engine = create_async_engine(url)
+    engines.append(engine)
+
+    async def use_and_invalidate() -> int:
+        async with engine.connect() as conn:
+            pid = (await conn.execute(text("select pg_backend_pid()"))).scalar_one()
+            await conn.invalidate()
+        return int(pid)
+
+    with _silence_checked(log_file):
+        pid_a = asyncio.run(use_and_invalidate())
+        pid_b = asyncio.run(_pid(engine))
+    assert pid_b != pid_a
+
+
+# -- a connection poisoned while checked out ------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_pool_holding_a_connection_poisoned_on_a_foreign_loop(
+    url: str, engines: list[AsyncEngine], mode: str
+) -> None:
+    """A connection checked out on loop A and then misused on loop B while still checked out
+    (no checkout, so nothing for loopguard to stop) fails in asyncpg and goes back into the
+    pool with asyncpg's operation waiter still pending on the closed loop A.  The next
+    checkout on loop C: raise mode raises LoopMismatchError; warn mode heals and works (it
+    must not fail with "Event loop is closed" while dropping that connection)."""
+    engine = create_async_engine(url)
+    engines.append(engine)
+
+    async def check_out() -> Any:
+        conn = engine.connect()
+        await conn.start()
+        return conn
+
+    conn = asyncio.run(check_out())
+
+    async def misuse() -> None:
+        with pytest.raises(RuntimeError, match="attached to a different loop"):
+            await conn.execute(text("select 1"))
+        await conn.close()
+
+    asyncio.run(misuse())
+    pool = engine.sync_engine.pool
+    assert (pool.checkedin(), pool.checkedout()) == (1, 0)  # precondition: back in the pool
+
+    if mode == "raise":
+        with pytest.raises(loopguard.LoopMismatchError):
+            asyncio.run(_pid(engine))
+    else:
+        with pytest.warns(loopguard.LoopMismatchWarning):
+            assert asyncio.run(_pid(engine)) > 0
+
+
+# -- dispose() of an engine whose connections belong to a closed loop ------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("poisoned", [False, True], ids=["idle", "poisoned"])
+def test_dispose_on_a_new_loop_after_the_owner_loop_closed_is_clean(
+    url: str,
+    pg_dsn: str,
+    engines: list[AsyncEngine],
+    caplog: pytest.LogCaptureFixture,
+    mode: str,
+    poisoned: bool,
+) -> None:
+    """`await engine.dispose()` on a new loop when the pooled connection belongs to a closed
+    loop (idle, or poisoned by a failed operation on a foreign loop): no exception, no
+    "Exception closing connection" log, no ResourceWarning, and the backend goes away."""
+    engine = create_async_engine(url)
+    engines.append(engine)
+
+    if poisoned:
+
+        async def check_out() -> tuple[Any, int]:
+            conn = engine.connect()
+            await conn.start()
+            pid = (await conn.exec_driver_sql("select pg_backend_pid()")).scalar_one()
+            await conn.commit()
+            return conn, int(pid)
+
+        conn, pid = asyncio.run(check_out())
+
+        async def misuse() -> None:
+            with pytest.raises(RuntimeError, match="attached to a different loop"):
+                await conn.execute(text("select 1"))
+            await conn.close()
+
+        asyncio.run(misuse())
+    else:
+        pid = asyncio.run(_pid(engine))
+    pool = engine.sync_engine.pool
+    assert (pool.checkedin(), pool.checkedout()) == (1, 0)  # precondition
+
+    with (
+        caplog.at_level("ERROR", logger="sqlalchemy"),
+        warnings.catch_warnings(record=True) as caught,
+    ):
+        warnings.simplefilter("always")
+        asyncio.run(engine.dispose())
+        gc.collect()
+    assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []
+    assert [r.getMessage() for r in caplog.records if r.levelno >= 40] == []
+    assert asyncio.run(_wait_backends_gone(pg_dsn, [pid]))
