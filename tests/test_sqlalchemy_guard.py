@@ -1174,10 +1174,8 @@ def test_dispose_on_a_new_loop_after_the_owner_loop_closed_is_clean(
     pool = engine.sync_engine.pool
     assert (pool.checkedin(), pool.checkedout()) == (1, 0)  # precondition
 
-    with (
-        caplog.at_level("ERROR", logger="sqlalchemy"),
-        warnings.catch_warnings(record=True) as caught,
-    ):
+    sqlalchemy_errors = caplog.at_level("ERROR", logger="sqlalchemy")
+    with sqlalchemy_errors, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         asyncio.run(engine.dispose())
         gc.collect()
