@@ -41,6 +41,7 @@ class LoopMismatchError(LoopguardError, RuntimeError):
     created_in: Optional[str]
     created_during: Optional[str]
     bound_during: Optional[str]
+    bound_at: Optional[str]
     used_at: Optional[str]
     used_during: Optional[str]
     owner_loop_id: Optional[int]
@@ -74,6 +75,7 @@ _RECORD_FIELDS = (
     "created_in",
     "created_during",
     "bound_during",
+    "bound_at",
     "used_at",
     "used_during",
     "owner_loop_id",

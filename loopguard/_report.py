@@ -72,6 +72,7 @@ def format_message(record: dict[str, Any]) -> str:
         "(install it earlier: LOOPGUARD=1 or the pytest plugin)"
     )
     used_at = f", at {record['used_at']}" if record.get("used_at") else ""
+    bound_at = f", at {record['bound_at']}," if record.get("bound_at") else ""
     lines = [
         f"{record['resource']} used on event loop #{record['current_loop_id']}, but its pooled "
         f"connections belong to loop #{record['owner_loop_id']}; "
@@ -82,7 +83,7 @@ def format_message(record: dict[str, Any]) -> str:
         ),
         f"  engine:        {record['url']} ({record['pool_class']})",
         f"  created at:    {created_line}",
-        f"  bound:         first connection opened {_during(record['bound_during'])} on "
+        f"  bound:         first connection opened {_during(record['bound_during'])}{bound_at} on "
         f"{record['owner_loop']}",
         f"  used now:      {_during(record['used_during'])} on loop #{record['current_loop_id']}"
         f"{used_at}",

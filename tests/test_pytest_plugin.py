@@ -209,8 +209,8 @@ def test_scenario1_raise_mode_explains_each_failure_and_summarises(
             "E     engine:        postgresql+asyncpg://*(AsyncAdaptedQueuePool)",
             f"E     created at:    {site} in get_async_engine "
             "(outside any test, no event loop running)",
-            f"E     bound:         first connection opened during {T_CREATE} (call) on loop #*, "
-            "which is now closed",
+            f"E     bound:         first connection opened during {T_CREATE} (call), "
+            "at tests/test_users.py:* in test_create_user, on loop #*, which is now closed",
             f"E     used now:      during {T_LIST} (call) on loop #*, "
             "at tests/test_users.py:* in test_list_users",
             "E     likely cause:  the engine outlived the event loop it was first used on: "
@@ -219,7 +219,7 @@ def test_scenario1_raise_mode_explains_each_failure_and_summarises(
             "*test_delete_user*",
             "E   loopguard.LoopMismatchError: *",
             f"E     created at:    {site} in get_async_engine *",
-            f"E     bound:         first connection opened during {T_CREATE} (call) *now closed",
+            f"E     bound:         first connection opened during {T_CREATE} (call), at *now closed",
             f"E     used now:      during {T_DELETE} (call) *",
             "*= loopguard =*",
             "2 event-loop mismatches from 1 engine:",
@@ -392,7 +392,7 @@ def test_scenario2_raise_mode_blames_the_loop_scope_and_teardown_stays_clean(
             f"E     created at:    app/db.py:{SESSION_DB_LINE} in make_engine "
             "(during test_session_engine.py::test_one (setup))",
             "E     bound:         first connection opened during "
-            "test_session_engine.py::test_one (setup) on loop #*, "
+            "test_session_engine.py::test_one (setup), at *, on loop #*, "
             "which is still open but not running",
             "E     used now:      during test_session_engine.py::test_one (call) *",
             "E     likely cause:  *still open but not running: typically a fixture with a "

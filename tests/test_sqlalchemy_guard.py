@@ -53,6 +53,7 @@ LOG_KEYS = frozenset(
         "created_in",
         "created_during",
         "bound_during",
+        "bound_at",
         "used_at",
         "used_during",
         "owner_loop_id",
@@ -308,8 +309,8 @@ def test_second_asyncio_run_message_is_exact(
         f"  engine:        {masked} (AsyncAdaptedQueuePool)",
         f"  created at:    {THIS_FILE}:{line} in test_second_asyncio_run_message_is_exact "
         f"(during {call_id}, no event loop running)",
-        f"  bound:         first connection opened during {call_id} on loop #{owner}, "
-        "which is now closed",
+        f"  bound:         first connection opened during {call_id}, at {USED_AT}, "
+        f"on loop #{owner}, which is now closed",
         f"  used now:      during {call_id} on loop #{current}, at {USED_AT}",
         "  likely cause:  the engine outlived the event loop it was first used on: it is "
         "cached (a module-level engine or async_sessionmaker, or an @lru_cache factory) while "
@@ -338,7 +339,7 @@ def test_outside_pytest_the_cause_is_the_asyncio_run_pattern(
     assert err.record["cause"] == "closed-loop-run"
     message = str(err)
     assert "(outside any test, no event loop running)" in message
-    assert "first connection opened outside any test on loop" in message
+    assert f"first connection opened outside any test, at {USED_AT}, on loop" in message
     assert "used now:      outside any test on loop" in message
     assert "shared by several asyncio.run() calls" in message
 
@@ -875,6 +876,7 @@ def test_log_record_has_exactly_the_documented_fields(
         "created_in": "test_log_record_has_exactly_the_documented_fields",
         "created_during": call_id,
         "bound_during": call_id,
+        "bound_at": USED_AT,
         "used_at": USED_AT,
         "used_during": call_id,
         "owner_loop_id": loop_id(loop_a),

@@ -57,34 +57,40 @@ class EngineInfo:
         return f"<EngineInfo {self.url} ({self.pool_class}) created at {where}>"
 
 
-class PoolState:
-    """Which loop one pool belongs to: set by its first connection, cleared by healing."""
-
-    __slots__ = ("engine", "owner", "bound_during", "heals")
-
-    def __init__(self, engine: EngineInfo) -> None:
-        self.engine = engine
-        self.owner: Optional[_context.LoopRef] = None
-        self.bound_during: Optional[str] = None
-        self.heals = 0
-
-    def __repr__(self) -> str:
-        owner = self.owner.describe() if self.owner else "no loop yet"
-        return f"<PoolState {self.engine.url}: {owner}>"
-
-
 class ConnectionInfo:
     """Stored in the connection record's ``info``: the loop of this DBAPI connection."""
 
-    __slots__ = ("loop", "dbapi_id", "opened_during")
+    __slots__ = ("loop", "dbapi_id", "opened_during", "opened_at")
 
-    def __init__(self, loop: _context.LoopRef, dbapi_id: int, opened_during: Optional[str]) -> None:
+    def __init__(
+        self,
+        loop: _context.LoopRef,
+        dbapi_id: int,
+        opened_during: Optional[str],
+        opened_at: Optional[_sites.Site],
+    ) -> None:
         self.loop = loop
         self.dbapi_id = dbapi_id
         self.opened_during = opened_during
+        self.opened_at = opened_at
 
     def __repr__(self) -> str:
         return f"<ConnectionInfo on {self.loop.describe()}, opened {self.opened_during}>"
+
+
+class PoolState:
+    """Which loop one pool belongs to: its first connection's, until dispose() or healing."""
+
+    __slots__ = ("engine", "binding", "heals")
+
+    def __init__(self, engine: EngineInfo) -> None:
+        self.engine = engine
+        self.binding: Optional[ConnectionInfo] = None  # the first connection's facts
+        self.heals = 0
+
+    def __repr__(self) -> str:
+        owner = self.binding.loop.describe() if self.binding else "no loop yet"
+        return f"<PoolState {self.engine.url}: {owner}>"
 
 
 # Pools and engines are weakly referenced: tracking never keeps an engine alive.
@@ -146,8 +152,8 @@ def _make_guarded_do_get(original: Callable[[Any], Any]) -> Callable[[Any], Any]
         loop = _context.running_loop()
         if loop is None:  # no loop: nothing asyncio-bound can be checked here
             return original(self)
-        owner = state.owner
-        if owner is not None and owner() is not loop:
+        binding = state.binding
+        if binding is not None and binding.loop() is not loop:
             _on_pool_mismatch(self, state, loop)  # raises, or heals and returns
         while True:
             record = original(self)
@@ -174,12 +180,13 @@ def _driver_loop(dbapi_connection: Any) -> Any:
 
 def _adopt_connection(state: PoolState, record: Any, loop: Any) -> ConnectionInfo:
     """A connection seen for the first time: it belongs to ``loop``."""
-    test = _context.current_test()
-    ref = _context.LoopRef(loop)
-    info = record.info[_CONN_KEY] = ConnectionInfo(ref, id(record.dbapi_connection), test)
-    if state.owner is None:
-        state.owner = ref
-        state.bound_during = test
+    site = _sites.user_site(_context.rootdir, skip=3)
+    info = ConnectionInfo(
+        _context.LoopRef(loop), id(record.dbapi_connection), _context.current_test(), site
+    )
+    record.info[_CONN_KEY] = info
+    if state.binding is None:
+        state.binding = info
     return info
 
 
@@ -214,13 +221,13 @@ def _on_pool_mismatch(pool: Any, state: PoolState, loop: Any) -> None:
     if _holds_no_connections(pool) and not _queue_bound_elsewhere(pool, loop):
         # Nothing of the old loop is left in this pool (all connections were closed or
         # invalidated): using it on a new loop is harmless, so it is not reported.
-        state.owner = None
+        state.binding = None
         return
     if STATE.mode == "raise":
-        raise raise_mismatch(_mismatch_record(state, state.owner, loop, "raised"))
-    record = _mismatch_record(state, state.owner, loop, "warned")
+        raise raise_mismatch(_mismatch_record(state, state.binding, loop, "raised"))
+    record = _mismatch_record(state, state.binding, loop, "warned")
     record["released"], record["sockets_closed"] = _release_idle_connections(pool, loop)
-    state.owner = None
+    state.binding = None
     state.heals += 1
     warn_mismatch(record)
 
@@ -232,8 +239,8 @@ def _on_connection_mismatch(
     if STATE.mode == "raise":
         # Back into the pool untouched: its own loop may still use it.
         pool._do_return_conn(record)
-        raise raise_mismatch(_mismatch_record(state, conn.loop, loop, "raised", conn.opened_during))
-    log_record = _mismatch_record(state, conn.loop, loop, "warned", conn.opened_during)
+        raise raise_mismatch(_mismatch_record(state, conn, loop, "raised"))
+    log_record = _mismatch_record(state, conn, loop, "warned")
     log_record["released"] = 1
     log_record["sockets_closed"] = int(_release_record(pool, record))
     warn_mismatch(log_record)
@@ -311,12 +318,13 @@ def _release_foreign_idle_connections(pool: Any, loop: Any) -> None:
 
 def _mismatch_record(
     state: PoolState,
-    owner: Optional[_context.LoopRef],
+    binding: Optional[ConnectionInfo],
     loop: Any,
     action: str,
-    bound_during: Optional[str] = None,
 ) -> dict[str, Any]:
-    assert owner is not None
+    """The facts of one mismatch; ``binding`` is the connection that tied it to its loop."""
+    assert binding is not None
+    owner = binding.loop
     owner_loop = owner()
     if owner_loop is None or owner_loop.is_closed():
         owner_state = "closed"
@@ -336,7 +344,8 @@ def _mismatch_record(
         "created_at": site.location if site else None,
         "created_in": site.function if site else None,
         "created_during": state.engine.created_during,
-        "bound_during": bound_during if bound_during is not None else state.bound_during,
+        "bound_during": binding.opened_during,
+        "bound_at": str(binding.opened_at) if binding.opened_at else None,
         "used_at": str(used) if used else None,
         "used_during": used_during,
         "owner_loop_id": owner.id,
