@@ -219,7 +219,8 @@ def test_scenario1_raise_mode_explains_each_failure_and_summarises(
             "*test_delete_user*",
             "E   loopguard.LoopMismatchError: *",
             f"E     created at:    {site} in get_async_engine *",
-            f"E     bound:         first connection opened during {T_CREATE} (call), at *now closed",
+            f"E     bound:         first connection opened during {T_CREATE} (call), "
+            "at *now closed",
             f"E     used now:      during {T_DELETE} (call) *",
             "*= loopguard =*",
             "2 event-loop mismatches from 1 engine:",
