@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Optional
 
+from . import _run
 from ._errors import docs_link
 from ._log import EVENT_LOOP_MISMATCH, SCHEMA_VERSION
 from ._report import CAUSES
@@ -267,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     report_parser.set_defaults(run=report)
+    _run.add_parser(commands)
     report_parser.add_argument("logfiles", nargs="+", metavar="LOGFILE", help="- reads stdin")
     report_parser.add_argument(
         "--format",

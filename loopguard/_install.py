@@ -14,6 +14,7 @@ from .integrations import DidNotEnable, Integration, all_integrations
 
 _patches = PatchStack()
 _active: list[Integration] = []
+_applying = False  # integrations import their libraries, which may re-enter via _autoload
 
 
 def install(mode: Optional[str] = None, *, log_file: Optional[str] = None) -> None:
@@ -32,6 +33,8 @@ def install(mode: Optional[str] = None, *, log_file: Optional[str] = None) -> No
     if settings.mode is None:
         return
     with STATE.lock:
+        if _applying:
+            return
         if not STATE.installed:
             _apply_integrations()
         _set_log_file(settings.log_file)
@@ -40,6 +43,15 @@ def install(mode: Optional[str] = None, *, log_file: Optional[str] = None) -> No
 
 
 def _apply_integrations() -> None:
+    global _applying
+    _applying = True
+    try:
+        _apply_each_integration()
+    finally:
+        _applying = False
+
+
+def _apply_each_integration() -> None:
     _sites.reset_caches()
     enabled: list[Integration] = []
     skipped: dict[str, str] = {}

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple, Optional
 
 import pytest
 
-from . import _config, _context, _install
+from . import _autoload, _config, _context, _install
 from ._errors import ConfigError
 from ._state import STATE
 
@@ -32,6 +32,7 @@ class Resolved(NamedTuple):
 
 _resolved_key = pytest.StashKey[Resolved]()
 _collector_key = pytest.StashKey["_Collector"]()
+_owns_install_key = pytest.StashKey[bool]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -73,17 +74,20 @@ def _activate(config: pytest.Config, resolved: Resolved) -> None:
     # Lets a loopguard.install() from conftest.py attribute records to tests, too.
     _context.in_pytest = True
     if resolved.mode is None:
+        _autoload.stand_down()  # e.g. --loopguard=off beats LOOPGUARD=1's start-up hook
         return
     # A pytest started by another pytest's test inherits that test's PYTEST_CURRENT_TEST
     # until its own first test starts: it would be blamed for engines created at import.
     os.environ.pop("PYTEST_CURRENT_TEST", None)
     _context.rootdir = str(config.rootpath)
-    if not STATE.installed:
-        _install.install(resolved.mode)
-        STATE.mode_source = resolved.source
-        collector = _Collector()
-        STATE.listeners.append(collector)
-        config.stash[_collector_key] = collector
+    # Installed already when LOOPGUARD's start-up hook ran first: then only the mode is set,
+    # and the session leaves it installed at the end as it found it.
+    config.stash[_owns_install_key] = not STATE.installed
+    _install.install(resolved.mode)
+    STATE.mode_source = resolved.source
+    collector = _Collector()
+    STATE.listeners.append(collector)
+    config.stash[_collector_key] = collector
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -109,7 +113,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         return
     if collector in STATE.listeners:
         STATE.listeners.remove(collector)
-    if STATE.installed:
+    if STATE.installed and config.stash.get(_owns_install_key, False):
         _install.uninstall()
     _context.rootdir = None
 

@@ -1,0 +1,207 @@
+"""Programs outside pytest: LOOPGUARD=1 via the start-up hook, and `loopguard run`."""
+
+from __future__ import annotations
+
+import os
+import site
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from pgserver import sqlalchemy_url
+
+# A task runner in miniature: a module-level engine, one asyncio.run() per job.
+APP = textwrap.dedent(
+    """\
+    import asyncio
+    import os
+
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(os.environ["DATABASE_URL"])
+
+
+    async def job():
+        async with engine.connect() as conn:
+            return (await conn.execute(text("select pg_backend_pid()"))).scalar()
+
+
+    for number in (1, 2):
+        try:
+            asyncio.run(job())
+        except Exception as exc:
+            print(f"job {number}: {type(exc).__module__}.{type(exc).__name__}")
+        else:
+            print(f"job {number}: ok")
+    """
+)
+
+
+@pytest.fixture
+def app(tmp_path: Path, pg_dsn: str) -> Path:
+    script = tmp_path / "app.py"
+    script.write_text(APP)
+    return script
+
+
+def _run(args: list[str], cwd: Path, pg_dsn: str, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("LOOPGUARD", "PYTEST_"))}
+    clean.update(DATABASE_URL=sqlalchemy_url(pg_dsn), **env)
+    return subprocess.run(args, cwd=cwd, env=clean, capture_output=True, text=True, timeout=120)
+
+
+def _jobs(result: subprocess.CompletedProcess[str]) -> list[str]:
+    return [line for line in result.stdout.splitlines() if line.startswith("job ")]
+
+
+def test_the_start_up_hook_is_installed_next_to_the_package() -> None:
+    """The .pth file that makes LOOPGUARD=1 work without code changes is in site-packages."""
+    found = [Path(d) / "asyncio_loopguard.pth" for d in site.getsitepackages()]
+    assert any(path.is_file() for path in found), found
+
+
+def test_without_loopguard_the_second_job_fails_inside_asyncpg(app: Path, pg_dsn: str) -> None:
+    """The baseline: job 2 dies with asyncio's own RuntimeError from deep inside asyncpg."""
+    result = _run([sys.executable, str(app)], app.parent, pg_dsn)
+    assert _jobs(result) == ["job 1: ok", "job 2: builtins.RuntimeError"], result.stderr
+
+
+def test_loopguard_env_var_guards_a_plain_python_program(app: Path, pg_dsn: str) -> None:
+    """LOOPGUARD=1 python app.py: job 2 fails with LoopMismatchError naming app.py's engine."""
+    result = _run([sys.executable, str(app)], app.parent, pg_dsn, LOOPGUARD="1")
+    assert _jobs(result) == ["job 1: ok", "job 2: loopguard.LoopMismatchError"], result.stderr
+    assert "created_at=app.py:7" in result.stdout  # the structlog record, default renderer
+    assert "cause=closed-loop-run" in result.stdout
+
+
+def test_loopguard_env_var_warn_mode_heals(app: Path, pg_dsn: str) -> None:
+    """LOOPGUARD=warn: both jobs run; the warning points at the job's line in app.py."""
+    result = _run([sys.executable, str(app)], app.parent, pg_dsn, LOOPGUARD="warn")
+    assert _jobs(result) == ["job 1: ok", "job 2: ok"], result.stderr
+    assert "app.py:11: LoopMismatchWarning: SQLAlchemy AsyncEngine used on event loop" in (
+        result.stderr
+    )
+
+
+def test_run_command_with_a_script(app: Path, pg_dsn: str) -> None:
+    """python -m loopguard run -- app.py runs the script in-process with loopguard installed."""
+    result = _run([sys.executable, "-m", "loopguard", "run", "--", str(app)], app.parent, pg_dsn)
+    assert result.returncode == 0, result.stderr
+    assert _jobs(result) == ["job 1: ok", "job 2: loopguard.LoopMismatchError"], result.stderr
+
+
+def test_run_command_warn_mode_with_a_command(app: Path, pg_dsn: str) -> None:
+    """loopguard run --mode warn -- python app.py: a command is guarded through LOOPGUARD."""
+    args = [sys.executable, "-m", "loopguard", "run", "--mode", "warn", "--"]
+    result = _run([*args, sys.executable, str(app)], app.parent, pg_dsn)
+    assert _jobs(result) == ["job 1: ok", "job 2: ok"], result.stderr
+    assert "LoopMismatchWarning" in result.stderr
+
+
+def test_run_command_with_a_module(app: Path, pg_dsn: str) -> None:
+    """loopguard run -- -m app: modules run in-process too."""
+    result = _run([sys.executable, "-m", "loopguard", "run", "--", "-m", "app"], app.parent, pg_dsn)
+    assert _jobs(result) == ["job 1: ok", "job 2: loopguard.LoopMismatchError"], result.stderr
+
+
+def test_run_command_bad_input(tmp_path: Path, pg_dsn: str) -> None:
+    """Nothing to run, or a command that does not exist: a clear message and an exit status."""
+    empty = _run([sys.executable, "-m", "loopguard", "run"], tmp_path, pg_dsn)
+    assert empty.returncode == 2
+    assert "loopguard run: nothing to run" in empty.stderr
+    missing = _run(
+        [sys.executable, "-m", "loopguard", "run", "--", "no-such-cmd"], tmp_path, pg_dsn
+    )
+    assert missing.returncode == 127
+    assert "loopguard run: cannot run 'no-such-cmd': No such file or directory" in missing.stderr
+
+
+PROBE = (
+    "import sys; "
+    "print(sorted(m for m in sys.modules if m.split('.')[0] in ('loopguard', 'sqlalchemy')))"
+)
+
+
+@pytest.mark.parametrize("value", [None, "0", "off", "false"])
+def test_hook_imports_nothing_when_off(tmp_path: Path, pg_dsn: str, value: str) -> None:
+    """LOOPGUARD unset or off: the start-up hook imports nothing at all."""
+    env = {} if value is None else {"LOOPGUARD": value}
+    result = _run([sys.executable, "-c", PROBE], tmp_path, pg_dsn, **env)
+    assert result.stdout.strip() == "[]", result.stderr
+
+
+def test_hook_waits_for_a_guarded_library(tmp_path: Path, pg_dsn: str) -> None:
+    """LOOPGUARD=1 in a process that never imports SQLAlchemy: nothing is installed or imported
+    beyond loopguard itself (pip, linters and other tools pay almost nothing)."""
+    code = PROBE + "; import loopguard; print(loopguard.is_installed())"
+    result = _run([sys.executable, "-c", code], tmp_path, pg_dsn, LOOPGUARD="1")
+    modules, installed = result.stdout.splitlines()
+    assert "sqlalchemy" not in modules
+    assert installed == "False"
+
+
+def test_hook_reports_a_bad_value_and_the_program_still_runs(app: Path, pg_dsn: str) -> None:
+    """LOOPGUARD=bogus: one clear line on stderr; the program runs unguarded."""
+    result = _run([sys.executable, str(app)], app.parent, pg_dsn, LOOPGUARD="bogus")
+    assert (
+        "loopguard: not installed: Invalid loopguard mode 'bogus' from the LOOPGUARD "
+        "environment variable. Valid values: 1, true, on, raise, warn, 0, false, off."
+    ) in result.stderr
+    assert _jobs(result) == ["job 1: ok", "job 2: builtins.RuntimeError"]
+
+
+def test_pytest_cli_off_beats_the_start_up_hook(pytester: pytest.Pytester, pg_env: str) -> None:
+    """LOOPGUARD=1 starts the hook, but `pytest --loopguard=off` wins (CLI > env)."""
+    pytester.makepyfile(
+        """
+        import loopguard
+        import sqlalchemy.ext.asyncio
+
+        def test_off():
+            assert not loopguard.is_installed()
+        """
+    )
+    os.environ["LOOPGUARD"] = "1"
+    try:
+        result = pytester.runpytest_subprocess("--loopguard=off", "-p", "no:cacheprovider")
+    finally:
+        del os.environ["LOOPGUARD"]
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["loopguard: off"])
+
+
+def test_pytest_with_the_hook_active_still_summarises(
+    pytester: pytest.Pytester, pg_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LOOPGUARD=1: the hook and the plugin cooperate (one install, one summary section)."""
+    pytester.makeini("[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function")
+    pytester.makeconftest("import sqlalchemy.ext.asyncio  # triggers the hook before tests")
+    pytester.makepyfile(
+        f"""
+        from sqlalchemy import text
+        from sqlalchemy.ext.asyncio import create_async_engine
+
+        engine = create_async_engine({sqlalchemy_url(pg_env)!r})
+
+        async def test_one():
+            async with engine.connect() as conn:
+                await conn.execute(text("select 1"))
+
+        async def test_two():
+            async with engine.connect() as conn:
+                await conn.execute(text("select 1"))
+        """
+    )
+    monkeypatch.setenv("LOOPGUARD", "1")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "loopguard: mode=raise (from the LOOPGUARD environment variable), guarding *",
+            "*= loopguard =*",
+            "1 event-loop mismatch from 1 engine:",
+        ]
+    )
