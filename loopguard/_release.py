@@ -37,7 +37,17 @@ def _close_asyncpg(connection: Any) -> bool:
         # Its loop runs in another thread: only that thread may touch its selector.
         loop.call_soon_threadsafe(connection.terminate)
         return True
-    closed = _close_selector_transport(connection._transport)
+    transport = connection._transport
+    if not hasattr(transport, "_sock"):  # not asyncio's selector transport: uvloop's
+        if loop.is_closed():
+            # uvloop closed the socket itself when its loop closed; only the driver's
+            # bookkeeping is left, or it warns "unclosed connection" when collected.
+            connection._aborted = True
+            connection._protocol = None
+        else:
+            connection._abort()  # libuv closes the handle without a round trip
+        return True
+    closed = _close_selector_transport(transport)
     if closed:
         # Marks the connection aborted; protocol.abort() now finds the transport already lost.
         try:

@@ -1,0 +1,150 @@
+"""Everything works the same when the loop is uvloop's (scenario 8)."""
+
+from __future__ import annotations
+
+import gc
+import os
+import warnings
+from collections.abc import Iterator
+
+import pytest
+from pgserver import sqlalchemy_url
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+import loopguard
+
+uvloop = pytest.importorskip("uvloop")
+
+
+@pytest.fixture
+def engine(pg_dsn: str) -> Iterator[AsyncEngine]:
+    engine = create_async_engine(sqlalchemy_url(pg_dsn))
+    yield engine
+    # Release whatever a test left on a dead loop, then dispose on a live one.
+    loopguard.install("warn")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", loopguard.LoopMismatchWarning)
+        uvloop.run(engine.dispose())
+
+
+@pytest.fixture(autouse=True)
+def _uninstall() -> Iterator[None]:
+    yield
+    if loopguard.is_installed():
+        loopguard.uninstall()
+
+
+async def _pid(engine: AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        return int((await conn.execute(text("select pg_backend_pid()"))).scalar_one())
+
+
+def _fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_raise_mode_on_uvloop(engine: AsyncEngine) -> None:
+    """uvloop.run() per job: job 2 raises LoopMismatchError before any I/O, naming a closed loop."""
+    loopguard.install("raise")
+    with warnings.catch_warnings():
+        # uvloop itself warns when a loop closes with the pool's transport open: the bug
+        # loopguard is about to report; not what this test checks.
+        warnings.simplefilter("ignore", ResourceWarning)
+        uvloop.run(_pid(engine))
+    with pytest.raises(loopguard.LoopMismatchError) as excinfo:
+        uvloop.run(_pid(engine))
+    assert excinfo.value.owner_loop_closed is True
+    assert isinstance(excinfo.value, RuntimeError)
+    assert "which is now closed" in str(excinfo.value)
+
+
+def test_raise_mode_idle_uvloop_keeps_its_connection(engine: AsyncEngine) -> None:
+    """An idle (open, not running) uvloop owner gets its untouched connection back."""
+    loopguard.install("raise")
+    owner = uvloop.new_event_loop()
+    try:
+        pid = owner.run_until_complete(_pid(engine))
+        with pytest.raises(loopguard.LoopMismatchError) as excinfo:
+            uvloop.run(_pid(engine))
+        assert "still open but not running" in str(excinfo.value)
+        assert owner.run_until_complete(_pid(engine)) == pid
+        owner.run_until_complete(engine.dispose())
+    finally:
+        owner.close()
+
+
+def test_warn_mode_on_uvloop_heals_without_leaks(engine: AsyncEngine) -> None:
+    """warn mode over 10 uvloop.run() jobs: each switch warns once, a new backend serves it,
+    no 'unclosed connection' ResourceWarning from asyncpg and no descriptor growth."""
+    loopguard.install("warn")
+    pids = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pids.append(uvloop.run(_pid(engine)))
+        start = _fds()
+        for _ in range(10):
+            pids.append(uvloop.run(_pid(engine)))
+            gc.collect()
+        end = _fds()
+    mismatches = [w for w in caught if issubclass(w.category, loopguard.LoopMismatchWarning)]
+    assert len(mismatches) == 10
+    assert len(set(pids)) == 11
+    unclosed = [str(w.message) for w in caught if "unclosed connection" in str(w.message)]
+    assert unclosed == []
+    assert end <= start + 1
+
+
+def _pytest_asyncio_version() -> tuple[int, ...]:
+    from importlib.metadata import version
+
+    return tuple(int(part) for part in version("pytest-asyncio").split(".")[:2])
+
+
+@pytest.mark.skipif(
+    _pytest_asyncio_version() < (1, 4),
+    reason="the pytest_asyncio_loop_factories hook is new in pytest-asyncio 1.4",
+)
+def test_pytest_asyncio_with_uvloop_loops(pytester: pytest.Pytester, pg_env: str) -> None:
+    """Scenario 1 with pytest-asyncio's uvloop loop factory: the same LoopMismatchError."""
+    pytester.makeini("[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function")
+    pytester.makeconftest(
+        """
+        import uvloop
+
+        def pytest_asyncio_loop_factories(config, item):
+            return {"uvloop": uvloop.new_event_loop}
+        """
+    )
+    pytester.makepyfile(
+        f"""
+        import asyncio
+        from functools import lru_cache
+
+        import uvloop
+        from sqlalchemy import text
+        from sqlalchemy.ext.asyncio import create_async_engine
+
+        @lru_cache
+        def get_engine():
+            return create_async_engine({sqlalchemy_url(pg_env)!r})
+
+        async def test_one():
+            assert isinstance(asyncio.get_running_loop(), uvloop.Loop)
+            async with get_engine().connect() as conn:
+                await conn.execute(text("select 1"))
+
+        async def test_two():
+            async with get_engine().connect() as conn:
+                await conn.execute(text("select 1"))
+        """
+    )
+    result = pytester.runpytest_subprocess("--loopguard", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "E*loopguard.LoopMismatchError: SQLAlchemy AsyncEngine used on event loop #*",
+            "E*created at:    test_pytest_asyncio_with_uvloop_loops.py:* in get_engine *",
+        ]
+    )
+    assert "attached to a different loop" not in result.stdout.str()
