@@ -63,9 +63,21 @@ def _close_asyncpg(connection: Any) -> bool:
     return closed
 
 
+def _close_psycopg(connection: Any) -> bool:
+    # What AsyncConnection.close() does, minus the coroutine: psycopg only registers its
+    # socket with a loop while it waits, so an idle connection has nothing on the loop.
+    if connection.closed:
+        return False
+    connection._closed = True
+    connection.pgconn.finish()
+    return True
+
+
 def close_without_loop(driver_connection: Any) -> bool:
     """Close ``driver_connection``'s socket now; True when a socket was closed."""
     module = type(driver_connection).__module__ or ""
     if module.startswith("asyncpg"):
         return _close_asyncpg(driver_connection)
+    if module.startswith("psycopg"):
+        return _close_psycopg(driver_connection)
     return False
