@@ -10,6 +10,10 @@ from ._log import EVENT_LOOP_MISMATCH, app_logger
 from ._state import STATE
 
 LG101 = "LG101"
+LG104 = "LG104"  # dispose() on a loop other than the pooled connections'
+LG106 = "LG106"  # a loop closed while a pool still held its connections
+EVENT_FOREIGN_DISPOSE = "loopguard.dispose_on_foreign_loop"
+EVENT_LOOP_CLOSED_WITH_CONNECTIONS = "loopguard.loop_closed_with_connections"
 # Keys that help build the message and the warning but are not plain log values.
 _MESSAGE_ONLY = ("owner_loop", "used_site", "created_in_loop")
 
@@ -99,16 +103,16 @@ def log_fields(record: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in record.items() if k not in _MESSAGE_ONLY}
 
 
-def emit(record: dict[str, Any]) -> None:
-    """Send one mismatch record to structlog, the JSON-lines file and the plugin's listeners."""
+def emit(record: dict[str, Any], event: str = EVENT_LOOP_MISMATCH) -> None:
+    """Send one record to structlog, the JSON-lines file and the plugin's listeners."""
     fields = log_fields(record)
     level = "error" if record["action"] == "raised" else "warning"
-    getattr(app_logger(), level)(EVENT_LOOP_MISMATCH, **fields)
+    getattr(app_logger(), level)(event, **fields)
     sink = STATE.sink
     if sink is not None:
-        sink.emit(level, EVENT_LOOP_MISMATCH, fields)
+        sink.emit(level, event, fields)
     for listener in list(STATE.listeners):
-        listener(fields)
+        listener({"event": event, **fields})
 
 
 def raise_mismatch(record: dict[str, Any]) -> LoopMismatchError:

@@ -16,6 +16,7 @@ import pytest
 
 from . import _autoload, _config, _context, _install
 from ._errors import ConfigError
+from ._log import EVENT_LOOP_MISMATCH
 from ._state import STATE
 
 MODE_HELP = (
@@ -135,9 +136,12 @@ class _Collector:
     def __call__(self, record: dict[str, Any]) -> None:
         self.records.append(record)
 
-    def groups(self) -> dict[tuple[Any, ...], list[dict[str, Any]]]:
+    def groups(self, mismatches: bool = True) -> dict[tuple[Any, ...], list[dict[str, Any]]]:
+        """Records grouped by code and engine: the mismatches, or every other event."""
         grouped: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
         for record in self.records:
+            if (record.get("event") == EVENT_LOOP_MISMATCH) is not mismatches:
+                continue
             key = (record["code"], record["created_at"], record["created_in"], record["url"])
             grouped[key].append(record)
         return grouped
@@ -152,9 +156,17 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     collector = config.stash.get(_collector_key, None)
     if collector is None or not collector.records:
         return
-    groups = collector.groups()
-    total = len(collector.records)
     terminalreporter.section("loopguard", sep="=", yellow=True)
+    _summarise_mismatches(terminalreporter, collector.groups())
+    _summarise_other_records(terminalreporter, collector.groups(mismatches=False))
+
+
+def _summarise_mismatches(
+    terminalreporter: Any, groups: dict[tuple[Any, ...], list[dict[str, Any]]]
+) -> None:
+    if not groups:
+        return
+    total = sum(len(records) for records in groups.values())
     terminalreporter.line(
         f"{total} event-loop mismatch{'es' if total != 1 else ''} from "
         f"{len(groups)} engine{'s' if len(groups) != 1 else ''}:"
@@ -172,3 +184,17 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         terminalreporter.line(f"    used on another loop by {len(tests)} test(s):")
         for test in tests:
             terminalreporter.line(f"      {test}")
+
+
+def _summarise_other_records(
+    terminalreporter: Any, groups: dict[tuple[Any, ...], list[dict[str, Any]]]
+) -> None:
+    """Leaks and misplaced disposes: one line per engine and kind, with the tests involved."""
+    for (code, created_at, created_in, url), records in groups.items():
+        where = f"{created_at} in {created_in}" if created_at else "creation site unknown"
+        events = sorted({r["event"] for r in records})
+        tests = list(dict.fromkeys(_test_name(r.get("used_during")) for r in records))
+        terminalreporter.line(
+            f"  {code} {where}  [{url}]: {len(records)} × {'/'.join(events)} "
+            f"during {', '.join(tests)}"
+        )

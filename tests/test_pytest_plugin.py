@@ -269,11 +269,20 @@ def test_scenario1_warn_mode_heals_and_warns(cached_engine_suite: Path, run: Run
 def test_log_file_gets_one_json_line_per_mismatch(
     cached_engine_suite: Path, run: RunPytest, pytester: pytest.Pytester
 ) -> None:
-    """LOOPGUARD_LOG_FILE: one JSON object per mismatch, naming the node ids involved."""
+    """LOOPGUARD_LOG_FILE: one JSON object per mismatch, naming the node ids involved; and
+    one record when test 1's loop closes while the pool still holds its connection (LG106)."""
     log_file = pytester.path / "lg.jsonl"
     result = run("--loopguard", env={"LOOPGUARD_LOG_FILE": str(log_file)})
     result.assert_outcomes(passed=1, failed=2)
-    records = [json.loads(line) for line in log_file.read_text().splitlines()]
+    lines = [json.loads(line) for line in log_file.read_text().splitlines()]
+    [leak] = [r for r in lines if r["event"] == "loopguard.loop_closed_with_connections"]
+    assert leak["code"] == "LG106"
+    assert leak["level"] == "warning"
+    assert leak["held"] == 1
+    assert leak["bound_during"] == f"{T_CREATE} (call)"
+    assert leak["used_during"] == f"{T_CREATE} (teardown)"
+    assert leak["created_at"] == f"src/configs/db.py:{CACHED_DB_LINE}"
+    records = [r for r in lines if r["event"] != "loopguard.loop_closed_with_connections"]
     assert len(records) == 2
     for record, user in zip(records, [T_LIST, T_DELETE]):
         assert record["event"] == "loopguard.loop_mismatch"

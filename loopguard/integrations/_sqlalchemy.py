@@ -25,7 +25,17 @@ from typing import Any, Callable, Optional
 from .. import _context, _release, _sites
 from .._log import app_logger
 from .._patching import PatchStack
-from .._report import LG101, likely_cause, raise_mismatch, warn_mismatch
+from .._report import (
+    EVENT_FOREIGN_DISPOSE,
+    EVENT_LOOP_CLOSED_WITH_CONNECTIONS,
+    LG101,
+    LG104,
+    LG106,
+    emit,
+    likely_cause,
+    raise_mismatch,
+    warn_mismatch,
+)
 from .._state import STATE
 from . import DidNotEnable
 
@@ -196,13 +206,7 @@ def _holds_no_connections(pool: Any) -> bool:
         return False
     if pool.checkedin() == 0:
         return True
-    queue = _asyncio_queue(pool)
-    records = (
-        getattr(queue, "_queue", None) if queue is not None else getattr(pool._pool, "queue", None)
-    )
-    if records is None:
-        return False
-    return all(record.dbapi_connection is None for record in list(records))
+    return all(record.dbapi_connection is None for record in _queued_records(pool))
 
 
 def _asyncio_queue(pool: Any) -> Any:
@@ -287,22 +291,34 @@ def _release_idle_connections(pool: Any, loop: Any) -> tuple[int, int]:
 
 def _make_guarded_dispose(original: Callable[[Any], None]) -> Callable[[Any], None]:
     def dispose(self: Any) -> None:
-        if self in _pools:
-            _release_foreign_idle_connections(self, _context.running_loop())
+        state = _pools.get(self)
+        if state is not None:
+            loop = _context.running_loop()
+            foreign, released, closed = _release_foreign_idle_connections(self, loop)
+            if foreign is not None:
+                record = _leak_record(state, foreign, LG104, "released")
+                record.update(current_loop_id=_context.loop_id(loop) if loop else None)
+                record.update(released=released, sockets_closed=closed)
+                emit(record, EVENT_FOREIGN_DISPOSE)
         original(self)
 
     return dispose
 
 
-def _release_foreign_idle_connections(pool: Any, loop: Any) -> None:
+def _release_foreign_idle_connections(
+    pool: Any, loop: Any
+) -> tuple[Optional[ConnectionInfo], int, int]:
     """Before dispose(): idle connections of another loop are released without I/O.
 
     They stay in the queue with no DBAPI connection, so dispose() counts and discards them
     as usual; connections of the running loop are closed by dispose() itself, gracefully.
+    Returns the first foreign connection's facts (None if there was none) and the counts.
     """
     from sqlalchemy.util.queue import Empty
 
     kept = []
+    first_foreign: Optional[ConnectionInfo] = None
+    released = closed = 0
     while True:
         try:
             record = pool._pool.get(False)
@@ -310,10 +326,75 @@ def _release_foreign_idle_connections(pool: Any, loop: Any) -> None:
             break
         conn = record.info.get(_CONN_KEY)
         if conn is not None and record.dbapi_connection is not None and conn.loop() is not loop:
-            _release_record(pool, record, count_overflow=False)
+            first_foreign = first_foreign or conn
+            released += 1
+            closed += _release_record(pool, record, count_overflow=False)
         kept.append(record)
     for record in kept:
         pool._pool.put(record, False)
+    return first_foreign, released, closed
+
+
+def _make_reporting_close(original: Callable[[Any], None]) -> Callable[[Any], None]:
+    def close(self: Any) -> None:
+        if _pools and not self.is_closed():  # once per loop: nothing on the hot path
+            _report_connections_left_on(self)
+        original(self)
+
+    return close
+
+
+def _report_connections_left_on(loop: Any) -> None:
+    """A loop is closing while pools still hold its connections: they can only leak now."""
+    for pool, state in list(_pools.items()):
+        binding = state.binding
+        if binding is None or binding.loop() is not loop:
+            continue
+        idle = sum(
+            1
+            for record in _queued_records(pool)
+            if record.dbapi_connection is not None
+            and getattr(record.info.get(_CONN_KEY), "loop", lambda: None)() is loop
+        )
+        held = idle + max(pool.checkedout(), 0)
+        if held:
+            record = _leak_record(state, binding, LG106, "reported")
+            record.update(current_loop_id=binding.loop.id, held=held)
+            emit(record, EVENT_LOOP_CLOSED_WITH_CONNECTIONS)
+
+
+def _queued_records(pool: Any) -> list[Any]:
+    """The idle connection records in a pool's queue, without taking them out."""
+    queue = _asyncio_queue(pool)
+    # asyncio.Queue keeps its items in ._queue; SQLAlchemy's thread-safe Queue in .queue.
+    items: Any = getattr(queue, "_queue", None) if queue is not None else None
+    if items is None:
+        items = getattr(pool._pool, "queue", ())
+    return list(items)
+
+
+def _leak_record(
+    state: PoolState, binding: ConnectionInfo, code: str, action: str
+) -> dict[str, Any]:
+    """The fields a leak or misplaced dispose shares with a mismatch record."""
+    used = _sites.user_site(_context.rootdir, skip=3)
+    site = state.engine.site
+    return {
+        "code": code,
+        "action": action,
+        "resource": "SQLAlchemy AsyncEngine",
+        "url": state.engine.url,
+        "pool_class": state.engine.pool_class,
+        "created_at": site.location if site else None,
+        "created_in": site.function if site else None,
+        "created_during": state.engine.created_during,
+        "bound_during": binding.opened_during,
+        "bound_at": str(binding.opened_at) if binding.opened_at else None,
+        "used_at": str(used) if used else None,
+        "used_during": _context.current_test(),
+        "owner_loop_id": binding.loop.id,
+        "owner_loop_closed": binding.loop.is_closed(),
+    }
 
 
 def _mismatch_record(
@@ -359,6 +440,20 @@ def _mismatch_record(
     }
 
 
+def _loop_classes() -> list[Any]:
+    """Event loop classes whose close() is wrapped: asyncio's, and uvloop's if installed."""
+    import asyncio
+
+    classes: list[Any] = [asyncio.BaseEventLoop]
+    try:
+        import uvloop
+    except ImportError:
+        pass
+    else:
+        classes.append(uvloop.Loop)  # a Python subclass of uvloop's compiled loop
+    return classes
+
+
 def _adopt_existing_engines() -> None:
     """Engines created before install(): guarded too, with their creation site unknown."""
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -393,6 +488,8 @@ class SQLAlchemyIntegration:
             raise DidNotEnable(msg)
         patches.wrap(QueuePool, "_do_get", _make_guarded_do_get)
         patches.wrap(QueuePool, "dispose", _make_guarded_dispose)
+        for loop_class in _loop_classes():
+            patches.wrap(loop_class, "close", _make_reporting_close)
         patches.wrap(AsyncEngine, "__init__", _make_tracking_init)
         event.listen(Engine, "engine_disposed", _on_engine_disposed)
         self._listening = True
