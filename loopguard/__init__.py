@@ -13,7 +13,9 @@ from ._errors import (
     LoopguardWarning,
     LoopMismatchError,
     LoopMismatchWarning,
+    LoopScopeMismatchWarning,
     MissingDependencyError,
+    PoolCreatedOutsideLoopWarning,
 )
 from ._install import install, is_installed, mode, uninstall
 
@@ -23,6 +25,8 @@ __all__ = (
     "ConfigError",
     "LoopMismatchError",
     "LoopMismatchWarning",
+    "LoopScopeMismatchWarning",
+    "PoolCreatedOutsideLoopWarning",
     "LoopguardError",
     "LoopguardWarning",
     "MissingDependencyError",

@@ -89,7 +89,20 @@ class LoopguardWarning(UserWarning):
 
 
 class LoopMismatchWarning(LoopguardWarning, RuntimeWarning):
-    """``warn`` mode: a resource was used on a foreign loop and loopguard healed it."""
+    """``warn`` mode: a resource was used on a foreign loop.
+
+    A SQLAlchemy engine is healed (it moves to the new loop); a raw asyncpg pool or connection
+    cannot move, so asyncpg's own error follows the warning.
+    """
+
+
+class PoolCreatedOutsideLoopWarning(LoopguardWarning, RuntimeWarning):
+    """An asyncpg Pool was created with no event loop running (code LG102)."""
+
+
+class LoopScopeMismatchWarning(LoopguardWarning):
+    """pytest: an async fixture hands an engine, pool or connection from its pytest-asyncio
+    loop to tests that run on another loop scope (found before those tests run, code LG105)."""
 
 
 # Show the public name in tracebacks and pytest summaries: loopguard.LoopMismatchError.
@@ -100,6 +113,8 @@ for _cls in (
     LoopMismatchError,
     LoopguardWarning,
     LoopMismatchWarning,
+    LoopScopeMismatchWarning,
+    PoolCreatedOutsideLoopWarning,
 ):
     _cls.__module__ = "loopguard"
 del _cls

@@ -22,6 +22,7 @@ class Integration(Protocol):
 
 
 def all_integrations() -> list[Integration]:
+    from ._asyncpg import AsyncpgIntegration
     from ._sqlalchemy import SQLAlchemyIntegration
 
-    return [SQLAlchemyIntegration()]
+    return [SQLAlchemyIntegration(), AsyncpgIntegration()]
