@@ -20,6 +20,8 @@ rootdir: Optional[str] = None
 # Set by the pytest plugin: PYTEST_CURRENT_TEST is only meaningful in pytest's own process
 # (a script started by a test inherits the variable and would blame that test).
 in_pytest = False
+# Set by the pytest plugin in a pytest-xdist worker: its id ("gw0"), logged with each record.
+worker: Optional[str] = None
 
 
 def loop_id(loop: Any) -> int:
@@ -34,6 +36,30 @@ def loop_id(loop: Any) -> int:
         if key not in _strong_loop_ids:
             _strong_loop_ids[key] = next(_counter)
         return _strong_loop_ids[key]
+
+
+# Names given to loops by whoever made them (the pytest plugin names pytest-asyncio's loops):
+# loop id -> "pytest-asyncio's session-scoped loop"; an entry goes when its loop is collected.
+_loop_names: dict[int, str] = {}
+
+
+def name_loop(loop: Any, name: str) -> None:
+    """Name a loop in every message that mentions it: ``loop #3 (name)``."""
+    key = loop_id(loop)
+    if key not in _loop_names:
+        try:
+            finalizer = weakref.finalize(loop, _loop_names.pop, key, None)
+        except TypeError:  # no weak references: the name stays, like the loop's id
+            finalizer = None
+        if finalizer is not None:
+            finalizer.atexit = False
+    _loop_names[key] = name
+
+
+def loop_name(key: int) -> str:
+    """`` (name)`` for a loop id that has a name, else an empty string."""
+    name = _loop_names.get(key)
+    return f" ({name})" if name else ""
 
 
 def current_test() -> Optional[str]:
@@ -65,11 +91,12 @@ class LoopRef:
         loop = self._ref()
         if loop is None:
             return f"loop #{self.id}, which has been closed and garbage-collected"
+        name = f"loop #{self.id}{loop_name(self.id)}"
         if loop.is_closed():
-            return f"loop #{self.id}, which is now closed"
+            return f"{name}, which is now closed"
         if loop.is_running():
-            return f"loop #{self.id}, which is still running"
-        return f"loop #{self.id}, which is still open but not running"
+            return f"{name}, which is still running"
+        return f"{name}, which is still open but not running"
 
     def __repr__(self) -> str:
         return f"<LoopRef {self.describe()}>"

@@ -1,0 +1,89 @@
+"""Names for pytest-asyncio's event loops, so that messages say whose loop it was.
+
+pytest-asyncio makes its loops in fixtures, one per loop scope and node:
+
+- 1.1 and newer: ``_{scope}_scoped_runner``, yielding an ``asyncio.Runner``;
+- 1.0: ``_{scope}_event_loop``, yielding the loop;
+- 0.21 to 0.26: ``event_loop`` (function scope, or whatever scope a suite overrides it with),
+  and from 0.23 ``_session_event_loop`` and ``<collector nodeid>::<event_loop>`` for the
+  class, module and package loops.
+
+A wrapper around ``pytest_fixture_setup`` sees each such fixture's value as it is made and
+names its loop after the fixture's scope and the node it belongs to, e.g. "pytest-asyncio's
+session-scoped loop" or "pytest-asyncio's module-scoped loop for tests/test_a.py"; every
+message that mentions the loop then says so (``loop #3 (pytest-asyncio's session-scoped
+loop), which is still open but not running``).  The plugin object is registered only when
+loopguard is active, so nothing here runs otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Generator
+from typing import Any, Optional
+
+import pytest
+
+from . import _context
+
+SCOPES = ("function", "class", "module", "package", "session")
+_RUNNER_FIXTURES = frozenset(f"_{scope}_scoped_runner" for scope in SCOPES)
+_LOOP_FIXTURES = frozenset({"event_loop", *(f"_{scope}_event_loop" for scope in SCOPES)})
+_COLLECTOR_LOOP_SUFFIX = "::<event_loop>"  # 0.23 to 0.26: class, module and package loops
+
+
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+def _new_style_wrapper() -> Optional[Decorator]:
+    """``pytest.hookimpl(wrapper=True)``, or None where pluggy predates it (< 1.1)."""
+    try:
+        decorator: Decorator = pytest.hookimpl(wrapper=True)
+    except TypeError:
+        return None
+    return decorator
+
+
+fixture_wrapper = _new_style_wrapper()
+# The plugins below need new-style hook wrappers; on an older pluggy they are not registered.
+SUPPORTED = fixture_wrapper is not None
+
+
+def loop_of(argname: str, value: Any) -> Optional[asyncio.AbstractEventLoop]:
+    """The loop made by one of pytest-asyncio's loop fixtures, or None for any other fixture."""
+    if argname in _RUNNER_FIXTURES:
+        get_loop = getattr(value, "get_loop", None)
+        if get_loop is None:
+            return None
+        try:
+            value = get_loop()
+        except RuntimeError:  # a runner that is closed already
+            return None
+    elif argname not in _LOOP_FIXTURES and not argname.endswith(_COLLECTOR_LOOP_SUFFIX):
+        return None
+    return value if isinstance(value, asyncio.AbstractEventLoop) else None
+
+
+def loop_label(scope: str, node_id: str) -> str:
+    """``pytest-asyncio's module-scoped loop for tests/test_a.py``; no node for the session."""
+    if scope == "session" or not node_id:
+        return f"pytest-asyncio's {scope}-scoped loop"
+    return f"pytest-asyncio's {scope}-scoped loop for {node_id}"
+
+
+class LoopNames:
+    """Plugin: name each loop pytest-asyncio makes after its scope and node."""
+
+    if fixture_wrapper is not None:
+
+        @fixture_wrapper
+        def pytest_fixture_setup(self, fixturedef: Any, request: Any) -> Generator[None, Any, Any]:
+            result = yield
+            loop = loop_of(fixturedef.argname, result)
+            if loop is not None:
+                node = getattr(request, "node", None)
+                _context.name_loop(loop, loop_label(fixturedef.scope, getattr(node, "nodeid", "")))
+            return result
+
+    def __repr__(self) -> str:
+        return "<loopguard: names pytest-asyncio's loops>"
