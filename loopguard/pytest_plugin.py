@@ -8,6 +8,7 @@ returns at once and nothing is patched.
 
 from __future__ import annotations
 
+import json
 import os
 from collections import defaultdict
 from typing import Any, NamedTuple, Optional
@@ -66,7 +67,14 @@ def _resolve(cli_value: Optional[str], ini_value: Optional[str]) -> Resolved:
             try:
                 return Resolved(_config.parse_mode_text(value, where), where)
             except ConfigError as exc:
-                raise pytest.UsageError(str(exc)) from None
+                hint = ""
+                if where == candidates[0][1] and os.path.exists(value):
+                    # `pytest --loopguard tests/`: the bare option took the path as its value.
+                    hint = (
+                        f" {value!r} is a path: write --loopguard=MODE, or put --loopguard "
+                        "after the paths."
+                    )
+                raise pytest.UsageError(f"{exc}{hint}") from None
     return Resolved(None, "default")
 
 
@@ -89,6 +97,9 @@ def _activate(config: pytest.Config, resolved: Resolved) -> None:
     collector = _Collector()
     STATE.listeners.append(collector)
     config.stash[_collector_key] = collector
+    from . import _pytest_scopes  # pytest-asyncio's loops named; LG105 before tests run
+
+    _pytest_scopes.register(config)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -101,6 +112,10 @@ def pytest_load_initial_conftests(
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # An xdist worker: its records say which one it is.  Taken from the config, not from
+    # PYTEST_XDIST_WORKER, which a pytest or a script started by a worker's test inherits.
+    workerinput = getattr(config, "workerinput", None)
+    _context.worker = workerinput.get("workerid") if workerinput else None
     if _resolved_key in config.stash:
         return
     # Reached when the plugin was loaded after the early hook (e.g. ``-p``).
@@ -109,6 +124,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     _context.in_pytest = False
+    _context.worker = None
     collector = config.stash.get(_collector_key, None)
     if collector is None:
         return
@@ -117,6 +133,34 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if STATE.installed and config.stash.get(_owns_install_key, False):
         _install.uninstall()
     _context.rootdir = None
+
+
+# -- pytest-xdist: workers guard, the controller summarises --------------------------------
+# Every worker loads this plugin with the controller's options, so each one guards its own
+# tests and appends to the same LOOPGUARD_LOG_FILE (single O_APPEND writes keep lines whole).
+# The terminal summary is the controller's: each worker hands its records over in
+# ``workeroutput`` when it finishes, and the controller adds them to its own collector.
+# ``optionalhook``: without xdist installed these hooks are never called and never checked.
+WORKEROUTPUT_KEY = "loopguard_records"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    collector = node.config.stash.get(_collector_key, None)
+    records = getattr(node, "workeroutput", {}).get(WORKEROUTPUT_KEY)
+    if collector is not None and records:
+        collector.records.extend(records)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    workeroutput = getattr(session.config, "workeroutput", None)
+    collector = session.config.stash.get(_collector_key, None)
+    if workeroutput is None or collector is None:
+        return  # not an xdist worker, or loopguard is off
+    # execnet carries plain values only; the records are plain already (log_fields), the
+    # JSON round trip makes sure of it whatever a future field holds.
+    workeroutput[WORKEROUTPUT_KEY] = json.loads(json.dumps(collector.records, default=str))
 
 
 def pytest_report_header(config: pytest.Config) -> str:

@@ -7,8 +7,20 @@ from collections.abc import Iterator
 
 import pytest
 from pgserver import ENV_DSN, throwaway_postgres
+from teststack import PYTEST_ASYNCIO
 
 pytest_plugins = ["pytester"]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    if PYTEST_ASYNCIO < (0, 24):
+        # pyproject.toml sets this pytest-asyncio 0.24+ option and runs with --strict-config;
+        # the nox sessions of older pytest-asyncio lines run the same configuration, where
+        # the option means nothing (their async fixtures always follow the fixture's scope).
+        parser.addini(
+            "asyncio_default_fixture_loop_scope",
+            "pytest-asyncio >= 0.24 option; ignored by the installed pytest-asyncio",
+        )
 
 
 @pytest.fixture(scope="session")

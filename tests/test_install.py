@@ -17,6 +17,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, QueuePool
+from teststack import requirements_closure
 
 import loopguard
 from loopguard import _state
@@ -44,7 +45,34 @@ def _patched_slots() -> dict[str, Any]:
         "engine_disposed listener": event.contains(
             Engine, "engine_disposed", _sqlalchemy._on_engine_disposed
         ),
+        # raw asyncpg (loopguard/integrations/_asyncpg.py): by identity, absent as None
+        **{
+            f"asyncpg {owner.__name__}.{name}": owner.__dict__.get(name)
+            for owner, name in _asyncpg_patched()
+        },
     }
+
+
+def _asyncpg_patched() -> list[tuple[Any, str]]:
+    """The class attributes the asyncpg integration replaces while installed."""
+    from asyncpg import connresource
+    from asyncpg.connection import Connection
+    from asyncpg.pool import Pool
+
+    return [
+        (Pool, "__init__"),
+        (Pool, "_async__init__"),
+        (Pool, "_acquire"),
+        (Pool, "release"),
+        (Pool, "close"),
+        (Pool, "terminate"),
+        (Connection, "__init__"),
+        (Connection, "_check_open"),
+        (Connection, "close"),
+        (Connection, "_copy_out"),
+        (Connection, "_copy_in"),
+        (connresource.ConnectionResource, "_check_conn_validity"),
+    ]
 
 
 def test_uninstall_restores_every_patched_attribute_exactly() -> None:
@@ -203,7 +231,7 @@ def test_repr_of_the_state_says_what_is_guarded() -> None:
     loopguard.install("warn")
     assert repr(_state.STATE) == (
         "<loopguard state: mode='warn' (from install() argument), "
-        "guarding=['sqlalchemy'], skipped={}, log_file=None>"
+        "guarding=['sqlalchemy', 'asyncpg'], skipped={}, log_file=None>"
     )
 
 
@@ -212,12 +240,14 @@ def _sanitized_python(
 ) -> subprocess.CompletedProcess[str]:
     """Run code in a Python that sees only loopguard and the listed installed packages.
 
-    ``-S`` drops site-packages; a directory of symlinks puts back exactly what is named.
+    ``-S`` drops site-packages; a directory of symlinks puts back exactly what is named, with
+    what those distributions require on this Python and stack (structlog needs
+    typing_extensions before 3.11, SQLAlchemy 2 needs it everywhere, 1.4 does not).
     """
     visible = tmp_path / "visible"
     visible.mkdir()
     (visible / "loopguard").symlink_to(REPO / "loopguard")
-    for name in packages:
+    for name in requirements_closure(packages):
         module = __import__(name)
         origin = (
             Path(module.__file__).parent
@@ -260,7 +290,8 @@ def test_without_sqlalchemy_import_works_and_install_refuses_clearly(tmp_path: P
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
         "ERROR: loopguard has nothing to guard: sqlalchemy: SQLAlchemy is not installed "
-        "(No module named 'sqlalchemy'); pip install 'sqlalchemy[asyncio]'.",
+        "(No module named 'sqlalchemy'); pip install 'sqlalchemy[asyncio]'; "
+        "asyncpg: asyncpg is not installed (No module named 'asyncpg'); pip install asyncpg.",
         "IMPORTERROR: True",
         "INSTALLED: False",
     ]
@@ -270,7 +301,7 @@ def test_without_asyncpg_the_sqlalchemy_guard_still_installs(tmp_path: Path) -> 
     """No asyncpg: the pool-level guard does not need it; install and uninstall work."""
     result = _sanitized_python(
         tmp_path,
-        ["structlog", "sqlalchemy", "greenlet", "typing_extensions"],
+        ["structlog", "sqlalchemy", "greenlet"],
         """
         import loopguard
         try:

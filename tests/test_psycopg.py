@@ -19,10 +19,16 @@ from pgserver import sqlalchemy_url
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
+from teststack import SQLALCHEMY, describe
 
 import loopguard
 
 pytest.importorskip("psycopg")
+if SQLALCHEMY < (2, 0):
+    pytest.skip(
+        f"{describe('sqlalchemy')} has no postgresql+psycopg (psycopg 3) dialect; it came in 2.0",
+        allow_module_level=True,
+    )
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ Where it hooks, and why each hook is the one it is:
 from __future__ import annotations
 
 import gc
+import re
 import weakref
 from typing import Any, Callable, Optional
 
@@ -39,7 +40,9 @@ from .._report import (
 from .._state import STATE
 from . import DidNotEnable
 
-MIN_VERSION = (2, 0)
+# 1.4.24 is the first release with ConnectionRecord.dbapi_connection and the adapted
+# connections' driver_connection, which the guard reads; older releases are refused.
+MIN_VERSION = (1, 4, 24)
 _CONN_KEY = "loopguard"
 
 
@@ -220,9 +223,28 @@ def _queue_bound_elsewhere(pool: Any, loop: Any) -> bool:
     return bound is not None and bound is not loop
 
 
+def _queue_can_move(pool: Any, loop: Any) -> bool:
+    """The pool's asyncio queue can serve ``loop``: unbound, bound to it, or rebuilt for it.
+
+    Python 3.9's asyncio.Queue takes its loop when it is built (3.10+ only when it first has
+    to wait), so there every pool's queue belongs to the loop of its first checkin.  A queue
+    of another loop that nobody waits on is rebuilt here, records and all, in order.
+    """
+    if not _queue_bound_elsewhere(pool, loop):
+        return True
+    queue = _asyncio_queue(pool)
+    if getattr(queue, "_getters", None) or getattr(queue, "_putters", None):
+        return False  # a task of the old loop waits on it
+    records = list(queue._queue)
+    del pool._pool.__dict__["_queue"]
+    for record in records:
+        pool._pool.put(record, False)  # builds the new queue, on the running loop
+    return True
+
+
 def _on_pool_mismatch(pool: Any, state: PoolState, loop: Any) -> None:
     __tracebackhide__ = True
-    if _holds_no_connections(pool) and not _queue_bound_elsewhere(pool, loop):
+    if _holds_no_connections(pool) and _queue_can_move(pool, loop):
         # Nothing of the old loop is left in this pool (all connections were closed or
         # invalidated): using it on a new loop is harmless, so it is not reported.
         state.binding = None
@@ -463,6 +485,12 @@ def _adopt_existing_engines() -> None:
             track_engine(obj.sync_engine, None, known_site=False)
 
 
+def _version_tuple(text: str) -> tuple[int, ...]:
+    """``"1.4.24"`` -> ``(1, 4, 24)``; pre-release tails are dropped (``"2.0.0b4"`` -> 2.0.0)."""
+    match = re.match(r"\d+(?:\.\d+)*", text)
+    return tuple(int(part) for part in match.group(0).split(".")[:3]) if match else (0,)
+
+
 class SQLAlchemyIntegration:
     name = "sqlalchemy"
 
@@ -479,11 +507,11 @@ class SQLAlchemyIntegration:
         except ImportError as exc:
             msg = f"SQLAlchemy is not installed ({exc}); pip install 'sqlalchemy[asyncio]'"
             raise DidNotEnable(msg) from exc
-        version = tuple(int(part) for part in sqlalchemy.__version__.split(".")[:2])
-        if version < MIN_VERSION:
+        if _version_tuple(sqlalchemy.__version__) < MIN_VERSION:
+            oldest = ".".join(map(str, MIN_VERSION))
             msg = (
                 f"SQLAlchemy {sqlalchemy.__version__} is too old: loopguard supports "
-                f"{'.'.join(map(str, MIN_VERSION))} and newer"
+                f"{oldest} and newer; pip install -U 'sqlalchemy[asyncio]>={oldest}'"
             )
             raise DidNotEnable(msg)
         patches.wrap(QueuePool, "_do_get", _make_guarded_do_get)
