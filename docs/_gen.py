@@ -1,0 +1,583 @@
+"""Generate the parts of the docs that come from the code, the examples and real runs.
+
+A page marks each generated part with HTML comments, invisible on GitHub and in the site::
+
+    <!-- gen:KIND:ARG -->
+    ...generated text...
+    <!-- /gen -->
+
+Kinds:
+- ``ref:NAME``: a reference table rendered from loopguard itself (see ``REFERENCE``).
+- ``file:NAME``: the source of ``docs_examples/NAME``, the file tests/test_docs.py runs.
+- ``output:NAME``: the real output of the command ``RUNS[NAME]``, run against a real
+  PostgreSQL; ``captured:versions``: the versions those outputs were captured with.  Only
+  ``--capture`` rewrites these.
+
+Usage (from the repository root)::
+
+    .venv/bin/python docs/_gen.py            # rewrite ref: and file: blocks from the code
+    .venv/bin/python docs/_gen.py --check    # exit 1 if a page is stale (tests/test_docs.py)
+    .venv/bin/python tools/pgserver.py run -- .venv/bin/python docs/_gen.py --capture
+        # also rerun every command of RUNS and rewrite the output: blocks
+
+``--capture`` runs each command with bash in a fresh copy of docs_examples/, with
+DATABASE_URL pointing at the server of LOOPGUARD_TEST_DSN, this Python's bin directory first
+on PATH and COLUMNS=80; stdout and stderr are kept together, unedited.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Callable, NamedTuple, Optional
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+EXAMPLES = ROOT / "docs_examples"
+
+BLOCK = re.compile(
+    r"(?P<open><!-- gen:(?P<kind>[a-z]+):(?P<arg>[\w.-]+) -->\n)"
+    r"(?P<body>.*?)(?P<close><!-- /gen -->)",
+    re.S,
+)
+
+
+# -- the commands whose output the pages show ---------------------------------------------
+
+
+class Run(NamedTuple):
+    """One command shown in the docs with its real output.
+
+    ``keep`` selects the lines that tests/test_docs.py compares between the output shown and
+    a fresh run (after ``normalize``): loopguard's own words, or the errors' class names,
+    not timings, paths or third-party line numbers.
+    """
+
+    command: str
+    keep: tuple[str, ...]
+
+
+_PYTEST = "pytest -q -p no:cacheprovider"
+_ERRORS = f"{_PYTEST} --tb=line --show-capture=no"
+# loopguard's message lines, wherever they appear (pytest's "E   " lines, warnings, tracebacks).
+_MESSAGE = (
+    r"^(?:E\s+|\s*)(loopguard\.LoopMismatchError: .*)$",
+    r"((?:LoopMismatch|PoolCreatedOutsideLoop)Warning: .*)$",
+    r"^(?:E\s+|\s*)((?:engine|pool|connection|created at|bound|used now|likely cause|fix): .*)$",
+    r"^(?:E\s+|\s*)(\(Background on this (?:error|warning) at: .*)$",
+)
+# The plugin's terminal summary.
+_SUMMARY = (
+    r"^(\d+ event-loop mismatch.*)$",
+    r"^(  LG\d+ .*)$",
+    r"^(    \d+ × .*)$",
+    r"^(    used on another loop .*)$",
+    r"^(      \S+::\S+)$",
+)
+_FAILED = (r"^(FAILED \S+ - [\w.]+)",)
+# A record as structlog's default configuration prints it, and what the program printed.
+_RECORD = (
+    r"^(result: .*)$",
+    r"(\[(?:error|warning)\s*\] loopguard\.\w+)",
+    r"(code=LG\d+)",
+)
+_OUTCOME = (r"^(\d+ (?:passed|failed)\b.*)$",)
+# An exception as Python prints it last: its class name (the rest names tasks and paths).
+_EXCEPTION = (r"^([\w.]+Error): ",)
+
+RUNS: dict[str, Run] = {
+    "cached_bug_raw": Run(f"{_ERRORS} lg101_cached_bug.py", _FAILED + _OUTCOME),
+    "cached_bug_guarded": Run(
+        f"{_ERRORS} lg101_cached_bug.py --loopguard", _MESSAGE + _SUMMARY + _OUTCOME
+    ),
+    "cached_bug_warn": Run(
+        f"{_PYTEST} lg101_cached_bug.py --loopguard=warn", _MESSAGE + _SUMMARY + _OUTCOME
+    ),
+    "session_bug_raw": Run(f"{_ERRORS} lg101_session_bug.py", _FAILED + _OUTCOME),
+    "session_bug_guarded": Run(
+        f"{_ERRORS} lg101_session_bug.py --loopguard", _MESSAGE + _SUMMARY + _OUTCOME
+    ),
+    "lg105_warning": Run(
+        f"{_PYTEST} --tb=no lg101_session_bug.py --loopguard",
+        (
+            r"(LoopScopeMismatchWarning: .*)$",
+            r"^\s+((?:fixture|tests|fix): .*)$",
+            r"(\(Background on this warning at: .*)$",
+            *_OUTCOME,
+        ),
+    ),
+    "jobs_bug_raw": Run("python lg101_jobs_bug.py 2>&1 | tail -n 2", (r"^([\w.]+Error): ",)),
+    "jobs_bug_guarded": Run("LOOPGUARD=1 python lg101_jobs_bug.py 2>&1 | tail -n 9", _MESSAGE),
+    "lg106_raw": Run(
+        "python -X dev lg106_leak_bug.py 2>&1 | grep -E '^result|ResourceWarning: unclosed'",
+        (r"^(result: .*)$", r"(ResourceWarning: unclosed \w+)"),
+    ),
+    "lg106_guarded": Run("LOOPGUARD=1 python lg106_leak_bug.py", _RECORD),
+    "lg102_raw": Run("python lg102_outside_loop_bug.py 2>&1 | tail -n 1", _EXCEPTION),
+    # stderr only (2>&1 >/dev/null): the records structlog prints to stdout are left out.
+    "lg102_guarded": Run(
+        "LOOPGUARD=1 python lg102_outside_loop_bug.py 2>&1 >/dev/null | head -n 7", _MESSAGE
+    ),
+    "lg102_first_use": Run(
+        "LOOPGUARD=1 python lg102_outside_loop_bug.py 2>&1 | tail -n 8", _MESSAGE
+    ),
+    "lg102_fix": Run("LOOPGUARD=1 python -X dev lg102_fix_in_loop.py", (r"^(.*)$",)),
+    "lg103_raw": Run(
+        "python lg103_global_pool_bug.py 2>&1 | grep -E '^(job [0-9]+:|[a-zA-Z._]+Error: )'",
+        (r"^(job \d+: .*)$", *_EXCEPTION),
+    ),
+    "lg103_guarded": Run("LOOPGUARD=1 python lg103_global_pool_bug.py 2>&1 | tail -n 8", _MESSAGE),
+    "lg103_warn": Run(
+        "LOOPGUARD=warn python lg103_global_pool_bug.py 2>&1 >/dev/null"
+        " | grep -E 'LoopMismatchWarning: |^[a-zA-Z._]+Error: '",
+        (*_MESSAGE, *_EXCEPTION),
+    ),
+    "lg103_fix": Run("LOOPGUARD=1 python -X dev lg103_fix_pool_per_job.py", (r"^(.*)$",)),
+    "lg104_raw": Run(
+        "python lg104_dispose_bug.py 2>&1 | grep -E '^(result|Exception|RuntimeError)'",
+        (r"^(result: .*)$", r"^(Exception closing connection)", r"^(RuntimeError: Event loop .*)$"),
+    ),
+    "lg104_guarded": Run("LOOPGUARD=1 python lg104_dispose_bug.py", _RECORD),
+    "lg104_fix": Run("LOOPGUARD=1 python -X dev lg104_fix_dispose_in_loop.py", (r"^(.*)$",)),
+    "fix_header": Run(
+        "pytest -p no:cacheprovider lg101_cached_fix_fixture.py --loopguard",
+        (r"^(loopguard: .*)$", *_OUTCOME),
+    ),
+    "jobs_fix": Run("LOOPGUARD=1 python lg101_jobs_fix_dispose.py", (r"^(.*)$",)),
+    "structlog_default": Run(
+        "LOOPGUARD=1 python lg101_jobs_bug.py 2>/dev/null",
+        (r"^(job \d+: .*)$", r"(\[(?:error|warning)\s*\] loopguard\.\w+)"),
+    ),
+    "log_file": Run(
+        f"LOOPGUARD_LOG_FILE=loopguard.jsonl {_PYTEST} --tb=no"
+        " lg101_cached_bug.py lg101_session_bug.py --loopguard",
+        _OUTCOME,
+    ),
+    "log_line": Run(
+        "grep -m 1 loopguard.loop_mismatch loopguard.jsonl | python -m json.tool",
+        (r'^    "(\w+)": ',),
+    ),
+    "report_table": Run('loopguard report loopguard.jsonl; echo "exit status: $?"', (r"^(.*)$",)),
+    "report_markdown": Run(
+        "loopguard report --format markdown --fail-on never loopguard.jsonl", (r"^(.*)$",)
+    ),
+}
+
+
+def normalize(text: str) -> str:
+    """Blank out what differs between two runs of the same command: URLs, paths, timings."""
+    text = re.sub(r"postgresql(?:\+asyncpg)?://\S+?(?=[\s\]`|'])", "<URL>", text)
+    text = re.sub(r"(?:/[^\s:/]+)+/(?=lg\d{3}_\w+\.py)", "", text)
+    return re.sub(r" in \d+\.\d+s\b", " in <T>s", text)
+
+
+def essentials(name: str, output: str) -> list[str]:
+    """The lines of ``output`` that must not change while the code and examples do not."""
+    patterns = [re.compile(p) for p in RUNS[name].keep]
+    kept = []
+    for line in normalize(output).splitlines():
+        for pattern in patterns:
+            match = pattern.search(line)
+            if match:
+                kept.append(match.group(1).rstrip())
+    return kept
+
+
+def run_all(workdir: Path, database_url: str) -> dict[str, str]:
+    """Run every command of RUNS, in order, in a fresh copy of docs_examples/ at ``workdir``."""
+    shutil.copytree(EXAMPLES, workdir, dirs_exist_ok=True, ignore=_ignore)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("LOOPGUARD", "PYTEST_")) and k != "COLUMNS"
+    }
+    bin_dir = str(Path(sys.executable).parent)
+    env.update(
+        DATABASE_URL=database_url,
+        PATH=bin_dir + os.pathsep + env.get("PATH", ""),
+        COLUMNS="80",
+        PYTHONDONTWRITEBYTECODE="1",
+    )
+    outputs = {}
+    for name, run in RUNS.items():
+        done = subprocess.run(
+            ["bash", "-c", run.command],
+            cwd=workdir,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=300,
+        )
+        outputs[name] = f"$ {run.command}\n{done.stdout.rstrip()}"
+    return outputs
+
+
+CAPTURE_STACK = ("sqlalchemy", "asyncpg", "pytest", "pytest-asyncio", "structlog")
+
+
+def versions() -> str:
+    """The stack the outputs were captured with, as the pages say it."""
+    from importlib.metadata import version
+
+    import loopguard
+
+    python = ".".join(map(str, sys.version_info[:3]))
+    stack = ", ".join(f"{name} {version(name)}" for name in CAPTURE_STACK)
+    return f"loopguard {loopguard.__version__}, Python {python}, {stack}"
+
+
+def _ignore(directory: str, names: list[str]) -> list[str]:
+    return [n for n in names if n in ("__pycache__", ".pytest_cache") or n.endswith(".jsonl")]
+
+
+# -- reference tables rendered from the code -----------------------------------------------
+
+
+def _rst_to_md(text: str) -> str:
+    """The docstrings' reST bits that matter here: ``code`` and :role:`name`."""
+    text = re.sub(r":\w+:`~?([^`]+)`", r"`\1`", text)
+    return text.replace("``", "`")
+
+
+def _paragraphs(doc: Optional[str]) -> list[str]:
+    text = inspect.cleandoc(doc or "")
+    return [" ".join(p.split()) for p in text.split("\n\n") if p.strip()]
+
+
+def ref_env() -> str:
+    from loopguard import _config
+
+    by_mode: dict[Optional[str], list[str]] = {}
+    for text, mode in _config._TEXT_VALUES.items():
+        by_mode.setdefault(mode, []).append(f"`{text}`")
+    rows = [
+        "| variable | values | effect |",
+        "|---|---|---|",
+    ]
+    for mode, spellings in by_mode.items():
+        effect = f"mode `{mode}`" if mode else "off: plugin off, a bare `install()` a no-op"
+        rows.append(f"| `{_config.MODE_ENV}` | {', '.join(spellings)} | {effect} |")
+    rows.append(
+        f"| `{_config.LOG_FILE_ENV}` | a file path | also append every record to this file, "
+        "one JSON object per line |"
+    )
+    return "\n".join(rows)
+
+
+class _RecordingParser:
+    """Stands in for pytest's parser to list what the plugin registers."""
+
+    def __init__(self) -> None:
+        self.options: list[tuple[tuple[str, ...], dict[str, Any]]] = []
+        self.inis: list[tuple[str, str, Any]] = []
+
+    def getgroup(self, name: str, *args: Any, **kwargs: Any) -> _RecordingParser:
+        return self
+
+    def addoption(self, *names: str, **attrs: Any) -> None:
+        self.options.append((names, attrs))
+
+    def addini(self, name: str, help: str, *args: Any, **kwargs: Any) -> None:
+        self.inis.append((name, help, kwargs.get("default")))
+
+
+def ref_pytest() -> str:
+    from loopguard import pytest_plugin
+
+    parser = _RecordingParser()
+    pytest_plugin.pytest_addoption(parser)  # type: ignore[arg-type]
+    rows = ["| setting | where | help |", "|---|---|---|"]
+    for names, attrs in parser.options:
+        optional = attrs.get("nargs") == "?"
+        metavar = attrs.get("metavar", "VALUE")
+        shown = f"{names[0]}[={metavar}]" if optional else f"{names[0]} {metavar}"
+        rows.append(f"| `{shown}` | command line | {attrs['help']} |")
+    for name, help_text, _default in parser.inis:
+        where = "ini file (`pytest.ini`, `[tool.pytest.ini_options]`, ...)"
+        rows.append(f"| `{name} = MODE` | {where} | {help_text} |")
+    precedence = _paragraphs(pytest_plugin.__doc__)[1]
+    return "\n".join(rows) + "\n\n" + _rst_to_md(precedence)
+
+
+def _signature(func: Callable[..., Any]) -> str:
+    """The signature as written in the source (annotations are strings there)."""
+    parts = []
+    star_done = False
+    for param in inspect.signature(func).parameters.values():
+        if param.kind is param.KEYWORD_ONLY and not star_done:
+            parts.append("*")
+            star_done = True
+        text = param.name
+        if param.annotation is not param.empty:
+            text += f": {param.annotation}"
+        if param.default is not param.empty:
+            text += f" = {param.default!r}"
+        parts.append(text)
+    returns = inspect.signature(func).return_annotation
+    arrow = f" -> {returns}" if returns is not inspect.Signature.empty else ""
+    return f"loopguard.{func.__name__}({', '.join(parts)}){arrow}"
+
+
+def _google_sections(doc: str) -> Iterator[str]:
+    """Markdown lines of a Google-style docstring: text, then Args/Raises as lists."""
+    section = None
+    for line in inspect.cleandoc(doc).splitlines():
+        stripped = line.strip()
+        if stripped in ("Args:", "Raises:", "Returns:"):
+            section = stripped[:-1]
+            yield ""
+            yield f"*{section}:*"
+            yield ""
+        elif section and re.match(r"^    \S", line):
+            name, _, text = stripped.partition(": ")
+            yield f"- `{name}`: {text}"
+        elif section and stripped:
+            yield f"  {stripped}"  # continuation of the previous item
+        else:
+            yield stripped
+    yield ""
+
+
+def ref_api() -> str:
+    import loopguard
+
+    out = []
+    for name in ("install", "uninstall", "is_installed", "mode"):
+        func = getattr(loopguard, name)
+        out.append(f"### `{name}()`\n\n```python\n{_signature(func)}\n```\n")
+        text = "\n".join(_google_sections(func.__doc__ or ""))
+        out.append(re.sub(r"\n{3,}", "\n\n", _rst_to_md(text)).strip() + "\n")
+    return "\n".join(out).rstrip()
+
+
+def ref_exceptions() -> str:
+    import loopguard
+    from loopguard import _errors
+
+    rows = ["| class | is a | raised or emitted when |", "|---|---|---|"]
+    for name in loopguard.__all__:
+        cls = getattr(loopguard, name)
+        if not (isinstance(cls, type) and issubclass(cls, BaseException)):
+            continue
+        bases = ", ".join(
+            f"`{b.__name__}`" if b.__module__ == "builtins" else f"`loopguard.{b.__name__}`"
+            for b in cls.__bases__
+        )
+        summary = _rst_to_md(_paragraphs(cls.__doc__)[0])
+        rows.append(f"| `loopguard.{name}` | {bases} | {summary} |")
+    fields = ", ".join(f"`{f}`" for f in _errors._RECORD_FIELDS)
+    return (
+        "\n".join(rows)
+        + "\n\n`LoopMismatchError` attributes (the same facts as the message; `None` when "
+        f"unknown): {fields}, and `record`, the whole log record as a dict."
+    )
+
+
+def ref_cli() -> str:
+    """Every ``loopguard`` subcommand: usage, description, arguments and epilog."""
+    from loopguard import _cli
+
+    parser = _cli.build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    out = []
+    for name, sub in commands.choices.items():
+        arguments = [a for a in sub._actions if a.dest != "help"]
+        usage = sub.usage or " ".join(
+            [f"loopguard {name}"]
+            + [f"[{_cli_name(a)}]" for a in arguments if a.option_strings]
+            + [_cli_name(a) for a in arguments if not a.option_strings]
+        )
+        rows = ["| argument | values | default | meaning |", "|---|---|---|---|"]
+        for action in arguments:
+            values = ", ".join(f"`{c}`" for c in action.choices) if action.choices else ""
+            default = f"`{action.default}`" if action.default is not None else ""
+            meaning = re.sub(r"^- ", "`-` ", action.help or "")
+            rows.append(f"| `{_cli_name(action)}` | {values} | {default} | {meaning} |")
+        description = "\n\n".join(_paragraphs(sub.description))
+        epilog = "\n\n".join(_paragraphs(sub.epilog))
+        out += [f"### `loopguard {name}`", "", f"```text\n{usage}\n```", ""]
+        out += [_rst_to_md(description), "", *rows, ""]
+        if epilog:
+            out += [_rst_to_md(epilog.replace("exit status:", "Exit status:", 1)), ""]
+    return "\n".join(out).rstrip()
+
+
+def _cli_name(action: argparse.Action) -> str:
+    if action.option_strings:
+        metavar = action.metavar or action.dest.upper()
+        return f"{action.option_strings[0]} {metavar}"
+    if action.nargs == argparse.REMAINDER:
+        return f"{action.metavar or action.dest.upper()}..."
+    return f"{action.metavar}..." if action.nargs == "+" else str(action.metavar)
+
+
+def _docstring_md(doc: Optional[str], skip: int = 0) -> str:
+    """A module docstring as Markdown, without its first ``skip`` lines: a list item's
+    continuation lines joined to it, reST's ``code`` and :role:`name` as Markdown code."""
+    lines: list[str] = []
+    for line in inspect.cleandoc(doc or "").splitlines()[skip:]:
+        if line.startswith("  ") and lines and lines[-1].startswith("- "):
+            lines[-1] += " " + line.strip()  # continuation of a list item
+        else:
+            lines.append(line.strip())
+    text = "\n".join(lines).strip()
+    return _rst_to_md(re.sub(r"  +", " ", text))
+
+
+def ref_hooks() -> str:
+    """The SQLAlchemy integration's module docstring: where it hooks and why."""
+    from loopguard.integrations import _sqlalchemy
+
+    text = _docstring_md(_sqlalchemy.__doc__, skip=2)
+    return text.replace("Where it hooks, and why each hook is the one it is:\n", "")
+
+
+def ref_asyncpg_hooks() -> str:
+    """The raw asyncpg integration's module docstring: what it patches and why."""
+    from loopguard.integrations import _asyncpg
+
+    return _docstring_md(_asyncpg.__doc__)
+
+
+def ref_loop_scopes() -> str:
+    """The pytest loop-scope check's module docstring (LG105), without its title line."""
+    from loopguard import _pytest_scopes
+
+    text = _docstring_md(_pytest_scopes.__doc__, skip=2)
+    return re.sub(r"\s*\(scenario \d+\s+of\s+the notes\)", "", text)
+
+
+def ref_autoload() -> str:
+    """The start-up hook's module docstring: how LOOPGUARD activates loopguard in programs."""
+    from loopguard import _autoload
+
+    return _rst_to_md("\n\n".join(_paragraphs(_autoload.__doc__)))
+
+
+def ref_causes() -> str:
+    from loopguard._report import CAUSES
+
+    rows = ["| `cause` | likely cause (as the message says it) | fix (as the message says it) |"]
+    rows.append("|---|---|---|")
+    for key, (cause, fix) in CAUSES.items():
+        rows.append(f"| `{key}` | {cause} | {fix} |")
+    return "\n".join(rows)
+
+
+def ref_asyncpg_causes() -> str:
+    from loopguard._report import ASYNCPG_CAUSES
+
+    rows = [
+        "| `cause` | for | likely cause (as the message says it) | fix (as the message says it) |"
+    ]
+    rows.append("|---|---|---|---|")
+    for (kind, key), (cause, fix) in ASYNCPG_CAUSES.items():
+        rows.append(f"| `{key}` | {kind} | {cause} | {fix} |")
+    return "\n".join(rows)
+
+
+REFERENCE: dict[str, Callable[[], str]] = {
+    "env": ref_env,
+    "pytest": ref_pytest,
+    "api": ref_api,
+    "exceptions": ref_exceptions,
+    "cli": ref_cli,
+    "causes": ref_causes,
+    "asyncpg_causes": ref_asyncpg_causes,
+    "hooks": ref_hooks,
+    "asyncpg_hooks": ref_asyncpg_hooks,
+    "loop_scopes": ref_loop_scopes,
+    "autoload": ref_autoload,
+}
+
+
+# -- rewriting the pages -------------------------------------------------------------------
+
+
+def render(kind: str, arg: str, body: str, outputs: Optional[dict[str, str]]) -> str:
+    if kind == "ref":
+        return REFERENCE[arg]() + "\n"
+    if kind == "file":
+        source = (EXAMPLES / arg).read_text(encoding="utf-8").rstrip()
+        return f"`docs_examples/{arg}`\n\n```python\n{source}\n```\n"
+    if kind == "captured" and arg == "versions":
+        return body if outputs is None else outputs["versions"] + "\n"
+    if kind == "output":
+        if arg not in RUNS:
+            raise KeyError(f"no command named {arg!r} in RUNS")
+        if outputs is None:
+            return body
+        return f"```text\n{outputs[arg]}\n```\n"
+    raise KeyError(f"unknown block kind {kind!r}")
+
+
+def pages() -> list[Path]:
+    return sorted(DOCS.glob("*.md"))
+
+
+def rendered(page: Path, outputs: Optional[dict[str, str]] = None) -> str:
+    text = page.read_text(encoding="utf-8")
+
+    def replace(match: re.Match[str]) -> str:
+        body = render(match["kind"], match["arg"], match["body"], outputs)
+        return match["open"] + body + match["close"]
+
+    return BLOCK.sub(replace, text)
+
+
+def blocks(page: Path) -> dict[str, str]:
+    """``{"kind:arg": body}`` of one page."""
+    text = page.read_text(encoding="utf-8")
+    return {f"{m['kind']}:{m['arg']}": m["body"] for m in BLOCK.finditer(text)}
+
+
+def shown_output(name: str) -> str:
+    """The output of ``RUNS[name]`` as a page shows it (without the code fence)."""
+    for page in pages():
+        body = blocks(page).get(f"output:{name}")
+        if body is not None:
+            return body.strip().removeprefix("```text\n").removesuffix("```").strip()
+    raise KeyError(f"no page shows output:{name}")
+
+
+def stale_pages() -> list[str]:
+    return [p.name for p in pages() if rendered(p) != p.read_text(encoding="utf-8")]
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 if a page is stale")
+    parser.add_argument("--capture", action="store_true", help="rerun RUNS (needs PostgreSQL)")
+    args = parser.parse_args(argv)
+    if args.check:
+        stale = stale_pages()
+        for name in stale:
+            print(f"docs/{name} is stale: run .venv/bin/python docs/_gen.py", file=sys.stderr)
+        return 1 if stale else 0
+    outputs = None
+    if args.capture:
+        sys.path.insert(0, str(ROOT / "tools"))
+        from pgserver import ENV_DSN, sqlalchemy_url
+
+        with tempfile.TemporaryDirectory() as workdir:
+            outputs = run_all(Path(workdir) / "examples", sqlalchemy_url(os.environ[ENV_DSN]))
+        outputs["versions"] = "Captured with " + versions() + "."
+    for page in pages():
+        new = rendered(page, outputs)
+        if new != page.read_text(encoding="utf-8"):
+            page.write_text(new, encoding="utf-8")
+            print(f"rewrote docs/{page.name}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
