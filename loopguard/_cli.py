@@ -18,7 +18,7 @@ from typing import Any, Optional
 from . import _run
 from ._errors import docs_link
 from ._log import EVENT_LOOP_MISMATCH, SCHEMA_VERSION
-from ._report import CAUSES
+from ._report import ASYNCPG_CAUSES, CAUSES
 
 PROG = "loopguard"
 GROUP_BY = ("code", "created_at", "created_in", "url")
@@ -55,9 +55,16 @@ def _some(items: list[str]) -> str:
     return ", ".join(items[:MAX_SHOWN]) + more
 
 
-def _cause(key: str) -> dict[str, Optional[str]]:
-    """A cause key with its text and fix; both None for a key this loopguard does not know."""
-    text, fix = CAUSES.get(key) or (None, None)
+def _cause(key: str, resource: Optional[str] = None) -> dict[str, Optional[str]]:
+    """A cause key with its text and fix; both None for a key this loopguard does not know.
+
+    Raw asyncpg records (LG103) explain the same keys for a pool or a connection.
+    """
+    if resource and resource.startswith("asyncpg"):
+        kind = "pool" if resource.endswith("Pool") else "connection"
+        text, fix = ASYNCPG_CAUSES.get((kind, key)) or (None, None)
+    else:
+        text, fix = CAUSES.get(key) or (None, None)
     return {"cause": key, "text": text, "fix": fix}
 
 
@@ -77,7 +84,11 @@ class Group:
     loops: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     causes: list[str] = dataclasses.field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        self._resource: Optional[str] = None  # what the causes are about; not reported
+
     def add(self, record: dict[str, Any]) -> None:
+        self._resource = self._resource or _text(record.get("resource"))
         self.count += 1
         action = str(record["action"])
         self.actions[action] = self.actions.get(action, 0) + 1
@@ -93,7 +104,10 @@ class Group:
             _add_unique(self.causes, str(record["cause"]))
 
     def as_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "causes": [_cause(c) for c in self.causes]}
+        return {**dataclasses.asdict(self), "causes": self._explained_causes()}
+
+    def _explained_causes(self) -> list[dict[str, Optional[str]]]:
+        return [_cause(key, self._resource) for key in self.causes]
 
     def cells(self, number: int) -> dict[str, str]:
         """The group as display text, by column name."""
@@ -104,7 +118,7 @@ class Group:
             + f"#{loop['owner_loop_id']}->#{loop['current_loop_id']}"
             for loop in self.loops
         ]
-        causes = [_cause(c) for c in self.causes]
+        causes = self._explained_causes()
         created = f"{self.created_at} in {self.created_in}"
         return {
             "#": str(number),

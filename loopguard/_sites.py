@@ -43,7 +43,19 @@ def _module_dir(name: str) -> Optional[str]:
 
 def _internal_prefixes() -> tuple[str, ...]:
     prefixes = [os.path.dirname(__file__) + os.sep]
-    for name in ("sqlalchemy", "greenlet", "asyncpg", "asyncio"):
+    # The libraries between the user's code and the pool; pytest's own machinery too, so a
+    # record made while pytest-asyncio closes a loop does not name a line of pytest-asyncio.
+    for name in (
+        "sqlalchemy",
+        "greenlet",
+        "asyncpg",
+        "asyncio",
+        "psycopg",
+        "uvloop",
+        "pytest_asyncio",
+        "_pytest",
+        "pluggy",
+    ):
         directory = _module_dir(name)
         if directory:
             prefixes.append(directory)

@@ -428,3 +428,49 @@ def test_closed_pipe_is_not_a_traceback(tmp_path: Path) -> None:
     process.stderr.close()
     assert process.wait(timeout=60) == 1
     assert "Traceback" not in stderr
+
+
+def test_asyncpg_records_are_explained_as_pools_and_connections(run: Run, tmp_path: Path) -> None:
+    """LG103 records (raw asyncpg) get the pool/connection wording of their cause and fix, not
+    the SQLAlchemy engine's."""
+    from loopguard._report import ASYNCPG_CAUSES
+
+    pool = record(
+        code="LG103",
+        resource="asyncpg Pool",
+        pool_class="Pool",
+        created_at="app.py:5",
+        created_in="<module>",
+        cause="closed-loop-run",
+        operation="Pool.acquire",
+    )
+    connection = record(
+        code="LG103",
+        resource="asyncpg Connection",
+        pool_class=None,
+        created_at="app.py:9",
+        created_in="main",
+        cause="outside-loop",
+        operation="Connection.fetchval",
+    )
+    write_log(tmp_path / "log.jsonl", pool, connection)
+    groups, _ = report_json(run, "log.jsonl")
+    assert [group["causes"] for group in groups] == [
+        [
+            {
+                "cause": "closed-loop-run",
+                "text": ASYNCPG_CAUSES[("pool", "closed-loop-run")][0],
+                "fix": ASYNCPG_CAUSES[("pool", "closed-loop-run")][1],
+            }
+        ],
+        [
+            {
+                "cause": "outside-loop",
+                "text": ASYNCPG_CAUSES[("connection", "outside-loop")][0],
+                "fix": ASYNCPG_CAUSES[("connection", "outside-loop")][1],
+            }
+        ],
+    ]
+    table = run("report", "log.jsonl").stdout
+    assert "await engine.dispose()" not in table
+    assert "create the pool inside each job" in table
