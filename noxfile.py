@@ -1,7 +1,7 @@
 """loopguard's version matrix: every supported Python against the lines of its dependencies.
 
     nox                     # the full matrix, 26 sessions (31 minutes measured, 2 cores)
-    nox -t ci               # the slice .ci/run runs, 5 sessions (11 minutes, fresh venvs)
+    nox -t ci               # the slice .ci/run runs, 5 sessions (8-11 minutes, fresh venvs)
     nox -l                  # list the sessions
     nox -s "tests(3.9-floor)" -- -k plugin -x   # one session; arguments go to pytest
 
