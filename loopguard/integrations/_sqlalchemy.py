@@ -398,10 +398,16 @@ def _queued_records(pool: Any) -> list[Any]:
 def _leak_record(
     state: PoolState, binding: ConnectionInfo, code: str, action: str
 ) -> dict[str, Any]:
-    """The fields a leak or misplaced dispose shares with a mismatch record."""
+    """The fields every SQLAlchemy record shares: the engine, its binding, the current use."""
+    return _record_and_site(state, binding, code, action)[0]
+
+
+def _record_and_site(
+    state: PoolState, binding: ConnectionInfo, code: str, action: str
+) -> tuple[dict[str, Any], Optional[_sites.Site]]:
     used = _sites.user_site(_context.rootdir, skip=3)
     site = state.engine.site
-    return {
+    record = {
         "code": code,
         "action": action,
         "resource": "SQLAlchemy AsyncEngine",
@@ -417,6 +423,7 @@ def _leak_record(
         "owner_loop_id": binding.loop.id,
         "owner_loop_closed": binding.loop.is_closed(),
     }
+    return record, used
 
 
 def _mismatch_record(
@@ -427,39 +434,23 @@ def _mismatch_record(
 ) -> dict[str, Any]:
     """The facts of one mismatch; ``binding`` is the connection that tied it to its loop."""
     assert binding is not None
-    owner = binding.loop
-    owner_loop = owner()
+    owner_loop = binding.loop()
     if owner_loop is None or owner_loop.is_closed():
         owner_state = "closed"
     elif owner_loop.is_running():
         owner_state = "running"
     else:
         owner_state = "idle"
-    used_during = _context.current_test()
-    used = _sites.user_site(_context.rootdir, skip=2)
-    site = state.engine.site
-    return {
-        "code": LG101,
-        "action": action,
-        "resource": "SQLAlchemy AsyncEngine",
-        "url": state.engine.url,
-        "pool_class": state.engine.pool_class,
-        "created_at": site.location if site else None,
-        "created_in": site.function if site else None,
-        "created_during": state.engine.created_during,
-        "bound_during": binding.opened_during,
-        "bound_at": str(binding.opened_at) if binding.opened_at else None,
-        "used_at": str(used) if used else None,
-        "used_during": used_during,
-        "owner_loop_id": owner.id,
-        "owner_loop_closed": owner_state == "closed",
-        "current_loop_id": _context.loop_id(loop),
-        "cause": likely_cause(owner_state, in_test=used_during is not None),
+    record, used = _record_and_site(state, binding, LG101, action)
+    record.update(
+        current_loop_id=_context.loop_id(loop),
+        cause=likely_cause(owner_state, in_test=record["used_during"] is not None),
         # message-only helpers (not logged)
-        "created_in_loop": state.engine.created_in_loop,
-        "owner_loop": owner.describe(),
-        "used_site": (used.filename, used.lineno) if used else None,
-    }
+        created_in_loop=state.engine.created_in_loop,
+        owner_loop=binding.loop.describe(),
+        used_site=(used.filename, used.lineno) if used else None,
+    )
+    return record
 
 
 def _loop_classes() -> list[Any]:
