@@ -37,7 +37,7 @@ from pgserver import sqlalchemy_url
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
-from teststack import PYTEST_ASYNCIO
+from teststack import PYTEST_ASYNCIO, requirements_closure
 
 import loopguard
 from loopguard import PoolCreatedOutsideLoopWarning, _release
@@ -1099,10 +1099,13 @@ def test_without_sqlalchemy_the_asyncpg_guard_installs_and_works(
     visible = tmp_path / "visible"
     visible.mkdir()
     (visible / "loopguard").symlink_to(REPO / "loopguard")
-    for module in (structlog, asyncpg):
-        (visible / Path(module.__file__ or "").parent.name).symlink_to(
-            Path(module.__file__ or "").parent
-        )
+    # With what they require on this Python: before 3.11 structlog needs typing_extensions
+    # and asyncpg needs async_timeout.
+    for name in requirements_closure(["structlog", "asyncpg"]):
+        module = __import__(name)
+        origin = Path(module.__file__ or "")
+        origin = origin.parent if origin.name == "__init__.py" else origin
+        (visible / origin.name).symlink_to(origin)
     code = """
         import asyncio, sys
         import asyncpg, loopguard
