@@ -17,7 +17,24 @@ from ._errors import (
     MissingDependencyError,
     PoolCreatedOutsideLoopWarning,
 )
-from ._install import install, is_installed, mode, uninstall
+
+# install() and friends load the machinery (structlog, asyncio, typing, ...) on first use,
+# so that a bare ``import loopguard`` stays cheap (issue 5: under 5 ms).
+_LAZY = ("install", "uninstall", "is_installed", "mode")
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # type checkers see the real signatures
+    from ._install import install, is_installed, mode, uninstall
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        from . import _install
+
+        value = getattr(_install, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'loopguard' has no attribute {name!r}")
+
 
 __version__ = "0.1.0"
 

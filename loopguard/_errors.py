@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Optional
+TYPE_CHECKING = False  # typing costs milliseconds to import; annotations are strings
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any, Optional
 
 # One place for the documentation address: every message links a code to its page here.
 DOCS_PAGE = "docs/errors.md"

@@ -11,13 +11,13 @@ import os
 import threading
 from typing import Any, Optional
 
-import structlog
-
 EVENT_LOOP_MISMATCH = "loopguard.loop_mismatch"
 SCHEMA_VERSION = 1
 
 
 def app_logger() -> Any:
+    import structlog  # on first use: importing it takes tens of milliseconds
+
     return structlog.get_logger("loopguard")
 
 
@@ -54,6 +54,8 @@ class JsonLinesSink:
     def __init__(self, path: str) -> None:
         self.path = path
         self._file = _AppendOnlyFile(path)
+        import structlog
+
         self._logger = structlog.wrap_logger(
             self._file,
             processors=[

@@ -93,6 +93,7 @@ def reset_caches() -> None:
     """Forget cached verdicts (used on install: libraries may have been imported since)."""
     global _prefixes
     _verdicts.clear()
+    _displayed.clear()
     _prefixes = ()
 
 
@@ -124,10 +125,20 @@ def user_site(root: Optional[str] = None, skip: int = 1) -> Optional[Site]:
     return None
 
 
+# (filename, base directory) -> what display_path() returns.  Path.resolve() walks the
+# file system (an lstat per path component, ~40 us a call); a process sees few distinct files.
+_displayed: dict[tuple[str, str], str] = {}
+
+
 def display_path(filename: str, root: Optional[str] = None) -> str:
     """Relative to the root directory (pytest's rootdir, else the cwd) when under it."""
-    base = Path(root) if root else Path.cwd()
-    try:
-        return Path(filename).resolve().relative_to(base.resolve()).as_posix()
-    except ValueError:
-        return filename
+    base = root or os.getcwd()
+    key = (filename, base)
+    shown = _displayed.get(key)
+    if shown is None:
+        try:
+            shown = Path(filename).resolve().relative_to(Path(base).resolve()).as_posix()
+        except ValueError:
+            shown = filename
+        _displayed[key] = shown
+    return shown

@@ -42,6 +42,8 @@ def _patched_slots() -> dict[str, Any]:
         "QueuePool.dispose": QueuePool.__dict__.get("dispose"),
         "AsyncAdaptedQueuePool has own _do_get": "_do_get" in AsyncAdaptedQueuePool.__dict__,
         "AsyncEngine.__init__": AsyncEngine.__dict__.get("__init__"),
+        # Listening on the Engine class would switch on event dispatch for every engine.
+        "Engine._has_events": Engine.__dict__.get("_has_events"),
         "engine_disposed listener": event.contains(
             Engine, "engine_disposed", _sqlalchemy._on_engine_disposed
         ),
