@@ -371,11 +371,18 @@ def _on_pool_mismatch(pool: Any, loop: Any, operation: str) -> None:
     if STATE.mode is None:
         return
     info = _pool_info(pool)
+    _report(_pool_record_of(pool, info, RESOURCE_POOL, pool._loop, loop, operation), info, loop)
+
+
+def _pool_record_of(
+    pool: Any, info: Any, resource: str, owner_loop: Any, loop: Any, operation: str
+) -> Callable[[str], dict[str, Any]]:
+    """Builds the record of a misuse of ``pool``, or of a connection acquired from it."""
 
     def record_of(action: str) -> dict[str, Any]:
         return _record(
-            resource=RESOURCE_POOL,
-            owner_loop=pool._loop,
+            resource=resource,
+            owner_loop=owner_loop,
             loop=loop,
             action=action,
             operation=operation,
@@ -388,7 +395,7 @@ def _on_pool_mismatch(pool: Any, loop: Any, operation: str) -> None:
             origin=ORIGIN_POOL,
         )
 
-    _report(record_of, info, loop)
+    return record_of
 
 
 def _on_connection_mismatch(conn: Any, loop: Any, operation: str, caller: FrameType) -> None:
@@ -397,25 +404,8 @@ def _on_connection_mismatch(conn: Any, loop: Any, operation: str, caller: FrameT
         return
     pool = _pool_of(conn)
     if pool is not None:
-        pool_info = _pool_info(pool)
-        info: Any = pool_info  # one warning per pool and loop, whichever member is used
-
-        def record_of(action: str) -> dict[str, Any]:
-            return _record(
-                resource=RESOURCE_CONNECTION,
-                owner_loop=conn._loop,
-                loop=loop,
-                action=action,
-                operation=operation,
-                url=_pool_url(pool),
-                pool_class=type(pool).__name__,
-                site=pool_info.site,
-                created_during=pool_info.created_during,
-                created_in_loop=pool_info.created_in_loop,
-                implicit_loop=pool_info.implicit_loop,
-                origin=ORIGIN_POOL,
-            )
-
+        info: Any = _pool_info(pool)  # one warning per pool and loop, whichever member is used
+        record_of = _pool_record_of(pool, info, RESOURCE_CONNECTION, conn._loop, loop, operation)
     else:
         conn_info = _conn_info(conn)
         info = conn_info
