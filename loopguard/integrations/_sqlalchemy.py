@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import gc
 import re
+import sys
 import weakref
 from typing import Any, Callable, Optional
 
@@ -49,21 +50,37 @@ _CONN_KEY = "loopguard"
 class EngineInfo:
     """Facts about one engine that survive ``dispose()`` (which replaces its pool)."""
 
-    __slots__ = ("url", "pool_class", "site", "created_during", "created_in_loop", "__weakref__")
+    __slots__ = (
+        "_url",
+        "_rendered",
+        "pool_class",
+        "site",
+        "created_during",
+        "created_in_loop",
+        "__weakref__",
+    )
 
     def __init__(
         self,
-        url: str,
+        url: Any,
         pool_class: str,
         site: Optional[_sites.Site],
         created_during: Optional[str],
         created_in_loop: Optional[bool],
     ) -> None:
-        self.url = url
+        self._url = url  # SQLAlchemy's URL (immutable); rendered only when a record needs it
+        self._rendered: Optional[str] = None
         self.pool_class = pool_class
         self.site = site
         self.created_during = created_during
         self.created_in_loop = created_in_loop
+
+    @property
+    def url(self) -> str:
+        """The engine's URL without its password (rendering costs ~10 us: done on demand)."""
+        if self._rendered is None:
+            self._rendered = self._url.render_as_string(hide_password=True)
+        return self._rendered
 
     def __repr__(self) -> str:
         where = str(self.site) if self.site else "unknown site"
@@ -111,25 +128,26 @@ _pools: weakref.WeakKeyDictionary[Any, PoolState] = weakref.WeakKeyDictionary()
 _engines: weakref.WeakKeyDictionary[Any, EngineInfo] = weakref.WeakKeyDictionary()
 
 
-def _is_guarded_pool(pool: Any) -> bool:
-    from sqlalchemy.pool import QueuePool
+_guarded_pool_class: Any = None  # sqlalchemy.pool.QueuePool, set by setup()
 
+
+def _is_guarded_pool(pool: Any) -> bool:
     # NullPool never keeps a connection, so it may legitimately cross loops; other pool
     # classes are not patched (yet), so tracking them would promise a check that never runs.
-    return isinstance(pool, QueuePool)
+    return _guarded_pool_class is not None and isinstance(pool, _guarded_pool_class)
 
 
 def track_engine(sync_engine: Any, site: Optional[_sites.Site], known_site: bool = True) -> None:
     pool = sync_engine.pool
     if not _is_guarded_pool(pool):
         return
-    existing = _pools.get(pool)
+    existing = pool.__dict__.get(_STATE_ATTR)
     if existing is not None:  # same pool, another AsyncEngine proxy: keep the first site
         _engines.setdefault(sync_engine, existing.engine)
         return
     loop = _context.running_loop()
     info = EngineInfo(
-        url=sync_engine.url.render_as_string(hide_password=True),
+        url=sync_engine.url,
         pool_class=type(pool).__name__,
         site=site,
         created_during=_context.current_test() if known_site else None,
@@ -324,7 +342,7 @@ def _release_idle_connections(pool: Any, loop: Any) -> tuple[int, int]:
 
 def _make_guarded_dispose(original: Callable[[Any], None]) -> Callable[[Any], None]:
     def dispose(self: Any) -> None:
-        state = _pools.get(self)
+        state = self.__dict__.get(_STATE_ATTR)
         if state is not None:
             loop = _context.running_loop()
             foreign, released, closed = _release_foreign_idle_connections(self, loop)
@@ -349,6 +367,8 @@ def _release_foreign_idle_connections(
     """
     from sqlalchemy.util.queue import Empty
 
+    if not any(_is_foreign(record, loop) for record in _queued_records(pool)):
+        return None, 0, 0  # the common case: a look, without taking records out
     kept = []
     first_foreign: Optional[ConnectionInfo] = None
     released = closed = 0
@@ -357,15 +377,20 @@ def _release_foreign_idle_connections(
             record = pool._pool.get(False)
         except Empty:
             break
-        conn = record.info.get(_CONN_KEY)
-        if conn is not None and record.dbapi_connection is not None and conn.loop() is not loop:
-            first_foreign = first_foreign or conn
+        if _is_foreign(record, loop):
+            first_foreign = first_foreign or record.info[_CONN_KEY]
             released += 1
             closed += _release_record(pool, record, count_overflow=False)
         kept.append(record)
     for record in kept:
         pool._pool.put(record, False)
     return first_foreign, released, closed
+
+
+def _is_foreign(record: Any, loop: Any) -> bool:
+    """An open connection that belongs to a loop other than ``loop``."""
+    conn = record.info.get(_CONN_KEY)
+    return conn is not None and record.dbapi_connection is not None and conn.loop() is not loop
 
 
 def _make_reporting_close(original: Callable[[Any], None]) -> Callable[[Any], None]:
@@ -501,6 +526,10 @@ class SQLAlchemyIntegration:
         self._had_events = False
 
     def setup(self, patches: PatchStack) -> None:
+        global _guarded_pool_class
+        # No AsyncEngine can exist before its module is imported: then there is no need to
+        # look for engines created before install() (a gc scan, ~5-10 ms in a test run).
+        engines_may_exist = "sqlalchemy.ext.asyncio" in sys.modules
         try:
             import sqlalchemy
             from sqlalchemy import event
@@ -517,6 +546,7 @@ class SQLAlchemyIntegration:
                 f"{oldest} and newer; pip install -U 'sqlalchemy[asyncio]>={oldest}'"
             )
             raise DidNotEnable(msg)
+        _guarded_pool_class = QueuePool
         patches.wrap(QueuePool, "_do_get", _make_guarded_do_get)
         patches.wrap(QueuePool, "dispose", _make_guarded_dispose)
         for loop_class in _loop_classes():
@@ -531,9 +561,12 @@ class SQLAlchemyIntegration:
         event.listen(Engine, "engine_disposed", _on_engine_disposed)
         Engine._has_events = self._had_events
         self._listening = True
-        _adopt_existing_engines()
+        if engines_may_exist:
+            _adopt_existing_engines()
 
     def teardown(self) -> None:
+        global _guarded_pool_class
+        _guarded_pool_class = None
         if self._listening:
             from sqlalchemy import event
             from sqlalchemy.engine import Engine
