@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import sys
-import sysconfig
 from pathlib import Path
 from types import FrameType
 from typing import NamedTuple, Optional
@@ -62,28 +61,35 @@ def _internal_prefixes() -> tuple[str, ...]:
     return tuple(prefixes)
 
 
-_STDLIB = tuple(
-    {os.path.realpath(p) + os.sep for p in (sysconfig.get_paths()["stdlib"],)}
-    | {sysconfig.get_paths()["stdlib"] + os.sep}
-)
-_SITE_PACKAGES = tuple(
-    {sysconfig.get_paths()[k] + os.sep for k in ("purelib", "platlib")}
-    | {os.path.realpath(sysconfig.get_paths()[k]) + os.sep for k in ("purelib", "platlib")}
-)
+def _stdlib_and_site_packages() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Directory prefixes of the standard library and of site-packages (as is, and resolved)."""
+    import sysconfig  # ~2 ms: only when a site is first looked for, not on import
+
+    paths = sysconfig.get_paths()
+    stdlib = {paths["stdlib"] + os.sep, os.path.realpath(paths["stdlib"]) + os.sep}
+    site_packages = {paths[k] + os.sep for k in ("purelib", "platlib")}
+    site_packages |= {os.path.realpath(paths[k]) + os.sep for k in ("purelib", "platlib")}
+    return tuple(stdlib), tuple(site_packages)
+
+
 _verdicts: dict[str, bool] = {}
 _prefixes: tuple[str, ...] = ()
+_stdlib: tuple[str, ...] = ()
+_site_packages: tuple[str, ...] = ()
 
 
 def _is_internal(filename: str) -> bool:
     verdict = _verdicts.get(filename)
     if verdict is None:
-        global _prefixes
+        global _prefixes, _stdlib, _site_packages
         if not _prefixes:
             _prefixes = _internal_prefixes()
+        if not _stdlib:
+            _stdlib, _site_packages = _stdlib_and_site_packages()
         verdict = (
             filename.startswith("<")
             or filename.startswith(_prefixes)
-            or (filename.startswith(_STDLIB) and not filename.startswith(_SITE_PACKAGES))
+            or (filename.startswith(_stdlib) and not filename.startswith(_site_packages))
         )
         _verdicts[filename] = verdict
     return verdict

@@ -129,10 +129,17 @@ _pool_file = ""
 _own_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 
+_sqlalchemy_prefix: Optional[str] = None  # found once SQLAlchemy is imported
+
+
 def _sqlalchemy_dir() -> Optional[str]:
-    module = sys.modules.get("sqlalchemy")
-    file = getattr(module, "__file__", None)
-    return os.path.dirname(file) + os.sep if file else None
+    global _sqlalchemy_prefix
+    if _sqlalchemy_prefix is None:
+        module = sys.modules.get("sqlalchemy")
+        file = getattr(module, "__file__", None)
+        if file:
+            _sqlalchemy_prefix = os.path.dirname(file) + os.sep
+    return _sqlalchemy_prefix
 
 
 # -- tracking ---------------------------------------------------------------------------
