@@ -10,54 +10,22 @@ inherit the variable pay nothing beyond this module.
 
 from __future__ import annotations
 
-import importlib.abc
-import importlib.machinery
-import importlib.util
 import sys
 from types import ModuleType
-from typing import Any, Optional, Sequence
+from typing import List
 
-TRIGGERS = frozenset({"sqlalchemy.ext.asyncio", "asyncpg"})
+from . import _after_import
+
+TRIGGERS = ("sqlalchemy.ext.asyncio", "asyncpg")
 
 activated = False  # True once the hook has installed loopguard
-
-
-class _InstallAfterImport(importlib.abc.MetaPathFinder):
-    """Finds nothing itself: wraps the real loader of a trigger module to install afterwards."""
-
-    def __init__(self) -> None:
-        self._finding = False
-
-    def find_spec(
-        self,
-        fullname: str,
-        path: Optional[Sequence[str]],
-        target: Optional[ModuleType] = None,
-    ) -> Optional[importlib.machinery.ModuleSpec]:
-        if fullname not in TRIGGERS or self._finding:
-            return None
-        self._finding = True  # the real finders are asked below; don't answer ourselves
-        try:
-            spec = importlib.util.find_spec(fullname)
-        finally:
-            self._finding = False
-        loader: Any = spec.loader if spec is not None else None
-        if loader is None or not hasattr(loader, "exec_module"):
-            return None
-        original = loader.exec_module
-
-        def exec_module(module: ModuleType) -> None:
-            original(module)
-            _install_now()
-
-        loader.exec_module = exec_module
-        return spec
+_hooks: List[_after_import.AfterImport] = []
 
 
 def _remove_finder() -> None:
-    for finder in list(sys.meta_path):
-        if isinstance(finder, _InstallAfterImport):
-            sys.meta_path.remove(finder)
+    for hook in _hooks:
+        _after_import.cancel(hook)
+    _hooks.clear()
 
 
 def stand_down() -> None:
@@ -88,9 +56,13 @@ def _install_now() -> None:
     activated = loopguard.is_installed()
 
 
+def _on_trigger(module: ModuleType) -> None:
+    _install_now()
+
+
 def start() -> None:
     """Called from the .pth line when LOOPGUARD asks for loopguard."""
     if any(name in sys.modules for name in TRIGGERS):
         _install_now()
-    elif not any(isinstance(f, _InstallAfterImport) for f in sys.meta_path):
-        sys.meta_path.insert(0, _InstallAfterImport())
+    elif not _hooks:
+        _hooks.extend(_after_import.call_after_import(name, _on_trigger) for name in TRIGGERS)

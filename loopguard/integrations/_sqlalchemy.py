@@ -24,7 +24,7 @@ import sys
 import weakref
 from typing import Any, Callable, Optional
 
-from .. import _context, _release, _sites
+from .. import _after_import, _context, _release, _sites
 from .._log import app_logger
 from .._patching import PatchStack
 from .._report import (
@@ -489,18 +489,31 @@ def _mismatch_record(
     return record
 
 
-def _loop_classes() -> list[Any]:
-    """Event loop classes whose close() is wrapped: asyncio's, and uvloop's if installed."""
+def _wrap_loop_close(patches: PatchStack) -> Optional[_after_import.AfterImport]:
+    """Wrap close() of asyncio's loops, and of uvloop's now or when (if) uvloop is imported.
+
+    uvloop is not imported for this: a process that never uses it does not pay its import
+    (~5 ms).  Returns the hook waiting for uvloop's import, if it is not imported yet.
+    """
     import asyncio
 
-    classes: list[Any] = [asyncio.BaseEventLoop]
-    try:
-        import uvloop
-    except ImportError:
-        pass
-    else:
-        classes.append(uvloop.Loop)  # a Python subclass of uvloop's compiled loop
-    return classes
+    patches.wrap(asyncio.BaseEventLoop, "close", _make_reporting_close)
+    uvloop = sys.modules.get("uvloop")
+    if uvloop is not None:
+        patches.wrap(uvloop.Loop, "close", _make_reporting_close)
+        return None
+
+    def wrap_uvloop(uvloop: Any) -> None:
+        # teardown() cancels this hook; an import already under way when it did ends here.
+        if hook in _live_hooks:
+            patches.wrap(uvloop.Loop, "close", _make_reporting_close)
+
+    hook = _after_import.call_after_import("uvloop", wrap_uvloop)
+    _live_hooks.add(hook)
+    return hook
+
+
+_live_hooks: set[_after_import.AfterImport] = set()
 
 
 def _adopt_existing_engines() -> None:
@@ -524,6 +537,7 @@ class SQLAlchemyIntegration:
     def __init__(self) -> None:
         self._listening = False
         self._had_events = False
+        self._uvloop_hook: Optional[_after_import.AfterImport] = None
 
     def setup(self, patches: PatchStack) -> None:
         global _guarded_pool_class
@@ -549,8 +563,7 @@ class SQLAlchemyIntegration:
         _guarded_pool_class = QueuePool
         patches.wrap(QueuePool, "_do_get", _make_guarded_do_get)
         patches.wrap(QueuePool, "dispose", _make_guarded_dispose)
-        for loop_class in _loop_classes():
-            patches.wrap(loop_class, "close", _make_reporting_close)
+        self._uvloop_hook = _wrap_loop_close(patches)
         patches.wrap(AsyncEngine, "__init__", _make_tracking_init)
         # Listening on the Engine class sets Engine._has_events = True, which sends every
         # Connection of every engine down SQLAlchemy's event-dispatch path on each begin,
@@ -567,6 +580,10 @@ class SQLAlchemyIntegration:
     def teardown(self) -> None:
         global _guarded_pool_class
         _guarded_pool_class = None
+        if self._uvloop_hook is not None:
+            _after_import.cancel(self._uvloop_hook)
+            _live_hooks.discard(self._uvloop_hook)
+            self._uvloop_hook = None
         if self._listening:
             from sqlalchemy import event
             from sqlalchemy.engine import Engine
