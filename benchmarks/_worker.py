@@ -8,7 +8,8 @@ ARM is ``off`` (loopguard never imported: SQLAlchemy and asyncpg exactly as ship
 one event loop, warms it up, answers ``ready``; then each ``sample`` line times N operations
 and answers with the seconds per operation, wall-clock and this process's CPU time (user +
 system: the client's own work, without the waits for the server or for a CPU that another
-process holds); ``quit`` tears down and exits.  Each arm runs in
+process holds); ``run`` does N operations untimed with the garbage collector paused (for
+instruction counts under valgrind); ``quit`` tears down and exits.  Each arm runs in
 its own process, so "off" is a process loopguard never touched; run.py starts fresh workers
 every round so that per-process effects (memory layout, hash seeds) average out.
 """
@@ -197,6 +198,14 @@ def main() -> int:
                 gc.collect()
                 wall, cpu = loop.run_until_complete(op(resource, n))
                 reply(f"{wall / n / 1e9!r} {cpu / n / 1e9!r}")
+            elif command == "run":
+                # For instruction counts (run.py's "instructions" section): N operations
+                # with the collector paused, so a collection that falls on one side of the
+                # difference between two processes does not count as the operations' work.
+                gc.disable()
+                loop.run_until_complete(op(resource, n))
+                gc.enable()
+                reply("ok")
             elif command == "quit":
                 break
             else:

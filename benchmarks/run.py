@@ -249,6 +249,7 @@ class Report:
 # -- arms ---------------------------------------------------------------------------------
 
 
+import _instructions  # noqa: E402
 from _worker import patched_attributes  # noqa: E402 - every class in every loaded module
 
 
@@ -576,6 +577,119 @@ def section_suite(report: Report, url: str, quick: bool) -> None:
             compare=f"{fmt_ratio(cpu_ratios)}; added CPU / off wall = "
             f"{cpu_added / quartiles(times['off'])[1]:+.1%}",
         )
+    )
+
+
+# -- 7: instruction counts -----------------------------------------------------------------
+
+# key -> operations per worker run (the difference between two processes is 2N of them)
+INSTRUCTION_OPS = {"1a": 2000, "1b": 500, "2": 150, "3a": 300, "3b": 200}
+
+
+def section_instructions(report: Report, dsn: str, url: str, quick: bool) -> None:
+    """Rows 1-4 and 5a again, counted in instructions under valgrind: no noise to average."""
+    if not _instructions.available():
+        report.add(Row("7", "instruction counts: skipped, valgrind not found", {}))
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    env = _clean_env()
+    keys = [key for key, _, _ in TIMED]
+    log(f"[7] instruction counts ({_instructions.describe()}): {', '.join(keys)}, suite, import")
+    jobs: Dict[Tuple[str, str], Any] = {}
+    # Counts do not depend on load: run as many valgrind processes as there are CPUs.
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        for key in keys:
+            n = INSTRUCTION_OPS[key] // (5 if quick else 1)
+            for arm_name in ARMS:
+                arm_env = dict(env, PYTHONASYNCIODEBUG="1") if arm_name == "debug" else env
+                cmd = [sys.executable, str(WORKER), arm_name, key, str(n), dsn]
+                _instructions.warm(cmd, arm_env, NEUTRAL_CWD, stdin="quit\n")
+                jobs[(key, arm_name)] = pool.submit(
+                    _instructions.per_operation, cmd, n, arm_env, NEUTRAL_CWD
+                )
+        suite = pool.submit(_suite_instructions, url, quick)
+        startup = pool.submit(_import_instructions, env)
+        titles = {key: title for key, title, _ in TIMED}
+        for key in keys:
+            per_op = {a: jobs[(key, a)].result() for a in ARMS}
+            added = per_op["raise"] - per_op["off"]
+            ratio = per_op["raise"] / per_op["off"]
+            target, verdict = "", None
+            if key == "2":
+                target, verdict = "<= 3% slower (client CPU work)", ratio <= 1.03
+            report.add(
+                Row(
+                    f"{key} instr",
+                    f"{titles[key]}: client instructions per op (valgrind, GC paused)",
+                    {a: f"{per_op[a] / 1e3:,.1f} k" for a in ARMS},
+                    compare=f"{added / 1e3:+,.1f} k, x{ratio:.4f}",
+                    compare_debug=f"x{per_op['debug'] / per_op['off']:.3f}",
+                    target=target,
+                    verdict=verdict,
+                )
+            )
+        counts = suite.result()
+        off_spread = abs(counts["off"][0] - counts["off"][1]) / counts["off"][0]
+        off = sum(counts["off"]) / 2
+        ratio = counts["raise"][0] / off
+        report.add(
+            Row(
+                "4 instr",
+                "the pytest suite of row 4: instructions of the whole pytest process "
+                "(valgrind; garbage collection included)",
+                {
+                    "off": f"{off / 1e9:,.3f} G (two runs {off_spread:.1e} apart)",
+                    "raise": f"{counts['raise'][0] / 1e9:,.3f} G",
+                    "debug": "-",
+                },
+                compare=f"{(counts['raise'][0] - off) / 1e6:+,.1f} M, x{ratio:.4f}",
+                target="<= 3% slower (client CPU work)",
+                verdict=ratio <= 1.03,
+            )
+        )
+        plain, imported = startup.result()
+        report.add(
+            Row(
+                "5a instr",
+                '`python -c "import loopguard"` vs `python -c pass`: instructions',
+                {
+                    "off": f"pass: {plain / 1e6:,.1f} M",
+                    "raise": f"import: {imported / 1e6:,.1f} M",
+                },
+                compare=f"{(imported - plain) / 1e6:+,.2f} M",
+            )
+        )
+
+
+def _suite_instructions(url: str, quick: bool) -> Dict[str, List[int]]:
+    """The suite of row 4 under valgrind: off, on, off (two off runs show the spread)."""
+    tests = 20 if quick else 200
+    counts: Dict[str, List[int]] = {"off": [], "raise": []}
+    with tempfile.TemporaryDirectory(prefix="loopguard-bench-suite-vg-") as tmp:
+        root = Path(tmp)
+        write_suite(root, tests)
+        state_file = root / "state.json"
+        env = dict(_clean_env(), BENCH_DATABASE_URL=url, BENCH_STATE_FILE=str(state_file))
+        base = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+        args = {"off": base, "raise": [*base, "--loopguard"]}
+        _instructions.warm(args["raise"], env, str(root))  # .pyc and pytest's rewritten modules
+        _instructions.warm(args["off"], env, str(root))
+        for arm_name in ("off", "raise", "off"):
+            counts[arm_name].append(_instructions.count(args[arm_name], env, str(root)))
+            state = json.loads(state_file.read_text())
+            state_file.unlink()
+            if state["installed"] != (arm_name == "raise"):
+                raise AssertionError(f"suite arm {arm_name} ran with loopguard state {state}")
+    return counts
+
+
+def _import_instructions(env: Dict[str, str]) -> Tuple[int, int]:
+    py = sys.executable
+    _instructions.warm([py, "-c", "import loopguard"], env, NEUTRAL_CWD)
+    return (
+        _instructions.count([py, "-c", "pass"], env, NEUTRAL_CWD),
+        _instructions.count([py, "-c", "import loopguard"], env, NEUTRAL_CWD),
     )
 
 
@@ -1131,7 +1245,7 @@ def section_memory(report: Report, url: str, quick: bool) -> None:
 
 # -- main --------------------------------------------------------------------------------------
 
-SECTIONS = ("checkout", "session", "asyncpg", "suite", "startup", "memory")
+SECTIONS = ("checkout", "session", "asyncpg", "suite", "startup", "memory", "instructions")
 
 
 def machine() -> List[str]:
@@ -1238,6 +1352,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         header.append(f"database: PostgreSQL {server_version(dsn)} over a {where}")
         log(header[-1])
         section_timed(report, dsn, args.quick, only)
+        if "instructions" in only:
+            section_instructions(report, dsn, url, args.quick)
         if "suite" in only:
             section_suite(report, url, args.quick)
         if "memory" in only:
