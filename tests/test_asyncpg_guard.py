@@ -1055,14 +1055,13 @@ def test_uninstall_restores_every_asyncpg_attribute_exactly() -> None:
         "Connection.close",
         "ConnectionResource._check_conn_validity",
         "Pool.__init__",
-        "Pool._acquire",
         "Pool._async__init__",
+        "Pool._check_init",
         "Pool.close",
-        "Pool.release",
         "Pool.terminate",
     ]
     assert asyncio.iscoroutinefunction(asyncpg.Connection.close)
-    assert asyncio.iscoroutinefunction(Pool._acquire)
+    assert asyncio.iscoroutinefunction(Pool._async__init__)
     loopguard.uninstall()
     after = _class_dicts()
     assert after.keys() == before.keys()

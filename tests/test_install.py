@@ -64,8 +64,7 @@ def _asyncpg_patched() -> list[tuple[Any, str]]:
     return [
         (Pool, "__init__"),
         (Pool, "_async__init__"),
-        (Pool, "_acquire"),
-        (Pool, "release"),
+        (Pool, "_check_init"),
         (Pool, "close"),
         (Pool, "terminate"),
         (Connection, "__init__"),

@@ -6,9 +6,12 @@ each undone exactly by ``uninstall()``:
 
 - ``Pool.__init__``: the creation site.  A pool created with no running loop and no ``loop=``
   captured whatever ``asyncio.get_event_loop()`` returned: warned at once (LG102).
-- ``Pool._async__init__`` (``await pool``, ``async with pool``), ``Pool._acquire`` (``acquire()``
-  and every ``Pool.fetch*``/``execute``/``copy*``), ``Pool.release``, ``Pool.close``: the running
-  loop must be ``pool._loop``; checked before any I/O (LG103).  ``Pool.terminate`` only forgets.
+- ``Pool._async__init__`` (``await pool``, ``async with pool``), ``Pool._check_init`` when
+  ``Pool._acquire`` (``acquire()`` and every ``Pool.fetch*``/``execute``/``copy*``) or
+  ``Pool.release`` calls it, ``Pool.close``: the running loop must be ``pool._loop``; checked
+  before any I/O (LG103).  ``Pool.terminate`` only forgets.  (``_check_init`` is the plain
+  method both coroutines call first, before any I/O: wrapping it costs a function call where
+  wrapping the coroutines cost a second coroutine around each, ~3.3k instructions apiece.)
 - ``Connection.__init__``: the creation site of connections opened directly (not by a Pool, not
   by SQLAlchemy, whose objects have creation sites of their own).
 - ``Connection._check_open`` (execute, fetch*, prepare, cursor, transaction, reset, codecs,
@@ -505,9 +508,27 @@ def _pool_in_use(pool: Any, *args: Any, **kwargs: Any) -> bool:
     return not (pool._closed or getattr(pool, "_closing", False))
 
 
-def _releasing_a_member(pool: Any, connection: Any = None, *args: Any, **kwargs: Any) -> bool:
-    # Already released, or not a pool connection at all: asyncpg answers without I/O.
-    return _pool_in_use(pool) and getattr(connection, "_con", None) is not None
+# The Pool coroutines whose call to _check_init() is checked, and the operation they are.
+# (close() has a wrapper of its own; terminate() does no I/O on the loop and is not checked.)
+_CHECKED_INIT_CALLERS = {"_acquire": "Pool.acquire", "release": "Pool.release"}
+
+
+def _make_pool_check_init(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``_acquire`` and ``release`` call ``_check_init()`` before any I/O, after asyncpg's own
+    checks (pool closing, connection already released): the loop is checked there."""
+
+    def _check_init(self: Any) -> Any:
+        __tracebackhide__ = True
+        result = original(self)  # not initialized or closed: asyncpg's own error, no I/O
+        loop = _context.running_loop()
+        if loop is not self._loop and loop is not None:
+            caller = sys._getframe(1)
+            operation = _CHECKED_INIT_CALLERS.get(caller.f_code.co_name)
+            if operation is not None and _pool_in_use(self):
+                _on_pool_mismatch(self, loop, _pool_operation(caller, operation))
+        return result
+
+    return _check_init
 
 
 def _make_pool_close(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -607,8 +628,7 @@ def _patch_points() -> list[tuple[Any, str, Callable[[Any], Any], bool]]:
     return [
         (Pool, "__init__", _make_pool_init, True),
         (Pool, "_async__init__", _make_pool_method("_async__init__", _pool_in_use), True),
-        (Pool, "_acquire", _make_pool_method("_acquire", _pool_in_use), True),
-        (Pool, "release", _make_pool_method("release", _releasing_a_member), True),
+        (Pool, "_check_init", _make_pool_check_init, True),
         (Pool, "close", _make_pool_close, True),
         (Pool, "terminate", _make_pool_terminate, True),
         (Connection, "__init__", _make_connection_init, True),
