@@ -5,11 +5,36 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import threading
 import weakref
 from typing import Any, Callable, Optional
 
 # asyncio._get_running_loop is the C fast path behind get_running_loop(): None instead of raising.
 running_loop: Callable[[], Optional[asyncio.AbstractEventLoop]] = asyncio._get_running_loop
+_get_ident = threading.get_ident
+
+
+def foreign_running_loop(expected: Any) -> Optional[asyncio.AbstractEventLoop]:
+    """The running loop when it is not ``expected``; None when ``expected`` runs, or none does.
+
+    On Python < 3.12 every ``asyncio._get_running_loop()`` is a ``getpid()`` system call
+    (its guard against a loop inherited through ``fork()``), and in a VM the system calls on
+    a hot path cost more than the ~200 ns they take, in TLB refills after each.  So the
+    common case is answered first without one: an asyncio loop records the thread it runs
+    in (``_thread_id``), and only one loop can run in a thread at a time, so a loop running
+    in this thread is the running loop.  (uvloop's loops do not expose it: they take the
+    second path.)
+    """
+    if runs_here(expected):
+        return None
+    loop = running_loop()
+    return None if loop is expected else loop
+
+
+def runs_here(loop: Any) -> bool:
+    """``loop`` is running in this thread, so it is the running loop (no system call)."""
+    return getattr(loop, "_thread_id", None) == _get_ident()
+
 
 _loop_ids: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 _strong_loop_ids: dict[int, int] = {}  # for loop types without weakref support

@@ -493,8 +493,8 @@ def _make_pool_method(name: str, check: Callable[..., bool]) -> Callable[[Any], 
     def make(original: Callable[..., Any]) -> Callable[..., Any]:
         async def guarded(self: Any, *args: Any, **kwargs: Any) -> Any:
             __tracebackhide__ = True
-            loop = _context.running_loop()
-            if loop is not self._loop and loop is not None and check(self, *args, **kwargs):
+            loop = _context.foreign_running_loop(self._loop)
+            if loop is not None and check(self, *args, **kwargs):
                 _on_pool_mismatch(self, loop, _pool_operation(sys._getframe(1), operation))
             return await original(self, *args, **kwargs)
 
@@ -520,8 +520,8 @@ def _make_pool_check_init(original: Callable[[Any], Any]) -> Callable[[Any], Any
     def _check_init(self: Any) -> Any:
         __tracebackhide__ = True
         result = original(self)  # not initialized or closed: asyncpg's own error, no I/O
-        loop = _context.running_loop()
-        if loop is not self._loop and loop is not None:
+        loop = _context.foreign_running_loop(self._loop)
+        if loop is not None:
             caller = sys._getframe(1)
             operation = _CHECKED_INIT_CALLERS.get(caller.f_code.co_name)
             if operation is not None and _pool_in_use(self):
@@ -534,8 +534,8 @@ def _make_pool_check_init(original: Callable[[Any], Any]) -> Callable[[Any], Any
 def _make_pool_close(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
     async def close(self: Any) -> Any:
         __tracebackhide__ = True
-        loop = _context.running_loop()
-        if loop is not self._loop and loop is not None and not self._closed:
+        loop = _context.foreign_running_loop(self._loop)
+        if loop is not None and not self._closed:
             _on_pool_mismatch(self, loop, "Pool.close")
         try:
             return await original(self)
@@ -571,8 +571,8 @@ def _make_check_open(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
     def _check_open(self: Any) -> Any:
         __tracebackhide__ = True
         result = original(self)  # closed: asyncpg's own InterfaceError, no I/O either way
-        loop = _context.running_loop()
-        if loop is not self._loop and loop is not None:
+        loop = _context.foreign_running_loop(self._loop)
+        if loop is not None:
             caller = sys._getframe(1)
             operation = f"Connection.{caller.f_code.co_name.lstrip('_')}"
             _on_connection_mismatch(self, loop, operation, caller)
@@ -586,8 +586,8 @@ def _make_check_conn_validity(original: Callable[[Any, str], Any]) -> Callable[[
         __tracebackhide__ = True
         result = original(self, meth_name)  # released or closed: asyncpg's own error
         conn = self._connection
-        loop = _context.running_loop()
-        if loop is not conn._loop and loop is not None and meth_name not in _NO_IO:
+        loop = _context.foreign_running_loop(conn._loop)
+        if loop is not None and meth_name not in _NO_IO:
             operation = f"{type(self).__name__}.{meth_name}"
             _on_connection_mismatch(conn, loop, operation, sys._getframe(1))
         return result
@@ -601,8 +601,8 @@ def _make_connection_coroutine(name: str) -> Callable[[Any], Any]:
     def make(original: Callable[..., Any]) -> Callable[..., Any]:
         async def guarded(self: Any, *args: Any, **kwargs: Any) -> Any:
             __tracebackhide__ = True
-            loop = _context.running_loop()
-            if loop is not self._loop and loop is not None and not self.is_closed():
+            loop = _context.foreign_running_loop(self._loop)
+            if loop is not None and not self.is_closed():
                 caller = sys._getframe(1)
                 # _copy_out/_copy_in: name the public copy_* method that called them.
                 operation = "Connection." + (

@@ -190,13 +190,17 @@ def _make_guarded_do_get(original: Callable[[Any], Any]) -> Callable[[Any], Any]
         state = self.__dict__.get(_STATE_ATTR)
         if state is None:
             return original(self)
-        loop = _context.running_loop()
-        if loop is None:  # no loop: nothing asyncio-bound can be checked here
-            return original(self)
         binding = state.binding
         # loop._ref: the weakref itself, a C call (LoopRef.__call__ adds a Python frame)
-        if binding is not None and binding.loop._ref() is not loop:
-            _on_pool_mismatch(self, state, loop)  # raises, or heals and returns
+        owner = binding.loop._ref() if binding is not None else None
+        if owner is not None and _context.runs_here(owner):
+            loop = owner  # the usual case, answered without a system call (see _context)
+        else:
+            loop = _context.running_loop()
+            if loop is None:  # no loop: nothing asyncio-bound can be checked here
+                return original(self)
+            if binding is not None and owner is not loop:
+                _on_pool_mismatch(self, state, loop)  # raises, or heals and returns
         while True:
             record = original(self)
             dbapi_connection = record.dbapi_connection
