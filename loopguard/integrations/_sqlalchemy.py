@@ -21,6 +21,7 @@ from __future__ import annotations
 import gc
 import re
 import sys
+import threading
 import weakref
 from typing import Any, Callable, Optional
 
@@ -45,6 +46,7 @@ from . import DidNotEnable
 # connections' driver_connection, which the guard reads; older releases are refused.
 MIN_VERSION = (1, 4, 24)
 _CONN_KEY = "loopguard"
+_get_ident = threading.get_ident
 
 
 class EngineInfo:
@@ -193,8 +195,9 @@ def _make_guarded_do_get(original: Callable[[Any], Any]) -> Callable[[Any], Any]
         binding = state.binding
         # loop._ref: the weakref itself, a C call (LoopRef.__call__ adds a Python frame)
         owner = binding.loop._ref() if binding is not None else None
-        if owner is not None and _context.runs_here(owner):
-            loop = owner  # the usual case, answered without a system call (see _context)
+        # the usual case, answered without a system call (_context.runs_here(), inline)
+        if owner is not None and getattr(owner, "_thread_id", None) == _get_ident():
+            loop = owner
         else:
             loop = _context.running_loop()
             if loop is None:  # no loop: nothing asyncio-bound can be checked here
