@@ -1,0 +1,120 @@
+"""_context.foreign_running_loop(): the loop check every guard makes, with real event loops."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import threading
+from typing import Any, Optional
+
+import pytest
+
+from loopguard import _context
+
+uvloop: Any
+try:
+    import uvloop
+except ImportError:  # pragma: no cover - uvloop is in the test extra
+    uvloop = None
+
+
+def _in_loop(loop: asyncio.AbstractEventLoop, expected: Any) -> Optional[Any]:
+    async def ask() -> Optional[Any]:
+        return _context.foreign_running_loop(expected)
+
+    return loop.run_until_complete(ask())
+
+
+@pytest.fixture
+def two_loops() -> Any:
+    loops = (asyncio.new_event_loop(), asyncio.new_event_loop())
+    yield loops
+    for loop in loops:
+        loop.close()
+
+
+def test_the_expected_loop_running_is_not_foreign(two_loops: Any) -> None:
+    loop_a, _ = two_loops
+    assert _in_loop(loop_a, loop_a) is None
+    assert _context.runs_here(loop_a) is False  # it stopped: the shortcut no longer applies
+
+
+def test_another_running_loop_is_returned(two_loops: Any) -> None:
+    loop_a, loop_b = two_loops
+    assert _in_loop(loop_b, loop_a) is loop_b
+
+
+def test_no_running_loop_is_not_foreign(two_loops: Any) -> None:
+    loop_a, _ = two_loops
+    assert _context.foreign_running_loop(loop_a) is None
+
+
+def test_a_loop_running_in_another_thread_is_not_taken_for_the_running_one(
+    two_loops: Any,
+) -> None:
+    """The shortcut compares threads: loop A running elsewhere says nothing about this one."""
+    loop_a, loop_b = two_loops
+    started, release = threading.Event(), threading.Event()
+
+    async def hold() -> None:
+        started.set()
+        while not release.is_set():
+            await asyncio.sleep(0.01)
+
+    thread = threading.Thread(target=loop_a.run_until_complete, args=(hold(),))
+    thread.start()
+    try:
+        assert started.wait(10)
+        assert _context.runs_here(loop_a) is False
+        assert _context.foreign_running_loop(loop_a) is None  # no loop runs in this thread
+        assert _in_loop(loop_b, loop_a) is loop_b
+    finally:
+        release.set()
+        thread.join(10)
+
+
+@pytest.mark.skipif(uvloop is None, reason="uvloop not installed")
+def test_uvloop_loops_take_the_lookup_path() -> None:
+    """uvloop's loops do not expose the thread they run in; the answer is the same."""
+    loop_a, loop_b = uvloop.new_event_loop(), uvloop.new_event_loop()
+    try:
+        assert _in_loop(loop_a, loop_a) is None
+        assert _in_loop(loop_b, loop_a) is loop_b
+    finally:
+        loop_a.close()
+        loop_b.close()
+
+
+@pytest.mark.skipif(
+    sys.version_info >= (3, 12) or not sys.platform.startswith("linux"),
+    reason="asyncio._get_running_loop() calls getpid() only before 3.12; strace on Linux",
+)
+def test_the_check_for_the_running_loop_makes_no_system_call(tmp_path: Any) -> None:
+    """On Python < 3.12 asyncio._get_running_loop() is a getpid() system call; the common
+    case (the expected loop is the one running) is answered without one."""
+    import shutil
+    import subprocess
+
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace not installed")
+    code = (
+        "import asyncio\n"
+        "from loopguard import _context\n"
+        "async def main():\n"
+        "    loop = asyncio.get_running_loop()\n"
+        "    for _ in range(1000):\n"
+        "        assert _context.foreign_running_loop(loop) is None\n"
+        "asyncio.run(main())\n"
+    )
+    counts = tmp_path / "counts.txt"
+    subprocess.run(
+        [strace, "-f", "-c", "-e", "trace=getpid", "-o", str(counts), sys.executable, "-c", code],
+        check=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("LOOPGUARD")},
+        timeout=60,
+    )
+    calls = [line.split() for line in counts.read_text().splitlines() if "getpid" in line]
+    # asyncio.run() itself asks a few times; a check per iteration would be 1,000 more.
+    assert not calls or int(calls[0][3]) < 100, counts.read_text()
