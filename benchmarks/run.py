@@ -831,6 +831,18 @@ NEUTRAL_CWD = tempfile.mkdtemp(prefix="loopguard-bench-cwd-")
 atexit.register(shutil.rmtree, NEUTRAL_CWD, True)
 
 
+def _python_output(code: str, env: Dict[str, str]) -> str:
+    """What ``python -c code`` prints, run in a fresh interpreter in the neutral directory."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=NEUTRAL_CWD,
+    ).stdout
+
+
 def _time_process(cmd: List[str], env: Dict[str, str]) -> float:
     t0 = time.perf_counter()
     subprocess.run(
@@ -876,19 +888,11 @@ def section_startup(report: Report, quick: bool) -> None:
     added = quartiles(diffs)[1]
     inproc = []
     for _ in range(5 if quick else 15):
-        out = subprocess.run(
-            [
-                py,
-                "-c",
-                "import time; t = time.perf_counter(); import loopguard; "
-                "print(time.perf_counter() - t)",
-            ],
-            env=cwd_env,
-            check=True,
-            capture_output=True,
-            text=True,
-            cwd=NEUTRAL_CWD,
-        ).stdout
+        out = _python_output(
+            "import time; t = time.perf_counter(); import loopguard; "
+            "print(time.perf_counter() - t)",
+            cwd_env,
+        )
         inproc.append(float(out))
     report.add(
         Row(
@@ -910,14 +914,7 @@ def section_startup(report: Report, quick: bool) -> None:
     # importing loopguard's integrations and applying the patches, once per process.
     installs = []
     for _ in range(5 if quick else 15):
-        out = subprocess.run(
-            [py, "-c", _INSTALL_TIMING],
-            env=cwd_env,
-            check=True,
-            capture_output=True,
-            text=True,
-            cwd=NEUTRAL_CWD,
-        ).stdout.split()
+        out = _python_output(_INSTALL_TIMING, cwd_env).split()
         installs.append(float(out[0]))
         if out[1:] != ["uvloop:False"]:
             raise AssertionError(f"install() imported uvloop: {out}")
