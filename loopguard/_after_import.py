@@ -22,6 +22,7 @@ class AfterImport(importlib.abc.MetaPathFinder):
     def __init__(self, name: str, callback: Callable[[ModuleType], None]) -> None:
         self.name = name
         self.callback = callback
+        self.cancelled = False
         self._finding = False
 
     def find_spec(
@@ -44,6 +45,8 @@ class AfterImport(importlib.abc.MetaPathFinder):
 
         def exec_module(module: ModuleType) -> None:
             original(module)
+            if self.cancelled:  # cancelled while this import was already under way
+                return
             cancel(self)
             self.callback(module)
 
@@ -62,6 +65,7 @@ def call_after_import(name: str, callback: Callable[[ModuleType], None]) -> Afte
 
 
 def cancel(hook: AfterImport) -> None:
-    """Forget ``hook`` (no-op if it already ran or was cancelled)."""
+    """Forget ``hook``: its callback will not run, not even for an import under way."""
+    hook.cancelled = True
     if hook in sys.meta_path:
         sys.meta_path.remove(hook)

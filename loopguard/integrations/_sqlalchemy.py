@@ -511,16 +511,10 @@ def _wrap_loop_close(patches: PatchStack) -> Optional[_after_import.AfterImport]
         return None
 
     def wrap_uvloop(uvloop: Any) -> None:
-        # teardown() cancels this hook; an import already under way when it did ends here.
-        if hook in _live_hooks:
-            patches.wrap(uvloop.Loop, "close", _make_reporting_close)
+        patches.wrap(uvloop.Loop, "close", _make_reporting_close)
 
-    hook = _after_import.call_after_import("uvloop", wrap_uvloop)
-    _live_hooks.add(hook)
-    return hook
-
-
-_live_hooks: set[_after_import.AfterImport] = set()
+    # teardown() cancels the hook, also for an import of uvloop already under way
+    return _after_import.call_after_import("uvloop", wrap_uvloop)
 
 
 def _adopt_existing_engines() -> None:
@@ -589,7 +583,6 @@ class SQLAlchemyIntegration:
         _guarded_pool_class = None
         if self._uvloop_hook is not None:
             _after_import.cancel(self._uvloop_hook)
-            _live_hooks.discard(self._uvloop_hook)
             self._uvloop_hook = None
         if self._listening:
             from sqlalchemy import event

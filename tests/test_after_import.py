@@ -1,0 +1,58 @@
+"""_after_import: a callback right after a module's first import, and cancelling it."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from loopguard import _after_import
+
+
+@pytest.fixture
+def module_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path
+    for name in [n for n in sys.modules if n.startswith("lg_after_import_")]:
+        del sys.modules[name]
+
+
+def test_callback_runs_once_after_the_module_body(module_dir: Path) -> None:
+    (module_dir / "lg_after_import_a.py").write_text("VALUE = 42\n")
+    seen: list[int] = []
+    hook = _after_import.call_after_import("lg_after_import_a", lambda m: seen.append(m.VALUE))
+    import lg_after_import_a  # noqa: F401
+
+    assert seen == [42]
+    assert hook not in sys.meta_path
+
+
+def test_cancelled_before_the_import_nothing_runs(module_dir: Path) -> None:
+    (module_dir / "lg_after_import_b.py").write_text("VALUE = 1\n")
+    seen: list[ModuleType] = []
+    hook = _after_import.call_after_import("lg_after_import_b", seen.append)
+    _after_import.cancel(hook)
+    import lg_after_import_b  # noqa: F401
+
+    assert seen == []
+    assert hook not in sys.meta_path
+
+
+def test_cancelled_while_the_import_is_under_way_nothing_runs(module_dir: Path) -> None:
+    """uninstall() during an import of uvloop must not wrap uvloop afterwards."""
+    (module_dir / "lg_after_import_c.py").write_text(
+        "import lg_after_import_hooks\n"
+        "from loopguard import _after_import\n"
+        "_after_import.cancel(lg_after_import_hooks.HOOK)\n"
+    )
+    hooks = ModuleType("lg_after_import_hooks")
+    sys.modules["lg_after_import_hooks"] = hooks
+    seen: list[ModuleType] = []
+    hooks.HOOK = _after_import.call_after_import("lg_after_import_c", seen.append)  # type: ignore[attr-defined]
+    import lg_after_import_c  # noqa: F401
+
+    assert seen == []
+    assert hooks.HOOK not in sys.meta_path  # type: ignore[attr-defined]
