@@ -37,6 +37,7 @@ from sqlalchemy.pool import NullPool, QueuePool
 
 import loopguard
 from loopguard._context import loop_id
+from loopguard.integrations import _sqlalchemy
 
 T = TypeVar("T")
 
@@ -1096,6 +1097,34 @@ def test_engine_used_before_install_is_guarded(
     assert outcome["record"]["owner_loop_id"] == loop_id(loop_a)
     assert outcome["record"]["created_at"] is None
     assert asyncio.run(_backend(pg_dsn, pid)) == before
+
+
+def test_install_again_after_uninstall_keeps_the_pools_owner(
+    url: str, engines: list[AsyncEngine]
+) -> None:
+    """uninstall() then install() in one process: the engine is tracked again and its pool
+    is owned by its connections' loop as before (they keep loopguard's facts about them), so
+    a foreign loop is stopped at the pool, and the owner's checkouts take the fast path."""
+    engine = create_async_engine(url)
+    engines.append(engine)
+    pool = engine.sync_engine.pool
+    loop = asyncio.new_event_loop()
+    try:
+        first_pid = loop.run_until_complete(_pid(engine))
+        loopguard.uninstall()
+        loopguard.install("raise")
+        assert loop.run_until_complete(_pid(engine)) == first_pid  # the owner: no error
+        state = _sqlalchemy._pools[pool]
+        assert state.binding is not None and state.binding.loop._ref() is loop
+        with pytest.raises(loopguard.LoopMismatchError) as excinfo:
+            asyncio.run(_pid(engine))
+        assert excinfo.value.owner_loop_id == loop_id(loop)
+        assert excinfo.value.owner_loop_closed is False
+        assert (pool.checkedin(), pool.checkedout()) == (1, 0)
+        assert loop.run_until_complete(_pid(engine)) == first_pid  # still the owner's
+    finally:
+        loop.run_until_complete(engine.dispose())
+        loop.close()
 
 
 # -- a pool whose connections are all gone may move ---------------------------------------

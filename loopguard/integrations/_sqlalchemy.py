@@ -214,6 +214,10 @@ def _make_guarded_do_get(original: Callable[[Any], Any]) -> Callable[[Any], Any]
                 # Adopt it for the loop it really belongs to: it may have been opened before
                 # install(), or reconnected by an earlier checkout on another loop.
                 conn = _adopt_connection(state, record, _driver_loop(dbapi_connection) or loop)
+            elif binding is None:
+                # Tracked again after uninstall() and install(): the connection kept its
+                # facts, and the pool belongs to its loop as it did before.
+                state.binding = binding = conn
             if conn.loop._ref() is loop:
                 return record
             _on_connection_mismatch(self, state, record, conn, loop)  # raises, or releases it
