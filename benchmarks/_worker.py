@@ -10,19 +10,46 @@ and answers with the seconds per operation, wall-clock and this process's CPU ti
 system: the client's own work, without the waits for the server or for a CPU that another
 process holds); ``run`` does N operations untimed with the garbage collector paused (for
 instruction counts under valgrind); ``quit`` tears down and exits.  Each arm runs in
-its own process, so "off" is a process loopguard never touched; run.py starts fresh workers
-every round so that per-process effects (memory layout, hash seeds) average out.
+its own process, so "off" is a process loopguard never touched.
+
+Two processes differ by more than the code they run.  Where objects land in memory moves
+these timings by several percent from process to process: the off arm, with no loopguard
+at all, measured SELECT 1 ~7% slower when SQLAlchemy was imported at the top of the worker
+instead of after the rest of it, for 0.6% more instructions (benchmarks/RESULTS.md).  So:
+
+- every arm imports SQLAlchemy and asyncpg in the same order, before ``loopguard.install()``
+  (which would otherwise import them first in the raise arm only);
+- ``LOOPGUARD_BENCH_LAYOUT`` (``SEED:`` plus a seed-dependent run of padding, which also
+  moves the stack) makes the worker allocate a seed-dependent amount of memory in every
+  size class before anything else; run.py gives the arms of a round the same seed and every
+  round a new one, so that the rounds sample many layouts instead of one per arm.
 """
 
 from __future__ import annotations
 
-import asyncio
-import gc
-import logging
 import os
+import random
 import sys
-import time
-from typing import Any, Callable, Dict, List, Tuple
+from typing import List
+
+
+def pad_heap(layout: str) -> List[object]:
+    """Live allocations that shift where everything allocated after them lands."""
+    if not layout:
+        return []
+    rng = random.Random(int(layout.split(":", 1)[0]))
+    small = [bytes(rng.randrange(1, 512)) for _ in range(rng.randrange(4000))]
+    return [*small, bytearray(rng.randrange(1 << 20))]
+
+
+# Before the other imports: their modules' objects are allocated after the padding.
+_HEAP_PADDING = pad_heap(os.environ.get("LOOPGUARD_BENCH_LAYOUT", ""))
+
+import asyncio  # noqa: E402
+import gc  # noqa: E402
+import logging  # noqa: E402
+import time  # noqa: E402
+from typing import Any, Callable, Dict, Tuple  # noqa: E402
 
 sys.path.insert(
     0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
@@ -176,6 +203,8 @@ def main() -> int:
         channel.write(text + "\n")
         channel.flush()
 
+    # The libraries first, in every arm (install() would import them first in one arm only).
+    table = benches(sqlalchemy_url(dsn), dsn)
     if arm == "raise":
         import loopguard
 
@@ -187,7 +216,7 @@ def main() -> int:
     logging.getLogger("asyncio").setLevel(logging.ERROR)  # "Executing <Task> took 0.1 s"
     loop = asyncio.new_event_loop()  # debug mode comes from PYTHONASYNCIODEBUG, as for users
     assert loop.get_debug() == (arm == "debug")
-    setup, op, teardown, guarded = benches(sqlalchemy_url(dsn), dsn)[key]
+    setup, op, teardown, guarded = table[key]
     resource = loop.run_until_complete(setup())
     try:
         loop.run_until_complete(op(resource, max(10, n // 4)))  # warm-up: connects, caches

@@ -40,6 +40,7 @@ import json
 import math
 import os
 import platform
+import random
 import shutil
 import signal
 import subprocess
@@ -389,21 +390,35 @@ class Worker:
         self.stderr.close()
 
 
+# A new layout seed per round (see run_interleaved): a rerun samples new layouts.
+LAYOUT_SEEDS = random.Random()
+
+
+Sample = Tuple[float, float]  # (wall seconds per op, CPU seconds per op)
+Triple = Dict[str, Sample]  # one sample of each arm, taken in turn
+
+
 def run_interleaved(
     key: str, n: int, dsn: str, rounds: int, samples: int
-) -> Tuple[List[Dict[str, Tuple[float, float]]], bool]:
-    """Adjacent triples of samples: {arm: (wall seconds per op, CPU seconds per op)}.
+) -> Tuple[List[List[Triple]], bool]:
+    """Rounds of triples, and whether loopguard guarded the resource in every round.
 
     Each round starts one fresh worker process per arm (off: loopguard never imported;
     raise: installed before the engine is created; debug: PYTHONASYNCIODEBUG=1), each with
     its own event loop and engine or pool, warmed up.  Then the arms take turns, one sample
     each, in rotating order, while the other two wait idle on a pipe: a burst of load from
-    other processes lands on all three samples of a triple alike.
+    other processes lands on all three samples of a triple alike.  The three workers of a
+    round share a memory-layout seed (LOOPGUARD_BENCH_LAYOUT, see _worker.py), every round
+    gets a new one.  The samples of a round share their processes (and layouts), so a round,
+    not a triple, is the independent unit.
     """
-    triples: List[Dict[str, Tuple[float, float]]] = []
+    result: List[List[Triple]] = []
     guarded_every_round = True
     for r in range(rounds):
-        workers = {a: Worker(a, key, n, dsn) for a in ARMS}
+        seed = LAYOUT_SEEDS.randrange(1 << 30)
+        env = dict(_clean_env(), LOOPGUARD_BENCH_LAYOUT=f"{seed}:" + "." * (seed % 4096))
+        workers = {a: Worker(a, key, n, dsn, env) for a in ARMS}
+        triples: List[Triple] = []
         try:
             for a, worker in workers.items():
                 ready = worker.ask(None).split()
@@ -419,29 +434,27 @@ def run_interleaved(
         finally:
             for worker in workers.values():
                 worker.close()
+        result.append(triples)
         log(
             f"  {key} round {r + 1}/{rounds}: "
-            + ", ".join(
-                f"{a} {fmt_time(quartiles([t[a][0] for t in triples[-samples:]])[1])}" for a in ARMS
-            )
+            + ", ".join(f"{a} {fmt_time(quartiles([t[a][0] for t in triples])[1])}" for a in ARMS)
         )
-    return triples, guarded_every_round
+    return result, guarded_every_round
 
 
 def section_timed(report: Report, dsn: str, quick: bool, only: set) -> None:
     for key, title, n in TIMED:
-        rounds, samples = (2, 4) if quick else (10, 15)
-        if key == "2" and not quick:
-            # A round trip to PostgreSQL per op: its samples spread by 15-25% on a shared VM,
-            # and its target is a 3% ratio: twice the triples halve the CI's width by ~30%.
-            rounds = 20
+        # Rounds, not samples, are what the confidence intervals count (run_interleaved):
+        # many short rounds.  Row 2 has a round trip to PostgreSQL per op and a 3% target.
+        rounds, samples = (2, 4) if quick else (30 if key == "2" else 20, 8)
         if quick:
             n //= 4
         section = {"1": "checkout", "2": "session", "3": "asyncpg"}[key[0]]
         if section not in only:
             continue
         log(f"[{key}] {title}: {rounds} rounds x {samples} samples x {n} ops")
-        triples, guarded = run_interleaved(key, n, dsn, rounds, samples)
+        by_round, guarded = run_interleaved(key, n, dsn, rounds, samples)
+        triples = [t for round_triples in by_round for t in round_triples]
         if key.startswith(("1", "2")) and not guarded:
             raise AssertionError(f"{key}: the raise arm's pool was not tracked by loopguard")
         note = ""
@@ -453,34 +466,46 @@ def section_timed(report: Report, dsn: str, quick: bool, only: set) -> None:
         elif key == "1b":
             note = "the same one checkout as 1a inside more code: a noisier estimate"
         for metric, index in (("wall", 0), ("client CPU", 1)):
-            diffs = [t["raise"][index] - t["off"][index] for t in triples]
-            ratios = [t["raise"][index] / t["off"][index] for t in triples]
-            debug_ratios = [t["debug"][index] / t["off"][index] for t in triples]
-            compare = f"{fmt_diff(diffs)}, {fmt_ratio(ratios)}"
+
+            def added(t: Triple, i: int = index) -> float:
+                return t["raise"][i] - t["off"][i]
+
+            def ratio(t: Triple, i: int = index) -> float:
+                return t["raise"][i] / t["off"][i]
+
+            # One value per round, the median over its triples: rounds are independent.
+            round_diffs = [quartiles([added(t) for t in r])[1] for r in by_round]
+            round_ratios = [quartiles([ratio(t) for t in r])[1] for r in by_round]
+            compare = f"{fmt_diff([added(t) for t in triples])}, "
+            compare += fmt_ratio([ratio(t) for t in triples])
             target, verdict = "", None
             ci: Optional[Tuple[float, float]] = None
             limit: Optional[float] = None
-            if metric == "wall":
-                if key == "1a" or (key.startswith("3") and guarded):
-                    target, limit, ci = "added <= 2 us", 2e-6, median_ci(diffs)
-                    verdict = quartiles(diffs)[1] <= limit
-                    compare += f"; 95% CI of the added median {fmt_time(ci[0])}..{fmt_time(ci[1])}"
-                elif key == "2":
-                    target, limit, ci = "<= 3% slower", 1.03, median_ci(ratios)
-                    verdict = quartiles(ratios)[1] <= limit
-                    compare += f"; 95% CI of the median ratio x{ci[0]:.3f}..x{ci[1]:.3f}"
+            if metric == "wall" and (key == "1a" or (key.startswith("3") and guarded)):
+                target, limit, ci = "added <= 2 us", 2e-6, median_ci(round_diffs)
+                median = quartiles(round_diffs)[1]
+                verdict = median <= limit
+                compare += (
+                    f"; median of {rounds} round medians {fmt_time(median)}, "
+                    f"95% CI {fmt_time(ci[0])}..{fmt_time(ci[1])}"
+                )
             else:
-                # All loopguard adds is CPU work in the client: its added CPU time over the
-                # off arm's wall time bounds the slowdown without the scheduling noise.
-                off_wall = quartiles([t["off"][0] for t in triples])[1]
-                compare += f"; added CPU / off wall = {quartiles(diffs)[1] / off_wall:+.1%}"
+                interval = median_ci(round_ratios)
+                median = quartiles(round_ratios)[1]
+                if metric == "wall" and key == "2":
+                    target, limit, ci, verdict = "<= 3% slower", 1.03, interval, median <= 1.03
+                compare += (
+                    f"; median of {rounds} round medians x{median:.3f}, "
+                    f"95% CI x{interval[0]:.3f}..x{interval[1]:.3f}"
+                )
             report.add(
                 Row(
                     f"{key} {'wall' if index == 0 else 'cpu'}",
-                    f"{title}: {metric} per op" + (f", {len(triples)} triples" if index else ""),
+                    f"{title}: {metric} per op"
+                    + (f", {rounds} rounds, {len(triples)} triples" if index else ""),
                     {a: fmt_stat([t[a][index] for t in triples]) for a in ARMS},
                     compare=compare,
-                    compare_debug=fmt_ratio(debug_ratios),
+                    compare_debug=fmt_ratio([t["debug"][index] / t["off"][index] for t in triples]),
                     target=target,
                     verdict=verdict,
                     note=note if index == 0 else "",
