@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from pgserver import ENV_DSN, throwaway_postgres
 from teststack import PYTEST_ASYNCIO
+
+import loopguard
 
 pytest_plugins = ["pytester"]
 
@@ -36,3 +39,33 @@ def pg_env(pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv(ENV_DSN, pg_dsn)
     assert os.environ[ENV_DSN] == pg_dsn
     return pg_dsn
+
+
+# -- the guard tests (test_sqlalchemy_guard.py, test_asyncpg_guard.py) ----------------------
+# Those modules ask for ``_guard`` with ``pytestmark = pytest.mark.usefixtures("_guard")``.
+
+
+@pytest.fixture
+def mode() -> str:
+    """loopguard's mode for the test; tests parametrize ``mode`` to run in both modes."""
+    return "raise"
+
+
+@pytest.fixture
+def _guard(mode: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Install loopguard in ``mode`` around the test; uninstall only if still installed."""
+    monkeypatch.delenv("LOOPGUARD", raising=False)
+    monkeypatch.delenv("LOOPGUARD_LOG_FILE", raising=False)
+    loopguard.install(mode)
+    yield
+    if loopguard.is_installed():
+        loopguard.uninstall()
+
+
+@pytest.fixture
+def log_file(_guard: None, tmp_path: Path, mode: str) -> Path:
+    """loopguard's JSON-lines log file for this test (install() with log_file=...)."""
+    path = tmp_path / "lg.jsonl"
+    loopguard.install(mode, log_file=str(path))
+    path.touch()
+    return path

@@ -1,11 +1,12 @@
 """The raw asyncpg guard, driven directly against a real PostgreSQL.
 
 Like ``test_sqlalchemy_guard.py``: plain (sync) tests that make and close their own event loops
-with ``asyncio.run()`` / ``asyncio.new_event_loop()``; nothing mocks asyncpg or the loop.  The
-autouse ``_guard`` fixture installs loopguard in the test's ``mode`` (``raise`` unless the test
-parametrizes ``mode``).  Pools and connections that outlive their loop go into the ``leftovers``
-fixture, whose teardown closes their sockets without touching a dead loop: the run has
-``filterwarnings = error``, so a leaked transport would fail some later test.
+with ``asyncio.run()`` / ``asyncio.new_event_loop()``; nothing mocks asyncpg or the loop. The
+``_guard`` fixture (conftest.py, used by every test here) installs loopguard in the test's
+``mode`` (``raise`` unless the test parametrizes ``mode``). Pools and connections that outlive
+their loop go into the ``leftovers`` fixture, whose teardown closes their sockets without
+touching a dead loop: the run has ``filterwarnings = error``, so a leaked transport would fail
+some later test.
 """
 
 from __future__ import annotations
@@ -33,6 +34,14 @@ from asyncpg import connresource
 from asyncpg.pool import Pool, PoolConnectionProxy
 from asyncpg.prepared_stmt import PreparedStatement
 from asyncpg.transaction import Transaction
+from guard_helpers import (
+    backend,
+    current_test_id,
+    display_path,
+    marker_line,
+    on_new_loop,
+    silence_checked,
+)
 from pgserver import sqlalchemy_url
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -45,6 +54,8 @@ from loopguard._context import loop_id
 from loopguard.integrations import _asyncpg
 
 T = TypeVar("T")
+
+pytestmark = pytest.mark.usefixtures("_guard")  # loopguard installed in ``mode``
 
 MODES = ["raise", "warn"]
 EVENT = "loopguard.loop_mismatch"
@@ -74,23 +85,7 @@ LOG_KEYS = frozenset(
 )
 
 
-def _display_path(filename: str) -> str:
-    """How loopguard prints a path with no pytest rootdir set: relative to the cwd."""
-    try:
-        return Path(filename).resolve().relative_to(Path.cwd().resolve()).as_posix()
-    except ValueError:
-        return filename
-
-
-THIS_FILE = _display_path(__file__)
-
-
-def _marker_line(marker: str) -> int:
-    """The line of this file that ends with the comment ``# <marker>``."""
-    for number, line in enumerate(Path(__file__).read_text().splitlines(), 1):
-        if line.rstrip().endswith("# " + marker):
-            return number
-    raise AssertionError(f"marker {marker!r} not found")
+THIS_FILE = display_path(__file__)
 
 
 # -- jobs ---------------------------------------------------------------------------------
@@ -121,40 +116,10 @@ async def _conn_pid(conn: Any) -> int:
     return int(await conn.fetchval("select pg_backend_pid()"))  # use-site
 
 
-POOL_LINE = _marker_line("pool-site")
-ACQUIRE_LINE = _marker_line("acquire-site")
-CONNECT_LINE = _marker_line("connect-site")
-USE_LINE = _marker_line("use-site")
-
-
-async def _backend(dsn: str, pid: int) -> Optional[dict[str, Any]]:
-    """What the server reports for backend ``pid`` (asked on a separate connection)."""
-    conn = await asyncpg.connect(dsn)
-    try:
-        row = await conn.fetchrow(
-            "select state, query, query_start, state_change, backend_start "
-            "from pg_stat_activity where pid = $1",
-            pid,
-        )
-    finally:
-        await conn.close()
-    return dict(row) if row is not None else None
-
-
-def _on_new_loop(make: Callable[[], Awaitable[T]]) -> tuple[T, Any]:
-    """Run one job with asyncio.run(); return its result and the (now closed) loop."""
-    seen: list[Any] = []
-
-    async def main() -> T:
-        seen.append(asyncio.get_running_loop())
-        return await make()
-
-    result = asyncio.run(main())
-    return result, seen[0]
-
-
-def _call_id(request: pytest.FixtureRequest) -> str:
-    return f"{request.node.nodeid} (call)"
+POOL_LINE = marker_line(__file__, "pool-site")
+ACQUIRE_LINE = marker_line(__file__, "acquire-site")
+CONNECT_LINE = marker_line(__file__, "connect-site")
+USE_LINE = marker_line(__file__, "use-site")
 
 
 def _mismatches(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -198,36 +163,7 @@ def _discard_connection(conn: Any) -> None:
         _release.close_without_loop(conn)
 
 
-@contextlib.contextmanager
-def _silence_checked(log_file: Path) -> Iterator[None]:
-    """Assert the block raises nothing, warns nothing and logs nothing (structlog and file)."""
-    with structlog.testing.capture_logs() as logs, warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        yield
-        gc.collect()
-    assert [f"{w.category.__name__}: {w.message}" for w in caught] == []
-    assert [entry for entry in logs if entry.get("event", "").startswith("loopguard.")] == []
-    assert log_file.read_text() == ""
-
-
 # -- fixtures ---------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def mode() -> str:
-    """loopguard's mode for the test; tests parametrize ``mode`` to run in both modes."""
-    return "raise"
-
-
-@pytest.fixture(autouse=True)
-def _guard(mode: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Install loopguard in ``mode`` around each test; uninstall only if still installed."""
-    monkeypatch.delenv("LOOPGUARD", raising=False)
-    monkeypatch.delenv("LOOPGUARD_LOG_FILE", raising=False)
-    loopguard.install(mode)
-    yield
-    if loopguard.is_installed():
-        loopguard.uninstall()
 
 
 @pytest.fixture
@@ -249,15 +185,6 @@ def global_pool(leftovers: list[Any]) -> Iterator[dict[str, Any]]:
     yield GLOBAL
     if "pool" in GLOBAL:
         leftovers.append(GLOBAL.pop("pool"))
-
-
-@pytest.fixture
-def log_file(tmp_path: Path, mode: str) -> Path:
-    """loopguard's JSON-lines log file for this test (install() with log_file=...)."""
-    path = tmp_path / "lg.jsonl"
-    loopguard.install(mode, log_file=str(path))
-    path.touch()
-    return path
 
 
 @pytest.fixture
@@ -299,8 +226,8 @@ def test_module_global_pool_on_a_second_asyncio_run_raises_before_any_io(
 ) -> None:
     """raise mode, scenario 4: the second asyncio.run() gets LoopMismatchError at acquire with
     every fact exact, and the pool's connection sees no I/O at all."""
-    pid, loop_a = _on_new_loop(lambda: _global_pool_job(pg_dsn))
-    before = asyncio.run(_backend(pg_dsn, pid))
+    pid, loop_a = on_new_loop(lambda: _global_pool_job(pg_dsn))
+    before = asyncio.run(backend(pg_dsn, pid))
     assert before is not None and before["state"] == "idle"
 
     loops: list[Any] = []
@@ -308,7 +235,7 @@ def test_module_global_pool_on_a_second_asyncio_run_raises_before_any_io(
     with structlog.testing.capture_logs() as logs, raises as excinfo:
         asyncio.run(_global_pool_job(pg_dsn, loops))
     err = excinfo.value
-    call_id = _call_id(request)
+    call_id = current_test_id(request)
     assert isinstance(err, RuntimeError)
     assert err.code == "LG103"
     assert err.resource == "asyncpg Pool"
@@ -330,7 +257,7 @@ def test_module_global_pool_on_a_second_asyncio_run_raises_before_any_io(
     assert entry["log_level"] == "error"
     assert {k: entry[k] for k in LOG_KEYS} == err.record
     # Nothing reached the server, and the pool still holds its one idle connection.
-    assert asyncio.run(_backend(pg_dsn, pid)) == before
+    assert asyncio.run(backend(pg_dsn, pid)) == before
     pool = global_pool["pool"]
     assert (pool.get_size(), pool.get_idle_size()) == (1, 1)
     # Nothing was "fixed" behind the user's back: a third loop is stopped the same way.
@@ -342,12 +269,12 @@ def test_module_global_pool_message_is_exact(
     pg_dsn: str, global_pool: dict[str, Any], request: pytest.FixtureRequest
 ) -> None:
     """raise mode: the whole message, line by line, for scenario 4."""
-    _, loop_a = _on_new_loop(lambda: _global_pool_job(pg_dsn))
+    _, loop_a = on_new_loop(lambda: _global_pool_job(pg_dsn))
     loops: list[Any] = []
     with pytest.raises(loopguard.LoopMismatchError) as excinfo:
         asyncio.run(_global_pool_job(pg_dsn, loops))
     owner, current = loop_id(loop_a), loop_id(loops[0])
-    call_id = _call_id(request)
+    call_id = current_test_id(request)
     assert str(excinfo.value).splitlines() == [
         f"asyncpg Pool used on event loop #{current}, but it belongs to loop #{owner}, the loop "
         "it captured at create_pool(); stopped before any I/O.",
@@ -497,7 +424,7 @@ def test_pool_created_outside_a_loop_warns_with_its_site_then_first_use_raises(
     [warning] = caught.list
     assert (warning.filename, warning.lineno) == (str(Path(__file__)), line)
     assert isinstance(warning.message, loopguard.LoopguardWarning)
-    call_id = _call_id(request)
+    call_id = current_test_id(request)
     assert str(warning.message).splitlines()[:3] == [
         f"asyncpg Pool created with no event loop running: it captured loop #{loop_id(captured)} "
         "from asyncio.get_event_loop() and works on that loop only.",
@@ -565,7 +492,7 @@ def test_pool_created_outside_a_loop_with_an_explicit_loop_is_silent(
     used on that loop nothing is reported."""
     loop = asyncio.new_event_loop()
     try:
-        with _silence_checked(log_file):
+        with silence_checked(log_file):
             pool = asyncpg.create_pool(pg_dsn, loop=loop, min_size=1, max_size=1)
             loop.run_until_complete(pool)
             assert loop.run_until_complete(_pool_pid(pool)) > 0
@@ -642,11 +569,11 @@ def test_connection_used_after_its_loop_closed(
     """Scenario 6: a connection opened in one asyncio.run() and queried in the next is
     stopped at _check_open, before any I/O (raise), or reported once and left to asyncpg
     (warn)."""
-    conn, loop_a = _on_new_loop(lambda: _connect(pg_dsn))
+    conn, loop_a = on_new_loop(lambda: _connect(pg_dsn))
     leftovers.append(conn)
     pid = conn.get_server_pid()
-    before = asyncio.run(_backend(pg_dsn, pid))
-    call_id = _call_id(request)
+    before = asyncio.run(backend(pg_dsn, pid))
+    call_id = current_test_id(request)
     loops: list[Any] = []
 
     async def use() -> int:
@@ -681,7 +608,7 @@ def test_connection_used_after_its_loop_closed(
             "close (or release) it in the fixture's teardown.",
             "  (Background on this error at: docs/errors.md#lg103, code LG103)",
         ]
-        assert asyncio.run(_backend(pg_dsn, pid)) == before
+        assert asyncio.run(backend(pg_dsn, pid)) == before
         assert not conn.is_closed()
     else:
         fails = pytest.raises(RuntimeError, match="attached to a different loop")
@@ -696,7 +623,7 @@ def test_close_on_a_foreign_loop(pg_dsn: str, leftovers: list[Any], mode: str) -
     """close() of a connection whose loop has closed, on a new loop: raise mode stops it
     before any I/O (the connection is left as it was); warn mode reports it and asyncpg
     fails with "Event loop is closed", as it does unguarded."""
-    conn, loop_a = _on_new_loop(lambda: _connect(pg_dsn))
+    conn, loop_a = on_new_loop(lambda: _connect(pg_dsn))
     leftovers.append(conn)
 
     async def close() -> None:
@@ -706,7 +633,9 @@ def test_close_on_a_foreign_loop(pg_dsn: str, leftovers: list[Any], mode: str) -
         with pytest.raises(loopguard.LoopMismatchError) as excinfo:
             asyncio.run(close())
         assert excinfo.value.record["operation"] == "Connection.close"
-        assert excinfo.value.used_at == f"{THIS_FILE}:{_marker_line('close-site')} in close"
+        assert (
+            excinfo.value.used_at == f"{THIS_FILE}:{marker_line(__file__, 'close-site')} in close"
+        )
         assert not conn.is_closed()
     else:
         fails = pytest.raises(RuntimeError, match="Event loop is closed")
@@ -872,7 +801,7 @@ def test_pool_connection_used_released_and_closed_on_a_foreign_loop(pg_dsn: str)
         err = excinfo.value
         assert err.resource == "asyncpg Connection"
         assert err.pool_class == "Pool"
-        assert err.created_at == f"{THIS_FILE}:{_marker_line('member-pool')}"
+        assert err.created_at == f"{THIS_FILE}:{marker_line(__file__, 'member-pool')}"
         assert err.record["operation"] == "Connection.fetchval"
         message = str(err)
         assert f"  connection:    {pg_dsn} (acquired from an asyncpg Pool)" in message
@@ -904,7 +833,7 @@ def test_pool_created_and_closed_in_each_asyncio_run_is_silent(
         async with asyncpg.create_pool(pg_dsn, min_size=1, max_size=2) as pool:
             return await _pool_pid(pool)
 
-    with _silence_checked(log_file):
+    with silence_checked(log_file):
         for _ in range(3):
             asyncio.run(job())
 
@@ -932,7 +861,7 @@ def test_one_loop_for_everything_is_silent(pg_dsn: str, mode: str, log_file: Pat
         await conn.close()
         await pool.close()
 
-    with _silence_checked(log_file):
+    with silence_checked(log_file):
         asyncio.run(everything())
 
 
@@ -974,7 +903,7 @@ def test_sqlalchemy_engines_are_left_to_the_sqlalchemy_guard(
             origins.append(_asyncpg._conns[raw.driver_connection].origin)
         await engine.dispose()
 
-    with _silence_checked(log_file):
+    with silence_checked(log_file):
         for _ in range(3):
             asyncio.run(job())
     assert origins == [_asyncpg.ORIGIN_SQLALCHEMY] * 3
@@ -996,7 +925,7 @@ def test_sqlalchemy_connection_misused_by_sqlalchemy_is_not_reported_twice(
         raw = await conn.get_raw_connection()
         return conn, raw.driver_connection
 
-    (conn, driver), _ = _on_new_loop(check_out)
+    (conn, driver), _ = on_new_loop(check_out)
     try:
         if mode == "raise":
             with pytest.raises(loopguard.LoopMismatchError) as excinfo:
@@ -1077,7 +1006,7 @@ def test_pool_created_before_install_is_guarded_with_its_site_unknown(
     """A pool created (and used) while loopguard was not installed is still stopped on a
     foreign loop; the message says its creation site is unknown and how to fix that."""
     loopguard.uninstall()
-    pool, _ = _on_new_loop(lambda: asyncpg.create_pool(pg_dsn, min_size=1, max_size=1))
+    pool, _ = on_new_loop(lambda: asyncpg.create_pool(pg_dsn, min_size=1, max_size=1))
     leftovers.append(pool)
     loopguard.install("raise")
     with pytest.raises(loopguard.LoopMismatchError) as excinfo:

@@ -1,12 +1,13 @@
 """The SQLAlchemy guard, driven directly against a real PostgreSQL through asyncpg.
 
 Every test is a plain (sync) test function that creates and closes its own event loops with
-``asyncio.run()`` / ``asyncio.new_event_loop()``, the way task runners, CLI commands and
-scripts do; nothing here mocks asyncpg, SQLAlchemy or the loop.  The autouse ``_guard``
-fixture installs loopguard in the test's ``mode`` (``raise`` unless the test parametrizes
-``mode``) and uninstalls it afterwards.  Every engine goes into the ``engines`` list, whose
-teardown leaves no socket behind (see ``_shut_down``): the run has ``filterwarnings = error``,
-so a leaked transport would fail some later test with a ResourceWarning.
+``asyncio.run()`` / ``asyncio.new_event_loop()``, the way task runners, CLI commands and scripts
+do; nothing here mocks asyncpg, SQLAlchemy or the loop. The ``_guard`` fixture (conftest.py,
+used by every test here) installs loopguard in the test's ``mode`` (``raise`` unless the test
+parametrizes ``mode``) and uninstalls it afterwards. Every engine goes into the ``engines``
+list, whose teardown leaves no socket behind (see ``_shut_down``): the run has
+``filterwarnings = error``, so a leaked transport would fail some later test with a
+ResourceWarning.
 """
 
 from __future__ import annotations
@@ -23,11 +24,19 @@ import warnings
 from collections.abc import Awaitable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, Optional, TypeVar
 
 import asyncpg
 import pytest
 import structlog
+from guard_helpers import (
+    backend,
+    current_test_id,
+    display_path,
+    marker_line,
+    on_new_loop,
+    silence_checked,
+)
 from pgserver import sqlalchemy_url
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
@@ -40,6 +49,8 @@ from loopguard._context import loop_id
 from loopguard.integrations import _sqlalchemy
 
 T = TypeVar("T")
+
+pytestmark = pytest.mark.usefixtures("_guard")  # loopguard installed in ``mode``
 
 
 def async_sessionmaker(bind: Any) -> Any:
@@ -86,23 +97,7 @@ RESOURCE = "SQLAlchemy AsyncEngine"
 POOL_CLASS = "AsyncAdaptedQueuePool"
 
 
-def _display_path(filename: str) -> str:
-    """How loopguard prints a path with no pytest rootdir set: relative to the cwd."""
-    try:
-        return Path(filename).resolve().relative_to(Path.cwd().resolve()).as_posix()
-    except ValueError:
-        return filename
-
-
-THIS_FILE = _display_path(__file__)
-
-
-def _marker_line(marker: str) -> int:
-    """The line of this file that ends with the comment ``# <marker>``."""
-    for number, line in enumerate(Path(__file__).read_text().splitlines(), 1):
-        if line.rstrip().endswith("# " + marker):
-            return number
-    raise AssertionError(f"marker {marker!r} not found")
+THIS_FILE = display_path(__file__)
 
 
 # -- helpers: jobs run on a loop -------------------------------------------------------
@@ -116,22 +111,8 @@ async def _pid(engine: AsyncEngine, loops: Optional[list[Any]] = None) -> int:
         return int((await conn.execute(text("select pg_backend_pid()"))).scalar_one())
 
 
-CONNECT_LINE = _marker_line("connect-site")
+CONNECT_LINE = marker_line(__file__, "connect-site")
 USED_AT = f"{THIS_FILE}:{CONNECT_LINE} in _pid"
-
-
-async def _backend(dsn: str, pid: int) -> Optional[dict[str, Any]]:
-    """What the server reports for backend ``pid`` (asked on a separate, raw asyncpg connection)."""
-    conn = await asyncpg.connect(dsn)
-    try:
-        row = await conn.fetchrow(
-            "select state, query, query_start, state_change, backend_start "
-            "from pg_stat_activity where pid = $1",
-            pid,
-        )
-    finally:
-        await conn.close()
-    return dict(row) if row is not None else None
 
 
 async def _wait_backends_gone(dsn: str, pids: list[int], timeout: float = 5.0) -> bool:
@@ -148,18 +129,6 @@ async def _wait_backends_gone(dsn: str, pids: list[int], timeout: float = 5.0) -
         return True
     finally:
         await conn.close()
-
-
-def _on_new_loop(make: Callable[[], Awaitable[T]]) -> tuple[T, Any]:
-    """Run one job with asyncio.run(); return its result and the (now closed) loop."""
-    seen: list[Any] = []
-
-    async def main() -> T:
-        seen.append(asyncio.get_running_loop())
-        return await make()
-
-    result = asyncio.run(main())
-    return result, seen[0]
 
 
 def _shut_down(engine: AsyncEngine) -> None:
@@ -192,23 +161,6 @@ def _shut_down(engine: AsyncEngine) -> None:
                 raise
 
 
-@contextlib.contextmanager
-def _silence_checked(log_file: Path) -> Iterator[None]:
-    """Assert the block raises nothing, warns nothing and logs nothing (structlog and file)."""
-    with structlog.testing.capture_logs() as logs, warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        yield
-        gc.collect()
-    assert [f"{w.category.__name__}: {w.message}" for w in caught] == []
-    assert [entry for entry in logs if entry.get("event") == EVENT] == []
-    assert log_file.read_text() == ""
-
-
-def _call_id(request: pytest.FixtureRequest) -> str:
-    """PYTEST_CURRENT_TEST as loopguard reads it while the test body runs."""
-    return f"{request.node.nodeid} (call)"
-
-
 def _queue_loop(engine: AsyncEngine) -> Any:
     """The loop the pool's asyncio.Queue is bound to (None: not created or never waited)."""
     queue = engine.sync_engine.pool._pool.__dict__.get("_queue")
@@ -216,23 +168,6 @@ def _queue_loop(engine: AsyncEngine) -> Any:
 
 
 # -- fixtures ---------------------------------------------------------------------------
-
-
-@pytest.fixture
-def mode() -> str:
-    """loopguard's mode for the test; tests parametrize ``mode`` to run in both modes."""
-    return "raise"
-
-
-@pytest.fixture(autouse=True)
-def _guard(mode: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Install loopguard in ``mode`` around each test; uninstall only if still installed."""
-    monkeypatch.delenv("LOOPGUARD", raising=False)
-    monkeypatch.delenv("LOOPGUARD_LOG_FILE", raising=False)
-    loopguard.install(mode)
-    yield
-    if loopguard.is_installed():
-        loopguard.uninstall()
 
 
 @pytest.fixture
@@ -250,15 +185,6 @@ def engines(_guard: None) -> Iterator[list[AsyncEngine]]:
         _shut_down(engine)
 
 
-@pytest.fixture
-def log_file(tmp_path: Path, mode: str) -> Path:
-    """loopguard's JSON-lines log file for this test (install() with log_file=...)."""
-    path = tmp_path / "lg.jsonl"
-    loopguard.install(mode, log_file=str(path))
-    path.touch()
-    return path
-
-
 # -- scenario 3: a module-level style engine used by asyncio.run() per job --------------
 
 
@@ -269,9 +195,9 @@ def test_second_asyncio_run_raises_before_any_io(
     exact, and the backend of the pooled connection sees no I/O at all."""
     engine, line = create_async_engine(url), sys._getframe().f_lineno
     engines.append(engine)
-    pid, loop_a = _on_new_loop(lambda: _pid(engine))
+    pid, loop_a = on_new_loop(lambda: _pid(engine))
     assert loop_a.is_closed()
-    before = asyncio.run(_backend(pg_dsn, pid))
+    before = asyncio.run(backend(pg_dsn, pid))
     assert before is not None and before["state"] == "idle"
 
     loops: list[Any] = []
@@ -280,7 +206,7 @@ def test_second_asyncio_run_raises_before_any_io(
     err = excinfo.value
     [loop_b] = loops
 
-    call_id = _call_id(request)
+    call_id = current_test_id(request)
     assert isinstance(err, RuntimeError)
     assert err.code == "LG101"
     assert err.resource == RESOURCE
@@ -299,7 +225,7 @@ def test_second_asyncio_run_raises_before_any_io(
     assert err.record["action"] == "raised"
     assert err.record["cause"] == "closed-loop-test"
     # Nothing reached the server: the backend's last query and timestamps are unchanged ...
-    assert asyncio.run(_backend(pg_dsn, pid)) == before
+    assert asyncio.run(backend(pg_dsn, pid)) == before
     # ... and the connection went back into the pool, not checked out, not dropped.
     pool = engine.sync_engine.pool
     assert (pool.checkedin(), pool.checkedout()) == (1, 0)
@@ -314,12 +240,12 @@ def test_second_asyncio_run_message_is_exact(
     """raise mode: the full message, line by line, for the asyncio.run()-per-job pattern."""
     engine, line = create_async_engine(url), sys._getframe().f_lineno
     engines.append(engine)
-    _, loop_a = _on_new_loop(lambda: _pid(engine))
+    _, loop_a = on_new_loop(lambda: _pid(engine))
     loops: list[Any] = []
     with pytest.raises(loopguard.LoopMismatchError) as excinfo:
         asyncio.run(_pid(engine, loops))
     owner, current = loop_id(loop_a), loop_id(loops[0])
-    call_id = _call_id(request)
+    call_id = current_test_id(request)
     masked = make_url(url).render_as_string(hide_password=True)
     assert str(excinfo.value).splitlines() == [
         f"SQLAlchemy AsyncEngine used on event loop #{current}, but its pooled connections "
@@ -390,7 +316,7 @@ def test_second_asyncio_run_heals_in_warn_mode(
     the stale connection's socket was closed (its backend exits) and the record says so."""
     engine = create_async_engine(url)
     engines.append(engine)
-    pid_a, _ = _on_new_loop(lambda: _pid(engine))
+    pid_a, _ = on_new_loop(lambda: _pid(engine))
     warns = pytest.warns(loopguard.LoopMismatchWarning)
     with structlog.testing.capture_logs() as logs, warns as caught:
         pid_b = asyncio.run(_pid(engine))
@@ -471,7 +397,7 @@ def test_pool_exhausted_on_one_loop_then_used_on_another(
     mode rebuilds the queue, so queries and even waiting again work on loop B."""
     engine = create_async_engine(url, pool_size=1, max_overflow=0, pool_timeout=5)
     engines.append(engine)
-    (pid_1, pid_2), loop_a = _on_new_loop(lambda: _exhaust(engine))
+    (pid_1, pid_2), loop_a = on_new_loop(lambda: _exhaust(engine))
     assert pid_1 == pid_2  # one connection, handed over through the queue
     assert _queue_loop(engine) is loop_a  # precondition: the queue is bound to loop A
 
@@ -483,7 +409,7 @@ def test_pool_exhausted_on_one_loop_then_used_on_another(
         assert _queue_loop(engine) is loop_a  # raise mode changes nothing
     else:
         with pytest.warns(loopguard.LoopMismatchWarning):
-            (pid_3, pid_4), loop_b = _on_new_loop(lambda: _exhaust(engine))
+            (pid_3, pid_4), loop_b = on_new_loop(lambda: _exhaust(engine))
         assert pid_3 == pid_4 != pid_1
         assert _queue_loop(engine) is loop_b
 
@@ -500,7 +426,7 @@ def test_exhausted_pool_whose_connections_were_disposed_moves_silently(
         await _exhaust(engine)
         await engine.dispose()
 
-    with _silence_checked(log_file):
+    with silence_checked(log_file):
         asyncio.run(exhaust_then_dispose())
         asyncio.run(exhaust_then_dispose())
 
@@ -515,7 +441,7 @@ def test_nullpool_engine_shared_across_loops_is_silent(
     """A NullPool engine keeps no connection: any number of loops may share it."""
     engine = create_async_engine(url, poolclass=NullPool)
     engines.append(engine)
-    with _silence_checked(log_file):
+    with silence_checked(log_file):
         pids = [asyncio.run(_pid(engine)) for _ in range(3)]
     assert len(set(pids)) == 3
 
@@ -537,7 +463,7 @@ def test_engine_disposed_at_the_end_of_each_loop_is_silent(
         finally:
             await which.dispose()
 
-    with _silence_checked(log_file):
+    with silence_checked(log_file):
         for which in (engine, proxy, engine, proxy):
             asyncio.run(job(which))
 
@@ -553,7 +479,7 @@ def test_per_job_engines_are_silent(url: str, mode: str, log_file: Path) -> None
         finally:
             await engine.dispose()
 
-    with _silence_checked(log_file):
+    with silence_checked(log_file):
         for _ in range(3):
             asyncio.run(job())
 
@@ -575,7 +501,7 @@ def test_one_loop_for_everything_is_silent(
         await engine.dispose()
         return pids
 
-    with _silence_checked(log_file):
+    with silence_checked(log_file):
         pids = asyncio.run(everything())
     assert 1 <= len(pids) <= 3
 
@@ -603,7 +529,7 @@ def test_sync_engine_is_untouched_on_any_thread_or_loop(
         return query()
 
     try:
-        with _silence_checked(log_file):
+        with silence_checked(log_file):
             results = [query()]
             results += [asyncio.run(in_loop()) for _ in range(3)]
             threads = [
@@ -674,7 +600,7 @@ def test_raise_mode_leaves_an_idle_loops_connection_untouched(
     loop_a = asyncio.new_event_loop()
     try:
         pid = loop_a.run_until_complete(_pid(engine))
-        before = asyncio.run(_backend(pg_dsn, pid))
+        before = asyncio.run(backend(pg_dsn, pid))
         with pytest.raises(loopguard.LoopMismatchError) as excinfo:
             asyncio.run(_pid(engine))
         err = excinfo.value
@@ -685,7 +611,7 @@ def test_raise_mode_leaves_an_idle_loops_connection_untouched(
         assert f"loop #{loop_id(loop_a)}, which is still open but not running" in message
         assert "fixture with a wider loop scope (session, package, module or class)" in message
         assert "loop_scope=" in message
-        assert asyncio.run(_backend(pg_dsn, pid)) == before  # no ping, no rollback, nothing
+        assert asyncio.run(backend(pg_dsn, pid)) == before  # no ping, no rollback, nothing
         pool = engine.sync_engine.pool
         assert (pool.checkedin(), pool.checkedout()) == (1, 0)
         # Back on its own loop the same connection works, twice, and concurrently.
@@ -871,7 +797,7 @@ def test_log_record_has_exactly_the_documented_fields(
     assert "***" in masked and "s3cret" not in masked
 
     with structlog.testing.capture_logs() as logs:
-        _, loop_a = _on_new_loop(lambda: _pid(engine))
+        _, loop_a = on_new_loop(lambda: _pid(engine))
         # Binding a loop is not an event; closing it with a pooled connection left is.
         assert [entry["event"] for entry in logs] == [LEAK_EVENT]
         loops: list[Any] = []
@@ -888,7 +814,7 @@ def test_log_record_has_exactly_the_documented_fields(
     [entry] = _only(logs[1:])
     extra = WARN_KEYS if mode == "warn" else frozenset()
     assert set(entry) == LOG_KEYS | extra | {"event", "log_level"}
-    call_id = _call_id(request)
+    call_id = current_test_id(request)
     expected = {
         "event": EVENT,
         "log_level": "error" if mode == "raise" else "warning",
@@ -1024,7 +950,7 @@ def test_error_pickles_and_has_a_helpful_repr(
         == repr(copy)
         == (
             f"LoopMismatchError(code='LG101', resource='SQLAlchemy AsyncEngine', "
-            f"created_at='{THIS_FILE}:{line}', used_during='{_call_id(request)}', "
+            f"created_at='{THIS_FILE}:{line}', used_during='{current_test_id(request)}', "
             "owner_loop_closed=True)"
         )
     )
@@ -1072,9 +998,9 @@ def test_engine_used_before_install_is_guarded(
     loopguard.uninstall()
     engine = create_async_engine(url)
     engines.append(engine)
-    pid, loop_a = _on_new_loop(lambda: _pid(engine))
+    pid, loop_a = on_new_loop(lambda: _pid(engine))
     loopguard.install("raise")
-    before = asyncio.run(_backend(pg_dsn, pid))
+    before = asyncio.run(backend(pg_dsn, pid))
 
     outcome: dict[str, Any] = {}
 
@@ -1096,7 +1022,7 @@ def test_engine_used_before_install_is_guarded(
     assert outcome.get("type") is loopguard.LoopMismatchError, outcome.get("text")
     assert outcome["record"]["owner_loop_id"] == loop_id(loop_a)
     assert outcome["record"]["created_at"] is None
-    assert asyncio.run(_backend(pg_dsn, pid)) == before
+    assert asyncio.run(backend(pg_dsn, pid)) == before
 
 
 def test_install_again_after_uninstall_keeps_the_pools_owner(
@@ -1146,7 +1072,7 @@ def test_pool_with_only_invalidated_connections_moves_silently(
             await conn.invalidate()
         return int(pid)
 
-    with _silence_checked(log_file):
+    with silence_checked(log_file):
         pid_a = asyncio.run(use_and_invalidate())
         pid_b = asyncio.run(_pid(engine))
     assert pid_b != pid_a
