@@ -14,10 +14,11 @@ import gc
 import textwrap
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Any
 
 import pytest
-from pgserver import sqlalchemy_url
+import test_pytest_plugin as plugin_tests
+from test_pytest_plugin import RunPytest, ini, line_of, output, write
 from teststack import PYTEST_ASYNCIO, describe
 
 import loopguard
@@ -25,7 +26,10 @@ from loopguard import _context
 from loopguard._pytest_loops import loop_label, loop_of
 from loopguard._pytest_scopes import LoopScope, Use, format_message, loop_bound
 
-RunPytest = Callable[..., pytest.RunResult]
+# The plugin tests' fixtures, the autouse one that cleans the environment included.
+_clean_environment = plugin_tests._clean_environment
+db_url = plugin_tests.db_url
+run = plugin_tests.run
 
 # The nox matrix runs this module on pytest-asyncio 0.21 to 1.x (see noxfile.py).
 needs_loop_scope = pytest.mark.skipif(
@@ -43,67 +47,12 @@ needs_runners = pytest.mark.skipif(
 # -- helpers -----------------------------------------------------------------------------
 
 
-def ini(*extra: str) -> str:
-    """A pytest.ini: pytest-asyncio in auto mode, async fixtures on function loops by default."""
-    lines = ["[pytest]", "asyncio_mode = auto"]
-    if PYTEST_ASYNCIO >= (0, 24):
-        lines.append("asyncio_default_fixture_loop_scope = function")
-    lines += ["pythonpath = .", *extra]
-    return "\n".join(lines) + "\n"
-
-
-def write(root: Path, files: dict[str, str]) -> None:
-    """Write ``{relative path: source}``; the source is dedented."""
-    for name, source in files.items():
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(textwrap.dedent(source).lstrip("\n"))
-
-
-def line_of(source: str, needle: str) -> int:
-    """1-based number of the only line of (dedented) ``source`` containing ``needle``."""
-    lines = textwrap.dedent(source).lstrip("\n").splitlines()
-    hits = [number for number, line in enumerate(lines, 1) if needle in line]
-    assert len(hits) == 1, (needle, hits)
-    return hits[0]
-
-
-def output(result: pytest.RunResult) -> str:
-    return result.stdout.str() + "\n" + result.stderr.str()
-
-
 def assert_no_scope_warning(result: pytest.RunResult) -> None:
     """No LG105 anywhere: no warning, no log record."""
     text = output(result)
     assert "LoopScopeMismatchWarning" not in text
     assert "loop_scope_mismatch" not in text
     assert "LG105" not in text
-
-
-@pytest.fixture(autouse=True)
-def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The outer environment's loopguard settings must not leak into the child runs."""
-    for name in ("LOOPGUARD", "LOOPGUARD_LOG_FILE", "DATABASE_URL", "PYTEST_ADDOPTS"):
-        monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture
-def run(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> RunPytest:
-    """Run pytest in a subprocess in the generated suite."""
-
-    def _run(*args: str) -> pytest.RunResult:
-        monkeypatch.delenv("PYTEST_CURRENT_TEST", raising=False)
-        return pytester.runpytest_subprocess("-p", "no:cacheprovider", *args, timeout=120)
-
-    return _run
-
-
-@pytest.fixture
-def db_url(pg_env: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The throwaway server's SQLAlchemy URL, exported as DATABASE_URL for the generated suite."""
-    url = sqlalchemy_url(pg_env)
-    monkeypatch.setenv("DATABASE_URL", url)
-    return url
 
 
 # -- scenario 2: a session-loop engine fixture, tests on function loops ---------------------
