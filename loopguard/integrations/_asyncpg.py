@@ -594,12 +594,14 @@ def _make_check_conn_validity(original: Callable[[Any, str], Any]) -> Callable[[
     def _check_conn_validity(self: Any, meth_name: str) -> Any:
         __tracebackhide__ = True
         result = original(self, meth_name)  # released or closed: asyncpg's own error
+        if meth_name in _NO_IO:  # nothing to check: no I/O, so no loop is involved
+            return result
         own = self._connection._loop
         # inline _context.foreign_running_loop(): a hot path (two Python calls fewer)
         if getattr(own, "_thread_id", None) == _get_ident():
             return result
         loop = _context.running_loop()
-        if loop is not own and loop is not None and meth_name not in _NO_IO:
+        if loop is not own and loop is not None:
             conn = self._connection
             operation = f"{type(self).__name__}.{meth_name}"
             _on_connection_mismatch(conn, loop, operation, sys._getframe(1))
