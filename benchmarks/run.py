@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """loopguard's benchmarks: is it cheap enough to leave on in every test run?  (issue 5)
 
-    .venv/bin/python benchmarks/run.py            # full run, ~12 minutes on 2 busy cores
+    .venv/bin/python benchmarks/run.py            # full run, ~13 minutes on 2 cores
     .venv/bin/python benchmarks/run.py --quick    # smoke run, about a minute
     .venv/bin/python benchmarks/run.py --only checkout,startup
 
