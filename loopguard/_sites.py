@@ -123,7 +123,10 @@ def user_site(root: Optional[str] = None, skip: int = 1) -> Optional[Site]:
             if frame is None:
                 return None
         code = frame.f_code
-        if not _is_internal(code.co_filename):
+        internal = _verdicts.get(code.co_filename)  # _is_internal()'s cache, without the call
+        if internal is None:
+            internal = _is_internal(code.co_filename)
+        if not internal:
             return Site(
                 display_path(code.co_filename, root), frame.f_lineno, code.co_name, code.co_filename
             )

@@ -62,6 +62,7 @@ RESOURCE_POOL = "asyncpg Pool"
 RESOURCE_CONNECTION = "asyncpg Connection"
 _MAX_FRAMES = 40
 _get_ident = threading.get_ident
+_verdicts = _sites._verdicts
 # ConnectionResource methods that only read local state: no I/O, so no loop is involved.
 _NO_IO = frozenset({"get_name", "get_query", "get_statusmsg", "get_parameters", "get_attributes"})
 
@@ -216,7 +217,10 @@ def _creation(frame: Optional[FrameType]) -> tuple[str, Optional[_sites.Site]]:
             return ORIGIN_POOL, None
         if sqlalchemy_dir and filename.startswith(sqlalchemy_dir):
             return ORIGIN_SQLALCHEMY, None
-        if not _sites._is_internal(filename):
+        internal = _verdicts.get(filename)  # _sites._is_internal()'s cache, without the call
+        if internal is None:
+            internal = _sites._is_internal(filename)
+        if not internal:
             return ORIGIN_DIRECT, _site(frame)
         frame = frame.f_back
     return ORIGIN_DIRECT, None
