@@ -376,10 +376,10 @@ def _release_foreign_idle_connections(
     as usual; connections of the running loop are closed by dispose() itself, gracefully.
     Returns the first foreign connection's facts (None if there was none) and the counts.
     """
-    from sqlalchemy.util.queue import Empty
-
     if not any(_is_foreign(record, loop) for record in _queued_records(pool)):
         return None, 0, 0  # the common case: a look, without taking records out
+    from sqlalchemy.util.queue import Empty
+
     kept = []
     first_foreign: Optional[ConnectionInfo] = None
     released = closed = 0
