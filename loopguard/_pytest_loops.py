@@ -8,8 +8,9 @@ pytest-asyncio makes its loops in fixtures, one per loop scope and node:
   and from 0.23 ``_session_event_loop`` and ``<collector nodeid>::<event_loop>`` for the
   class, module and package loops.
 
-A wrapper around ``pytest_fixture_setup`` sees each such fixture's value as it is made and
-names its loop after the fixture's scope and the node it belongs to, e.g. "pytest-asyncio's
+The ``pytest_fixture_setup`` wrapper of loopguard's pytest plugin (in ``_pytest_scopes``)
+passes each fixture's value to ``name_loop_fixture`` as it is made, which names a loop after
+the fixture's scope and the node it belongs to, e.g. "pytest-asyncio's
 session-scoped loop" or "pytest-asyncio's module-scoped loop for tests/test_a.py"; every
 message that mentions the loop then says so (``loop #3 (pytest-asyncio's session-scoped
 loop), which is still open but not running``).  The plugin object is registered only when
@@ -19,7 +20,7 @@ loopguard is active, so nothing here runs otherwise.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from typing import Any, Optional
 
 import pytest
@@ -45,7 +46,8 @@ def _new_style_wrapper() -> Optional[Decorator]:
 
 
 fixture_wrapper = _new_style_wrapper()
-# The plugins below need new-style hook wrappers; on an older pluggy they are not registered.
+# The loop-scope plugin (with the loop naming) needs new-style hook wrappers; on an older
+# pluggy it is not registered.
 SUPPORTED = fixture_wrapper is not None
 
 
@@ -71,19 +73,11 @@ def loop_label(scope: str, node_id: str) -> str:
     return f"pytest-asyncio's {scope}-scoped loop for {node_id}"
 
 
-class LoopNames:
-    """Plugin: name each loop pytest-asyncio makes after its scope and node."""
-
-    if fixture_wrapper is not None:
-
-        @fixture_wrapper
-        def pytest_fixture_setup(self, fixturedef: Any, request: Any) -> Generator[None, Any, Any]:
-            result = yield
-            loop = loop_of(fixturedef.argname, result)
-            if loop is not None:
-                node = getattr(request, "node", None)
-                _context.name_loop(loop, loop_label(fixturedef.scope, getattr(node, "nodeid", "")))
-            return result
-
-    def __repr__(self) -> str:
-        return "<loopguard: names pytest-asyncio's loops>"
+def name_loop_fixture(fixturedef: Any, request: Any, value: Any) -> None:
+    """Name the loop ``value`` holds when ``fixturedef`` is one of pytest-asyncio's loop
+    fixtures; nothing otherwise.  Called from the ``pytest_fixture_setup`` wrapper of
+    ``_pytest_scopes.LoopScopeCheck``: one wrapper around every fixture setup, not two."""
+    loop = loop_of(fixturedef.argname, value)
+    if loop is not None:
+        node = getattr(request, "node", None)
+        _context.name_loop(loop, loop_label(fixturedef.scope, getattr(node, "nodeid", "")))
