@@ -98,7 +98,7 @@ def _is_internal(filename: str) -> bool:
 def reset_caches() -> None:
     """Forget cached verdicts (used on install: libraries may have been imported since)."""
     global _prefixes
-    _verdicts.clear()
+    _verdicts.clear()  # in place: the asyncpg integration reads this same dict
     _displayed.clear()
     _prefixes = ()
 
