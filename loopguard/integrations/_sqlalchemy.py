@@ -509,14 +509,14 @@ def _wrap_loop_close(patches: PatchStack) -> Optional[_after_import.AfterImport]
     import asyncio
 
     patches.wrap(asyncio.BaseEventLoop, "close", _make_reporting_close)
-    uvloop = sys.modules.get("uvloop")
-    if uvloop is not None:
-        patches.wrap(uvloop.Loop, "close", _make_reporting_close)
-        return None
 
     def wrap_uvloop(uvloop: Any) -> None:
         patches.wrap(uvloop.Loop, "close", _make_reporting_close)
 
+    uvloop = sys.modules.get("uvloop")
+    if uvloop is not None:
+        wrap_uvloop(uvloop)
+        return None
     # teardown() cancels the hook, also for an import of uvloop already under way
     return _after_import.call_after_import("uvloop", wrap_uvloop)
 
