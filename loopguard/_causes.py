@@ -1,0 +1,224 @@
+"""The likely causes of a loop mismatch and their fixes, as the messages say them.
+
+A cause is chosen from the state of the owning loop and whether a test is running
+(``likely_cause``); its words depend on what was misused (``causes_for(resource)``): the fix
+for an engine is ``dispose()``, for an asyncpg pool ``close()``, for an object registered
+with ``loopguard.track()`` whatever its owner does to release it.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class Cause(NamedTuple):
+    text: str  # "likely cause:" in the message
+    fix: str  # "fix:" in the message
+
+
+def likely_cause(owner_state: str, in_test: bool) -> str:
+    """``owner_state`` is ``LoopRef.state()``: closed, idle, running or inherited."""
+    if owner_state == "running":
+        return "running-loop"
+    if owner_state == "inherited":
+        return "forked-child"
+    return f"{owner_state}-loop-{'test' if in_test else 'run'}"
+
+
+_RUN_ON_FIXTURE_LOOP = (
+    'run the test on the fixture\'s loop (`@pytest.mark.asyncio(loop_scope="session")`, or '
+    "asyncio_default_test_loop_scope equal to asyncio_default_fixture_loop_scope), or give "
+    "the {noun} fixture the test's loop scope."
+)
+
+ENGINE = {
+    "closed-loop-test": Cause(
+        "the engine outlived the event loop it was first used on: it is cached (a module-level "
+        "engine or async_sessionmaker, or an @lru_cache factory) while pytest-asyncio gives each "
+        "test a new loop.",
+        "dispose it when its loop ends (`await engine.dispose()` in the teardown of a fixture on "
+        "the test's loop), or create it per test in a fixture, or build it with "
+        "`poolclass=NullPool` for tests.",
+    ),
+    "closed-loop-run": Cause(
+        "the engine outlived the event loop it was first used on: a module-level or cached "
+        "engine is shared by several asyncio.run() calls (one per job or command), each with a "
+        "new loop.",
+        "`await engine.dispose()` before each asyncio.run() job returns, or create the engine "
+        "inside the job, or build it with `poolclass=NullPool`.",
+    ),
+    "idle-loop-test": Cause(
+        "its connections belong to a loop that is still open but not running: typically a "
+        "fixture with a wider loop scope (session, package, module or class) than the test "
+        "that uses the engine.",
+        _RUN_ON_FIXTURE_LOOP.format(noun="engine"),
+    ),
+    "idle-loop-run": Cause(
+        "its connections belong to another event loop that is still open but not running.",
+        "use each engine on one loop only: `await engine.dispose()` before switching loops, or "
+        "one engine per loop, or `poolclass=NullPool`.",
+    ),
+    "running-loop": Cause(
+        "its connections belong to another event loop that is running right now, most likely "
+        "in another thread.",
+        "give each thread's loop its own engine, or build the engine with `poolclass=NullPool`.",
+    ),
+    "forked-child": Cause(
+        "this process was forked from one whose event loop owned these pooled connections "
+        "(os.fork() or multiprocessing's fork start method): their sockets are shared with the "
+        "parent, and using them here corrupts the parent's connections.",
+        "call `engine.sync_engine.dispose(close=False)` in the child before using the engine "
+        "(SQLAlchemy's documented recipe for forks), or create the engine after the fork, or "
+        "use the spawn start method.",
+    ),
+}
+
+_OUTSIDE_LOOP = Cause(
+    "asyncpg.create_pool() was called with no event loop running (at import time, in a sync "
+    "function or fixture, or before asyncio.run()), so the pool captured the loop "
+    "asyncio.get_event_loop() returned, not the loop that later uses it.",
+    "create the pool inside the loop that uses it: `pool = await asyncpg.create_pool(...)` in "
+    "the coroutine (or async fixture) that needs it, and `await pool.close()` before that loop "
+    "ends.",
+)
+
+ASYNCPG_POOL = {
+    "outside-loop": _OUTSIDE_LOOP,
+    "closed-loop-test": Cause(
+        "the pool outlived the event loop it was created on: it is kept in a module global or a "
+        "cache (created on the first test's loop) while pytest-asyncio gives each test a new "
+        "loop.",
+        "create the pool in an async fixture on the test's loop and `await pool.close()` in its "
+        "teardown, or run every test that uses it on one loop (loop_scope=).",
+    ),
+    "closed-loop-run": Cause(
+        "the pool outlived the event loop it was created on: a module-global pool created "
+        "during one asyncio.run() is used by a later asyncio.run() (one per job or command), "
+        "on a new loop.",
+        "create the pool inside each job and `await pool.close()` before the job returns, or "
+        "run every job on one long-lived loop.",
+    ),
+    "idle-loop-test": Cause(
+        "it belongs to a loop that is still open but not running: typically a fixture with a "
+        "wider loop scope (session, package, module or class) than the test that uses the pool.",
+        _RUN_ON_FIXTURE_LOOP.format(noun="pool"),
+    ),
+    "idle-loop-run": Cause(
+        "it belongs to another event loop that is still open but not running.",
+        "use each pool on one loop only: create one pool per loop, and close it on that loop.",
+    ),
+    "running-loop": Cause(
+        "it belongs to another event loop that is running right now, most likely in another "
+        "thread.",
+        "give each thread's loop its own pool, or run the work on the pool's loop "
+        "(asyncio.run_coroutine_threadsafe()).",
+    ),
+    "forked-child": Cause(
+        "this process was forked from one whose event loop owns the pool (os.fork() or "
+        "multiprocessing's fork start method): its connections' sockets are shared with the "
+        "parent, and using them here corrupts the parent's connections.",
+        "create a new pool in the child, after the fork (and leave the parent's alone), or "
+        "use the spawn start method.",
+    ),
+}
+
+ASYNCPG_CONNECTION = {
+    "outside-loop": _OUTSIDE_LOOP,
+    "closed-loop-test": Cause(
+        "the connection outlived the event loop it was opened on: it is kept in a module global, "
+        "a cache or a wider-scoped fixture while pytest-asyncio gives each test a new loop.",
+        "open (or acquire) it in an async fixture on the test's loop and close (or release) it "
+        "in the fixture's teardown.",
+    ),
+    "closed-loop-run": Cause(
+        "the connection outlived the event loop it was opened on: it was opened during one "
+        "asyncio.run() and is used by a later one, on a new loop.",
+        "open (or acquire) the connection inside each job and close (or release) it before the "
+        "job returns.",
+    ),
+    "idle-loop-test": Cause(
+        "it belongs to a loop that is still open but not running: typically a fixture with a "
+        "wider loop scope (session, package, module or class) than the test that uses it.",
+        _RUN_ON_FIXTURE_LOOP.format(noun="connection"),
+    ),
+    "idle-loop-run": Cause(
+        "it belongs to another event loop that is still open but not running.",
+        "use each connection on the loop that opened it; open another one for the new loop.",
+    ),
+    "running-loop": Cause(
+        "it belongs to another event loop that is running right now, most likely in another "
+        "thread.",
+        "give each thread's loop its own connection (or pool), or run the work on the "
+        "connection's loop (asyncio.run_coroutine_threadsafe()).",
+    ),
+    "forked-child": Cause(
+        "this process was forked from one whose event loop owns the connection (os.fork() or "
+        "multiprocessing's fork start method): its socket is shared with the parent, and "
+        "using it here corrupts the parent's connection.",
+        "open a new connection in the child, after the fork, or use the spawn start method.",
+    ),
+}
+
+
+def standard_causes(noun: str, release: str) -> dict[str, Cause]:
+    """The causes for any loop-bound ``noun`` (a client, a lock, ...) that ``release`` frees.
+
+    ``release`` completes "…, and {release} before that loop ends", e.g.
+    "close it (`await client.aclose()`)".
+    """
+    return {
+        "closed-loop-test": Cause(
+            f"the {noun} outlived the event loop it was first used on: it is cached (a "
+            "module-level object or an @lru_cache factory) while pytest-asyncio gives each test "
+            "a new loop.",
+            f"create the {noun} in a fixture on the test's loop and {release} in its teardown, "
+            "or run every test that uses it on one loop (loop_scope=).",
+        ),
+        "closed-loop-run": Cause(
+            f"the {noun} outlived the event loop it was first used on: a module-level or cached "
+            f"{noun} is shared by several asyncio.run() calls (one per job or command), each "
+            "with a new loop.",
+            f"create the {noun} inside each job and {release} before the job returns, or run "
+            "every job on one long-lived loop.",
+        ),
+        "idle-loop-test": Cause(
+            "it belongs to a loop that is still open but not running: typically a fixture with "
+            "a wider loop scope (session, package, module or class) than the test that uses it.",
+            _RUN_ON_FIXTURE_LOOP.format(noun=noun),
+        ),
+        "idle-loop-run": Cause(
+            "it belongs to another event loop that is still open but not running.",
+            f"use each {noun} on one loop only: one {noun} per loop, and {release} on that loop.",
+        ),
+        "running-loop": Cause(
+            "it belongs to another event loop that is running right now, most likely in another "
+            "thread.",
+            f"give each thread's loop its own {noun}, or run the work on its loop "
+            "(asyncio.run_coroutine_threadsafe()).",
+        ),
+        "forked-child": Cause(
+            f"this process was forked from one whose event loop owns the {noun} (os.fork() or "
+            "multiprocessing's fork start method).",
+            f"create a new {noun} in the child, after the fork, or use the spawn start method.",
+        ),
+    }
+
+
+# resource (as records name it) -> its causes; integrations add theirs with ``register``.
+_BY_RESOURCE: dict[str, dict[str, Cause]] = {
+    "SQLAlchemy AsyncEngine": ENGINE,
+    "asyncpg Pool": ASYNCPG_POOL,
+    "asyncpg Connection": ASYNCPG_CONNECTION,
+}
+
+
+def register(resource: str, causes: dict[str, Cause]) -> None:
+    _BY_RESOURCE[resource] = causes
+
+
+def causes_for(resource: str) -> dict[str, Cause]:
+    """The causes for ``resource``; an unknown resource gets the standard ones for "object"."""
+    causes = _BY_RESOURCE.get(resource)
+    if causes is None:
+        causes = _BY_RESOURCE[resource] = standard_causes("object", "release it")
+    return causes

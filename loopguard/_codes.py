@@ -1,0 +1,190 @@
+"""Every code loopguard reports, in one table: its event, level, warning, docs anchor, the
+fields its records log, and the causes and fixes its messages give.
+
+The error, the warning, the log record, the pytest summary, ``loopguard report`` and the
+docs all read this table; a new guard adds its code here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+from ._causes import Cause, causes_for
+from ._errors import (
+    LoopguardWarning,
+    LoopMismatchWarning,
+    LoopScopeMismatchWarning,
+    PoolCreatedOutsideLoopWarning,
+)
+
+# One place for the documentation address: every message links a code to its section here.
+DOCS_PAGE = "docs/errors.md"
+
+EVENT_LOOP_MISMATCH = "loopguard.loop_mismatch"
+
+# The fields of a mismatch record, in the order they are logged.
+MISMATCH_FIELDS = (
+    "code",
+    "action",
+    "resource",
+    "operation",
+    "url",
+    "pool_class",
+    "created_at",
+    "created_in",
+    "created_during",
+    "bound_during",
+    "bound_at",
+    "used_at",
+    "used_during",
+    "owner_loop_id",
+    "owner_loop_closed",
+    "current_loop_id",
+    "cause",
+    "released",
+    "sockets_closed",
+)
+# LG102: a pool's creation, not a use of it.
+CREATION_FIELDS = (
+    "code",
+    "action",
+    "resource",
+    "url",
+    "pool_class",
+    "created_at",
+    "created_in",
+    "created_during",
+    "owner_loop_id",
+    "cause",
+)
+# Objects registered with loopguard.track(): a name where a database has its URL.
+OBJECT_FIELDS = tuple(
+    "name" if field == "url" else field for field in MISMATCH_FIELDS if field != "pool_class"
+)
+# Records about a pool's connections rather than a use of it (LG104, LG106).
+POOL_EVENT_FIELDS = (
+    "code",
+    "action",
+    "resource",
+    "url",
+    "pool_class",
+    "created_at",
+    "created_in",
+    "created_during",
+    "bound_during",
+    "bound_at",
+    "used_at",
+    "used_during",
+    "owner_loop_id",
+    "owner_loop_closed",
+    "current_loop_id",
+    "released",
+    "sockets_closed",
+    "held",
+)
+
+
+class Code(NamedTuple):
+    code: str
+    title: str  # what happened, in a sentence fragment (docs tables, `loopguard explain`)
+    event: str  # the structlog event name of its records
+    warning: Optional[type[LoopguardWarning]]  # what warn mode (or the check itself) emits
+    raises: bool  # raise mode raises LoopMismatchError
+    fields: tuple[str, ...]  # the logged fields, in order; absent values are left out
+    resources: tuple[str, ...]  # the resources it is reported for
+
+    @property
+    def anchor(self) -> str:
+        return f"{DOCS_PAGE}#{self.code.lower()}"
+
+    def level(self, action: str) -> str:
+        return "error" if action == "raised" else "warning"
+
+    def cause(self, resource: str, key: str) -> Optional[Cause]:
+        return causes_for(resource).get(key)
+
+
+CODES: dict[str, Code] = {
+    code.code: code
+    for code in (
+        Code(
+            "LG101",
+            "a pooled SQLAlchemy AsyncEngine used on an event loop other than its connections'",
+            EVENT_LOOP_MISMATCH,
+            LoopMismatchWarning,
+            True,
+            MISMATCH_FIELDS,
+            ("SQLAlchemy AsyncEngine",),
+        ),
+        Code(
+            "LG102",
+            "an asyncpg pool created with no event loop running, used on another loop",
+            "loopguard.pool_created_outside_loop",
+            PoolCreatedOutsideLoopWarning,
+            False,
+            CREATION_FIELDS,
+            ("asyncpg Pool",),
+        ),
+        Code(
+            "LG103",
+            "an asyncpg pool or connection used on an event loop other than its own",
+            EVENT_LOOP_MISMATCH,
+            LoopMismatchWarning,
+            True,
+            MISMATCH_FIELDS,
+            ("asyncpg Pool", "asyncpg Connection"),
+        ),
+        Code(
+            "LG104",
+            "dispose() on a loop other than the pooled connections' (or outside any loop)",
+            "loopguard.dispose_on_foreign_loop",
+            None,
+            False,
+            POOL_EVENT_FIELDS,
+            ("SQLAlchemy AsyncEngine",),
+        ),
+        Code(
+            "LG105",
+            "a fixture hands a loop-bound engine, pool or connection to tests on another "
+            "loop scope",
+            "loopguard.loop_scope_mismatch",
+            LoopScopeMismatchWarning,
+            False,
+            (
+                "code",
+                "fixture",
+                "fixture_at",
+                "fixture_loop_scope",
+                "test_loop_scope",
+                "value",
+                "used_during",
+                "tests",
+            ),
+            (),
+        ),
+        Code(
+            "LG106",
+            "a loop closed while a pool still held connections bound to it",
+            "loopguard.loop_closed_with_connections",
+            None,
+            False,
+            POOL_EVENT_FIELDS,
+            ("SQLAlchemy AsyncEngine",),
+        ),
+        Code(
+            "LG107",
+            "an object registered with loopguard.track() used on an event loop other than its own",
+            EVENT_LOOP_MISMATCH,
+            LoopMismatchWarning,
+            True,
+            OBJECT_FIELDS,
+            (),
+        ),
+    )
+}
+
+EVENTS = {code.event for code in CODES.values()}
+
+
+def docs_link(code: str) -> str:
+    return f"{DOCS_PAGE}#{code.lower()}"

@@ -1,0 +1,54 @@
+"""Sending a record out: structlog, loopguard's JSON-lines file, the pytest plugin's listeners,
+and the exception or warning that carries it to the user's code."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+from ._errors import LoopMismatchError
+from ._log import app_logger
+from ._record import Record
+from ._state import STATE
+
+
+def emit(record: Record) -> None:
+    """Send one record to structlog, the JSON-lines file and the plugin's listeners."""
+    fields = record.log_fields()
+    level, event = record.level, record.event
+    getattr(app_logger(), level)(event, **fields)
+    sink = STATE.sink
+    if sink is not None:
+        sink.emit(level, event, fields)
+    for listener in list(STATE.listeners):
+        listener({"event": event, **fields})
+
+
+def raise_record(record: Record) -> LoopMismatchError:
+    """Log ``record`` and return its error, for the caller to raise (its traceback is the
+    caller's)."""
+    error = record.error()
+    emit(record)
+    return error
+
+
+def warn_record(record: Record, stacklevel: int = 3) -> None:
+    """Log ``record`` and emit its code's warning at the user's line."""
+    message = record.message()
+    emit(record)
+    category: Any = record.spec.warning
+    warning = category(message)
+    if record.used_site is not None:
+        # Point the warning at the user's line, not at a library's internals.
+        filename, lineno = record.used_site
+        warnings.warn_explicit(warning, category, filename, lineno)
+    else:
+        warnings.warn(warning, stacklevel=stacklevel)
+
+
+def report(record: Record) -> None:
+    """raise mode: raise the record's error; warn mode: warn.  (For the code's own action.)"""
+    __tracebackhide__ = True
+    if record.action == "raised":
+        raise raise_record(record)
+    warn_record(record, stacklevel=4)

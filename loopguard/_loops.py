@@ -1,0 +1,179 @@
+"""Event loops: the one loop-affinity check, stable names for loops, and what fork() changes.
+
+Every guard asks the same question before I/O: "which loop is running, when I expect this
+one?" (``current_loop``).  Everything else here serves the messages: a small number per loop
+for the life of the process, names given by whoever made a loop (the pytest plugin names
+pytest-asyncio's loops), and a weak reference that can say whether a loop is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import sys
+import threading
+import weakref
+from typing import Any, Callable, Optional
+
+# asyncio._get_running_loop is the C fast path behind get_running_loop(): None instead of raising.
+running_loop: Callable[[], Optional[asyncio.AbstractEventLoop]] = asyncio._get_running_loop
+_thread_ident: Callable[[], int] = threading.get_ident
+
+
+def current_loop(expected: Any) -> Optional[asyncio.AbstractEventLoop]:
+    """The running loop (None if none runs), answered without a system call when it is
+    ``expected``: a guard compares the result with ``expected``, by identity.
+
+    On Python < 3.12 every ``asyncio._get_running_loop()`` is a ``getpid()`` system call, and
+    on a hot path system calls cost more than the ~200 ns they take.  An asyncio loop records
+    the thread it runs in (``_thread_id``) and only one loop runs in a thread at a time, so a
+    loop running in this thread is the running loop.  uvloop's loops do not expose their
+    thread: they take the lookup, which is exact.  A child forked while a loop ran inherits
+    that loop with its ``_thread_id`` and this thread's ident: there the shortcut is switched
+    off (``_after_fork_in_child``) and every check asks asyncio, whose answer knows the fork.
+    """
+    if getattr(expected, "_thread_id", None) == _thread_ident():
+        return expected  # type: ignore[no-any-return]
+    return running_loop()
+
+
+def _no_thread() -> int:
+    return -1  # never a thread's ident: the shortcut above never answers
+
+
+# -- loop numbers and names -----------------------------------------------------------------
+
+_loop_ids: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+_strong_loop_ids: dict[int, int] = {}  # for loop types without weakref support
+_counter = itertools.count(1)
+# loop id -> a name given by whoever made the loop; an entry goes when its loop is collected.
+_loop_names: dict[int, str] = {}
+
+
+def loop_id(loop: Any) -> int:
+    """A small number naming a loop for the life of the process (numbers are never reused)."""
+    try:
+        known = _loop_ids.get(loop)
+        if known is None:
+            known = _loop_ids[loop] = next(_counter)
+        return known
+    except TypeError:
+        key = id(loop)
+        if key not in _strong_loop_ids:
+            _strong_loop_ids[key] = next(_counter)
+        return _strong_loop_ids[key]
+
+
+def name_loop(loop: Any, name: str) -> None:
+    """Name a loop in every message that mentions it: ``loop #3 (name)``."""
+    key = loop_id(loop)
+    if key not in _loop_names:
+        try:
+            finalizer = weakref.finalize(loop, _loop_names.pop, key, None)
+        except TypeError:  # no weak references: the name stays, like the loop's number
+            finalizer = None
+        if finalizer is not None:
+            finalizer.atexit = False
+    _loop_names[key] = name
+
+
+def loop_name(key: int) -> str:
+    """`` (name)`` for a loop number that has a name, else an empty string."""
+    name = _loop_names.get(key)
+    return f" ({name})" if name else ""
+
+
+# -- fork -----------------------------------------------------------------------------------
+
+# Numbers of the loops this process inherited through fork(): their selectors (epoll) are
+# shared with the parent, so nothing here may touch them, and using what they own is a
+# misuse of its own kind ("forked-child").
+_inherited: set[int] = set()
+
+
+def inherited(loop_number: int) -> bool:
+    """The loop came from the parent process through fork()."""
+    return loop_number in _inherited
+
+
+_fork_listeners: list[Callable[[], None]] = []
+
+
+def on_fork_in_child(listener: Callable[[], None]) -> None:
+    """Call ``listener()`` in a forked child, after the inherited loops are marked."""
+    if listener not in _fork_listeners:
+        _fork_listeners.append(listener)
+
+
+def remove_fork_listener(listener: Callable[[], None]) -> None:
+    if listener in _fork_listeners:
+        _fork_listeners.remove(listener)
+
+
+def _after_fork_in_child() -> None:
+    global _thread_ident
+    loops = list(_loop_ids.keys())
+    _inherited.update(_loop_ids[loop] for loop in loops)
+    _inherited.update(_strong_loop_ids.values())
+    if any(getattr(loop, "_thread_id", None) is not None for loop in loops):
+        # A loop was running at fork(): its copy claims this thread.
+        _thread_ident = _no_thread
+    for listener in list(_fork_listeners):
+        try:
+            listener()
+        except Exception as exc:  # the child must start whatever loopguard's bookkeeping does
+            print(f"loopguard: after fork(): {type(exc).__name__}: {exc}", file=sys.stderr)
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+# -- weak references to loops ---------------------------------------------------------------
+
+
+class LoopRef:
+    """A weak reference to a loop (strong where the loop type forbids weak references)."""
+
+    __slots__ = ("_ref", "id")
+
+    def __init__(self, loop: Any) -> None:
+        self.id = loop_id(loop)
+        try:
+            self._ref: Callable[[], Any] = weakref.ref(loop)
+        except TypeError:
+            self._ref = lambda: loop
+
+    def __call__(self) -> Any:
+        return self._ref()
+
+    def state(self) -> str:
+        """``closed`` (or collected), ``running``, ``idle``, or ``inherited`` through fork()."""
+        if self.id in _inherited:
+            return "inherited"
+        loop = self._ref()
+        if loop is None or loop.is_closed():
+            return "closed"
+        return "running" if loop.is_running() else "idle"
+
+    def is_closed(self) -> bool:
+        """Closed, or garbage-collected (which for a loop means it is gone for good)."""
+        loop = self._ref()
+        return loop is None or loop.is_closed()
+
+    def describe(self) -> str:
+        loop = self._ref()
+        if loop is None:
+            return f"loop #{self.id}, which has been closed and garbage-collected"
+        name = f"loop #{self.id}{loop_name(self.id)}"
+        if self.id in _inherited:
+            return f"{name}, the parent process's, inherited through fork()"
+        if loop.is_closed():
+            return f"{name}, which is now closed"
+        if loop.is_running():
+            return f"{name}, which is still running"
+        return f"{name}, which is still open but not running"
+
+    def __repr__(self) -> str:
+        return f"<LoopRef {self.describe()}>"

@@ -1,0 +1,183 @@
+"""The words of each report: one formatter per kind of message, all reading a ``Record``."""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+from ._causes import Cause, causes_for
+from ._codes import docs_link
+from ._loops import loop_name
+from ._record import Record
+
+_UNKNOWN_SITE = "(install it earlier: LOOPGUARD=1 or the pytest plugin)"
+
+
+def _during(test: Optional[str]) -> str:
+    return f"during {test}" if test else "outside any test"
+
+
+def _cause(record: Record) -> Cause:
+    causes = causes_for(record.resource)
+    return causes.get(record.cause or "") or Cause("unknown.", "see the documentation.")
+
+
+def _used_now(record: Record) -> str:
+    current = record.current_loop_id
+    used_at = f", at {record.used_at}" if record.used_at else ""
+    operation = f" ({record.operation})" if record.operation else ""
+    return (
+        f"  used now:      {_during(record.used_during)} on loop #{current}"
+        f"{loop_name(current) if current is not None else ''}{used_at}{operation}"
+    )
+
+
+def _background(record: Record, what: str = "error") -> str:
+    return f"  (Background on this {what} at: {docs_link(record.code)}, code {record.code})"
+
+
+def _created_line(record: Record, unknown: str) -> str:
+    if not record.created_at:
+        return unknown
+    no_loop = ", no event loop running" if record.created_in_loop is False else ""
+    return f"{record.created_at} in {record.created_in} ({_during(record.created_during)}{no_loop})"
+
+
+def format_engine_message(record: Record) -> str:
+    """LG101: a pooled SQLAlchemy engine used on a loop other than its connections'."""
+    cause = _cause(record)
+    bound_at = f", at {record.bound_at}," if record.bound_at else ""
+    outcome = (
+        "stopped before any I/O."
+        if record.action == "raised"
+        else "its stale connections were released and it now belongs to the new loop."
+    )
+    lines = [
+        f"{record.resource} used on event loop #{record.current_loop_id}, but its pooled "
+        f"connections belong to loop #{record.owner_loop_id}; {outcome}",
+        f"  engine:        {record.url} ({record.pool_class})",
+        "  created at:    "
+        + _created_line(
+            record,
+            "unknown: the engine was created before loopguard was installed " + _UNKNOWN_SITE,
+        ),
+        f"  bound:         first connection opened {_during(record.bound_during)}{bound_at} on "
+        f"{record.owner_loop}",
+        _used_now(record),
+        f"  likely cause:  {cause.text}",
+        f"  fix:           {cause.fix}",
+        _background(record),
+    ]
+    return "\n".join(lines)
+
+
+def _asyncpg_created_line(record: Record, kind: str) -> str:
+    if record.created_at:
+        line = _created_line(record, "")
+        if kind == "connection" and record.origin == "pool":
+            line += ": the asyncpg Pool it belongs to"
+        return line
+    if record.origin == "sqlalchemy":
+        return "opened by a SQLAlchemy engine's pool (its asyncpg dialect)"
+    if kind == "pool" or record.origin == "pool":
+        return f"unknown: the pool was created before loopguard was installed {_UNKNOWN_SITE}"
+    return f"unknown: the connection was opened before loopguard was installed {_UNKNOWN_SITE}"
+
+
+def format_asyncpg_message(record: Record) -> str:
+    """LG103: an asyncpg Pool or Connection used on a loop other than its own."""
+    kind = "pool" if record.resource.endswith("Pool") else "connection"
+    cause = _cause(record)
+    owner, current = record.owner_loop_id, record.current_loop_id
+    if kind == "pool":
+        belongs = f"it belongs to loop #{owner}, the loop it captured at create_pool()"
+        bound = (
+            "captured from asyncio.get_event_loop() at create_pool() (no loop was running):"
+            if record.cause == "outside-loop"
+            else "captured at create_pool() on"
+        )
+        what = f"  pool:          {record.url} ({record.pool_class})"
+    else:
+        belongs = f"it belongs to loop #{owner}, the loop it was opened on"
+        bound = "opened" + (" by its pool" if record.origin == "pool" else "") + " on"
+        member = " (acquired from an asyncpg Pool)" if record.origin == "pool" else ""
+        what = f"  connection:    {record.url}{member}"
+    if record.action == "raised":
+        outcome = "stopped before any I/O."
+    else:
+        outcome = (
+            "loopguard cannot move it to another loop, so the call goes ahead and asyncpg's "
+            "own error will follow."
+        )
+    lines = [
+        f"{record.resource} used on event loop #{current}, but {belongs}; {outcome}",
+        what,
+        f"  created at:    {_asyncpg_created_line(record, kind)}",
+        f"  bound:         {bound} {record.owner_loop}",
+        _used_now(record),
+        f"  likely cause:  {cause.text}",
+        f"  fix:           {cause.fix}",
+        _background(record),
+    ]
+    return "\n".join(lines)
+
+
+def format_outside_loop_message(record: Record) -> str:
+    """LG102: the pool captured asyncio.get_event_loop()'s loop at creation."""
+    owner = record.owner_loop_id
+    lines = [
+        f"asyncpg Pool created with no event loop running: it captured loop #{owner} from "
+        "asyncio.get_event_loop() and works on that loop only.",
+        f"  pool:          {record.url} ({record.pool_class})",
+        "  created at:    "
+        + (
+            f"{record.created_at} in {record.created_in} ({_during(record.created_during)})"
+            if record.created_at
+            else "unknown (no frame of your code on the stack)"
+        ),
+        "  likely cause:  asyncpg.create_pool() was called outside async code (at import time, "
+        "in a sync function or fixture, or before asyncio.run()); asyncio.run() and "
+        "pytest-asyncio run your coroutines on a new loop, where this pool fails on first use.",
+        "  fix:           create the pool inside the loop that uses it (`pool = await "
+        "asyncpg.create_pool(...)` in the coroutine or async fixture that needs it); if you run "
+        f"loop #{owner} yourself, pass it as `loop=` to say so.",
+        _background(record, "warning"),
+    ]
+    return "\n".join(lines)
+
+
+def format_object_message(record: Record) -> str:
+    """Any other loop-bound object (``loopguard.track()``, the clients' integrations)."""
+    cause = _cause(record)
+    bound_at = f", at {record.bound_at}," if record.bound_at else ""
+    if record.action == "raised":
+        outcome = "stopped before any I/O."
+    else:
+        outcome = "loopguard let the call go ahead."
+    label = record.name or record.url
+    name = f" ({label})" if label else ""
+    lines = [
+        f"{record.resource}{name} used on event loop #{record.current_loop_id}, but it belongs "
+        f"to loop #{record.owner_loop_id}; {outcome}",
+        "  created at:    "
+        + _created_line(
+            record, "unknown: it was created before loopguard tracked it " + _UNKNOWN_SITE
+        ),
+        f"  bound:         first used {_during(record.bound_during)}{bound_at} on "
+        f"{record.owner_loop}",
+        _used_now(record),
+        f"  likely cause:  {cause.text}",
+        f"  fix:           {cause.fix}",
+        _background(record),
+    ]
+    return "\n".join(lines)
+
+
+_FORMATTERS: dict[str, Callable[[Record], str]] = {
+    "LG101": format_engine_message,
+    "LG102": format_outside_loop_message,
+    "LG103": format_asyncpg_message,
+}
+
+
+def format_message(record: Record) -> str:
+    return _FORMATTERS.get(record.code, format_object_message)(record)
