@@ -54,7 +54,8 @@ class AfterImport(importlib.abc.MetaPathFinder):
         return spec
 
     def __repr__(self) -> str:
-        return f"<loopguard: after importing {self.name}, {self.callback.__qualname__}>"
+        name = getattr(self.callback, "__qualname__", repr(self.callback))
+        return f"<loopguard: after importing {self.name}, {name}>"
 
 
 def call_after_import(name: str, callback: Callable[[ModuleType], None]) -> AfterImport:

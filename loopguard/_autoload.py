@@ -47,6 +47,8 @@ def _install_now() -> None:
         return
     import loopguard
 
+    if loopguard.is_installed():  # installed by a setting that wins (--loopguard, install())
+        return
     try:
         loopguard.install()
     except loopguard.LoopguardError as exc:

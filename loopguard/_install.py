@@ -5,15 +5,14 @@ from __future__ import annotations
 import warnings
 from typing import Optional
 
-from . import _config, _sites
+from . import _config, _registry, _sites
 from ._errors import LoopguardWarning, MissingDependencyError
+from ._guards import Guards
 from ._log import JsonLinesSink
-from ._patching import PatchStack
 from ._state import STATE
-from .integrations import DidNotEnable, Integration, all_integrations
+from .integrations import all_integrations
 
-_patches = PatchStack()
-_active: list[Integration] = []
+_guards: Optional[Guards] = None
 _applying = False  # integrations import their libraries, which may re-enter via _autoload
 
 
@@ -52,31 +51,22 @@ def _apply_integrations() -> None:
 
 
 def _apply_each_integration() -> None:
+    global _guards
     _sites.reset_caches()
-    enabled: list[Integration] = []
-    skipped: dict[str, str] = {}
+    guards = Guards()
     try:
-        for integration in all_integrations():
-            # Listed before setup() so a failure half-way through is torn down too.
-            enabled.append(integration)
-            try:
-                integration.setup(_patches)
-            except DidNotEnable as exc:
-                enabled.pop()
-                skipped[integration.name] = str(exc)
-        if not enabled:
-            reasons = "; ".join(f"{name}: {why}" for name, why in skipped.items())
+        guards.start(all_integrations())
+        if not guards.names():
+            reasons = "; ".join(f"{name}: {why}" for name, why in guards.skipped.items())
             msg = f"loopguard has nothing to guard: {reasons}."
             raise MissingDependencyError(msg)
     except BaseException:
         # Nothing half-installed: undo whatever the integrations that did start had done.
-        for integration in reversed(enabled):
-            integration.teardown()
-        _patches.restore()
+        guards.stop()
         raise
-    _active[:] = enabled
-    STATE.enabled = [integration.name for integration in enabled]
-    STATE.skipped = skipped
+    _guards = guards
+    STATE.enabled = guards.names()
+    STATE.skipped = guards.skipped
 
 
 def _set_log_file(path: Optional[str]) -> None:
@@ -102,12 +92,13 @@ def uninstall() -> None:
                 stacklevel=2,
             )
             return
+        global _guards
         try:
-            for integration in reversed(_active):
-                integration.teardown()
+            if _guards is not None:
+                _guards.stop()
         finally:
-            _patches.restore()
-            _active.clear()
+            _guards = None
+            _registry.clear_all()
             _set_log_file(None)
             STATE.mode = None
             STATE.mode_source = ""

@@ -10,7 +10,16 @@ about an unclosed transport or connection when they are collected.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Optional
+
+from ._loops import inherited, loop_id
+
+# Connections of loops inherited through fork(): their sockets and the loop's epoll set are
+# shared with the parent, where they are still in use.  Closing them here, or letting the
+# driver close them when they are collected (asyncpg's __del__ unregisters the socket from
+# the shared epoll set), would break the parent's connections: they are kept, untouched, for
+# the life of this process.
+_kept_for_parent: list[Any] = []
 
 
 def _close_selector_transport(transport: Any) -> bool:
@@ -73,8 +82,23 @@ def _close_psycopg(connection: Any) -> bool:
     return True
 
 
-def close_without_loop(driver_connection: Any) -> bool:
-    """Close ``driver_connection``'s socket now; True when a socket was closed."""
+def keep_for_parent(driver_connection: Any) -> None:
+    """In a forked child: never close nor collect this connection of the parent's loop."""
+    _kept_for_parent.append(driver_connection)
+
+
+def close_without_loop(driver_connection: Any, loop_number: Optional[int] = None) -> bool:
+    """Close ``driver_connection``'s socket now; True when a socket was closed.
+
+    ``loop_number``: the loop the connection is known to belong to, when the driver does not
+    say (psycopg); one inherited through fork() means: leave it alone.
+    """
+    loop = getattr(driver_connection, "_loop", None)
+    if loop_number is None and loop is not None:
+        loop_number = loop_id(loop)
+    if loop_number is not None and inherited(loop_number):
+        keep_for_parent(driver_connection)
+        return False
     module = type(driver_connection).__module__ or ""
     if module.startswith("asyncpg"):
         return _close_asyncpg(driver_connection)

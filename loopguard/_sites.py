@@ -15,7 +15,7 @@ from pathlib import Path
 from types import FrameType
 from typing import NamedTuple, Optional
 
-_MAX_FRAMES = 80
+MAX_FRAMES = 80
 
 
 class Site(NamedTuple):
@@ -95,6 +95,17 @@ def _is_internal(filename: str) -> bool:
     return verdict
 
 
+is_internal = _is_internal
+
+
+def site_of(frame: FrameType, root: Optional[str] = None) -> Site:
+    """The place ``frame`` is at, as messages show it."""
+    code = frame.f_code
+    return Site(
+        display_path(code.co_filename, root), frame.f_lineno, code.co_name, code.co_filename
+    )
+
+
 def reset_caches() -> None:
     """Forget cached verdicts (used on install: libraries may have been imported since)."""
     global _prefixes
@@ -115,7 +126,7 @@ def user_site(root: Optional[str] = None, skip: int = 1) -> Optional[Site]:
     """The first frame of user code above the caller, or None if none is found in the bound."""
     frame: Optional[FrameType] = sys._getframe(skip)
     hopped = False
-    for _ in range(_MAX_FRAMES):
+    for _ in range(MAX_FRAMES):
         if frame is None:
             if hopped:
                 return None
@@ -127,9 +138,7 @@ def user_site(root: Optional[str] = None, skip: int = 1) -> Optional[Site]:
         if internal is None:
             internal = _is_internal(code.co_filename)
         if not internal:
-            return Site(
-                display_path(code.co_filename, root), frame.f_lineno, code.co_name, code.co_filename
-            )
+            return site_of(frame, root)
         frame = frame.f_back
     return None
 

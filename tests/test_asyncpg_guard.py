@@ -50,8 +50,8 @@ from teststack import PYTEST_ASYNCIO, requirements_closure
 
 import loopguard
 from loopguard import PoolCreatedOutsideLoopWarning, _release
-from loopguard._context import loop_id
-from loopguard.integrations import _asyncpg
+from loopguard._loops import loop_id
+from loopguard.integrations import _asyncpg, _asyncpg_facts
 
 T = TypeVar("T")
 
@@ -795,7 +795,7 @@ def test_pool_connection_used_released_and_closed_on_a_foreign_loop(pg_dsn: str)
 
         pool, conn = loop_a.run_until_complete(make())
         assert isinstance(conn, PoolConnectionProxy)
-        assert _asyncpg._conns[conn._con].origin == _asyncpg.ORIGIN_POOL
+        assert _asyncpg.CONNECTIONS.get(conn._con).opened_by == _asyncpg_facts.ORIGIN_POOL
         with pytest.raises(loopguard.LoopMismatchError) as excinfo:
             asyncio.run(_conn_pid(conn))
         err = excinfo.value
@@ -900,13 +900,13 @@ def test_sqlalchemy_engines_are_left_to_the_sqlalchemy_guard(
             await conn.execute(text("select 1"))
             raw = await conn.get_raw_connection()
             assert await raw.driver_connection.fetchval("select 3") == 3
-            origins.append(_asyncpg._conns[raw.driver_connection].origin)
+            origins.append(_asyncpg.CONNECTIONS.get(raw.driver_connection).opened_by)
         await engine.dispose()
 
     with silence_checked(log_file):
         for _ in range(3):
             asyncio.run(job())
-    assert origins == [_asyncpg.ORIGIN_SQLALCHEMY] * 3
+    assert origins == [_asyncpg_facts.ORIGIN_SQLALCHEMY] * 3
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -1119,7 +1119,7 @@ def test_side_tables_do_not_grow(pg_dsn: str) -> None:
 
     def sizes() -> tuple[int, int, int]:
         gc.collect()
-        return len(_asyncpg._pools), len(_asyncpg._conns), len(weakref.finalize._registry)  # type: ignore[attr-defined]
+        return len(_asyncpg.POOLS), len(_asyncpg.CONNECTIONS), len(weakref.finalize._registry)  # type: ignore[attr-defined]
 
     asyncio.run(round_of(50, 20))  # warm-up: caches, codecs, loop ids
     baseline, fds = sizes(), _fd_count()
@@ -1145,12 +1145,12 @@ def test_pool_dropped_without_close_is_forgotten(pg_dsn: str) -> None:
     async def make() -> int:
         pool = await asyncpg.create_pool(pg_dsn, min_size=0, max_size=1)
         key = id(pool)
-        assert key in _asyncpg._pools
+        assert key in _asyncpg.POOLS.ids()
         return key
 
     key = asyncio.run(make())
     gc.collect()
-    assert key not in _asyncpg._pools
+    assert key not in _asyncpg.POOLS.ids()
 
 
 def test_pool_close_and_terminate_forget_the_pool(pg_dsn: str) -> None:
@@ -1159,13 +1159,13 @@ def test_pool_close_and_terminate_forget_the_pool(pg_dsn: str) -> None:
     async def close_and_terminate() -> list[Any]:
         closed = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=1)
         terminated = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=1)
-        assert {id(closed), id(terminated)} <= _asyncpg._pools.keys()
+        assert {id(closed), id(terminated)} <= _asyncpg.POOLS.ids()
         await closed.close()
         terminated.terminate()
         return [closed, terminated]
 
     kept = asyncio.run(close_and_terminate())
-    assert not {id(pool) for pool in kept} & _asyncpg._pools.keys()
+    assert not {id(pool) for pool in kept} & _asyncpg.POOLS.ids()
 
 
 # -- through the pytest plugin ------------------------------------------------------------------

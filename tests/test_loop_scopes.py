@@ -22,7 +22,7 @@ from test_pytest_plugin import RunPytest, ini, line_of, output, write
 from teststack import PYTEST_ASYNCIO, describe
 
 import loopguard
-from loopguard import _context
+from loopguard import _loops
 from loopguard._pytest_loops import loop_label, loop_of
 from loopguard._pytest_scopes import LoopScope, Use, format_message, loop_bound
 
@@ -549,7 +549,7 @@ NAMES_TESTS_PY = """
 
     import pytest
 
-    from loopguard._context import loop_id, loop_name
+    from loopguard._loops import loop_id, loop_name
 
 
     def show(test):
@@ -737,16 +737,16 @@ def test_a_named_loop_is_named_in_messages_until_it_is_collected() -> None:
     """``LoopRef.describe()`` carries the name; the name goes when the loop is collected."""
     key = _name_a_loop()
     gc.collect()
-    assert _context.loop_name(key) == ""
+    assert _loops.loop_name(key) == ""
 
 
 def _name_a_loop() -> int:
     loop = asyncio.new_event_loop()
     try:
-        _context.name_loop(loop, loop_label("session", ""))
-        key = _context.loop_id(loop)
-        assert _context.loop_name(key) == " (pytest-asyncio's session-scoped loop)"
-        assert _context.LoopRef(loop).describe() == (
+        _loops.name_loop(loop, loop_label("session", ""))
+        key = _loops.loop_id(loop)
+        assert _loops.loop_name(key) == " (pytest-asyncio's session-scoped loop)"
+        assert _loops.LoopRef(loop).describe() == (
             f"loop #{key} (pytest-asyncio's session-scoped loop), which is still open but not "
             "running"
         )

@@ -1,4 +1,4 @@
-"""_context.foreign_running_loop(): the loop check every guard makes, with real event loops."""
+"""_loops.current_loop(): the loop check every guard makes, with real event loops."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 import pytest
 
-from loopguard import _context
+from loopguard import _loops
 
 uvloop: Any
 try:
@@ -21,7 +21,7 @@ except ImportError:  # pragma: no cover - uvloop is in the test extra
 
 def _in_loop(loop: asyncio.AbstractEventLoop, expected: Any) -> Optional[Any]:
     async def ask() -> Optional[Any]:
-        return _context.foreign_running_loop(expected)
+        return _loops.current_loop(expected)
 
     return loop.run_until_complete(ask())
 
@@ -34,20 +34,22 @@ def two_loops() -> Any:
         loop.close()
 
 
-def test_the_expected_loop_running_is_not_foreign(two_loops: Any) -> None:
+def test_the_expected_loop_running_is_the_answer(two_loops: Any) -> None:
     loop_a, _ = two_loops
-    assert _in_loop(loop_a, loop_a) is None
-    assert _context.runs_here(loop_a) is False  # it stopped: the shortcut no longer applies
+    assert _in_loop(loop_a, loop_a) is loop_a
+    # It stopped: the shortcut no longer applies, and no loop runs.
+    assert _loops.current_loop(loop_a) is None
 
 
-def test_another_running_loop_is_returned(two_loops: Any) -> None:
+def test_another_running_loop_is_the_answer(two_loops: Any) -> None:
     loop_a, loop_b = two_loops
     assert _in_loop(loop_b, loop_a) is loop_b
 
 
-def test_no_running_loop_is_not_foreign(two_loops: Any) -> None:
+def test_no_running_loop_is_none(two_loops: Any) -> None:
     loop_a, _ = two_loops
-    assert _context.foreign_running_loop(loop_a) is None
+    assert _loops.current_loop(loop_a) is None
+    assert _loops.current_loop(None) is None
 
 
 def test_a_loop_running_in_another_thread_is_not_taken_for_the_running_one(
@@ -66,8 +68,7 @@ def test_a_loop_running_in_another_thread_is_not_taken_for_the_running_one(
     thread.start()
     try:
         assert started.wait(10)
-        assert _context.runs_here(loop_a) is False
-        assert _context.foreign_running_loop(loop_a) is None  # no loop runs in this thread
+        assert _loops.current_loop(loop_a) is None  # no loop runs in this thread
         assert _in_loop(loop_b, loop_a) is loop_b
     finally:
         release.set()
@@ -79,7 +80,7 @@ def test_uvloop_loops_take_the_lookup_path() -> None:
     """uvloop's loops do not expose the thread they run in; the answer is the same."""
     loop_a, loop_b = uvloop.new_event_loop(), uvloop.new_event_loop()
     try:
-        assert _in_loop(loop_a, loop_a) is None
+        assert _in_loop(loop_a, loop_a) is loop_a
         assert _in_loop(loop_b, loop_a) is loop_b
     finally:
         loop_a.close()
@@ -101,11 +102,11 @@ def test_the_check_for_the_running_loop_makes_no_system_call(tmp_path: Any) -> N
         pytest.skip("strace not installed")
     code = (
         "import asyncio\n"
-        "from loopguard import _context\n"
+        "from loopguard import _loops\n"
         "async def main():\n"
         "    loop = asyncio.get_running_loop()\n"
         "    for _ in range(1000):\n"
-        "        assert _context.foreign_running_loop(loop) is None\n"
+        "        assert _loops.current_loop(loop) is loop\n"
         "asyncio.run(main())\n"
     )
     counts = tmp_path / "counts.txt"

@@ -45,7 +45,7 @@ from sqlalchemy.orm import sessionmaker
 from sqlalchemy.pool import NullPool, QueuePool
 
 import loopguard
-from loopguard._context import loop_id
+from loopguard._loops import loop_id
 from loopguard.integrations import _sqlalchemy
 
 T = TypeVar("T")
@@ -1040,8 +1040,9 @@ def test_install_again_after_uninstall_keeps_the_pools_owner(
         loopguard.uninstall()
         loopguard.install("raise")
         assert loop.run_until_complete(_pid(engine)) == first_pid  # the owner: no error
-        state = _sqlalchemy._pools[pool]
-        assert state.binding is not None and state.binding.loop._ref() is loop
+        state = _sqlalchemy.POOLS.get(pool)
+        assert state is not None and state.binding is not None
+        assert state.binding.loop._ref() is loop
         with pytest.raises(loopguard.LoopMismatchError) as excinfo:
             asyncio.run(_pid(engine))
         assert excinfo.value.owner_loop_id == loop_id(loop)

@@ -1,28 +1,36 @@
-"""One module per guarded library; each refuses cleanly when its library is missing or too old."""
+"""One module per guarded library; each refuses cleanly when its library is missing or too old.
+
+Every integration, built-in or third-party, is an ``Integration`` subclass (``_base``): a
+library, the versions it supports, a table of patch points.  Third-party integrations are
+found through the entry-point group ``loopguard.integrations``.
+"""
 
 from __future__ import annotations
 
-from typing import Protocol
+from ._base import DidNotEnable, Integration, Patch
 
-from .._patching import PatchStack
+# The built-in integrations, in the order they are enabled: the core's loop hooks first.
+BUILTIN = (
+    "loopguard._loop_close:AsyncioLoops",
+    "loopguard._loop_close:UvloopLoops",
+    "loopguard.integrations._sqlalchemy:SQLAlchemyIntegration",
+    "loopguard.integrations._asyncpg:AsyncpgIntegration",
+)
+ENTRY_POINT_GROUP = "loopguard.integrations"
 
-
-class DidNotEnable(Exception):
-    """The library an integration guards is missing or too old; the message says which."""
-
-
-class Integration(Protocol):
-    name: str
-
-    def setup(self, patches: PatchStack) -> None:
-        """Listen and patch; raise DidNotEnable before changing anything if it cannot run."""
-
-    def teardown(self) -> None:
-        """Remove listeners and forget tracked objects (patches are restored by the caller)."""
+__all__ = [
+    "BUILTIN",
+    "ENTRY_POINT_GROUP",
+    "DidNotEnable",
+    "Integration",
+    "Patch",
+    "all_integrations",
+]
 
 
 def all_integrations() -> list[Integration]:
-    from ._asyncpg import AsyncpgIntegration
-    from ._sqlalchemy import SQLAlchemyIntegration
+    """A new instance of every built-in integration, then of every third-party one."""
+    from . import _base, _entry_points
 
-    return [SQLAlchemyIntegration(), AsyncpgIntegration()]
+    specs = [*BUILTIN, *_entry_points.specs(ENTRY_POINT_GROUP)]
+    return [_base.load(spec)() for spec in specs]

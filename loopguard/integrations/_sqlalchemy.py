@@ -19,63 +19,42 @@ Where it hooks, and why each hook is the one it is:
 from __future__ import annotations
 
 import gc
-import re
-import sys
-import threading
-import weakref
 from typing import Any, Callable, Optional
 
-from .. import _after_import, _context, _release, _sites
-from .._log import app_logger
-from .._patching import PatchStack
-from .._report import (
-    EVENT_FOREIGN_DISPOSE,
-    EVENT_LOOP_CLOSED_WITH_CONNECTIONS,
-    LG101,
-    LG104,
-    LG106,
-    emit,
-    likely_cause,
-    raise_mismatch,
-    warn_mismatch,
+from .. import _context, _loop_close, _release, _sites
+from .._causes import likely_cause
+from .._emit import emit, raise_record, warn_record
+from .._loops import (
+    LoopRef,
+    current_loop,
+    inherited,
+    loop_id,
+    on_fork_in_child,
+    remove_fork_listener,
+    running_loop,
 )
+from .._record import Record
+from .._registry import Binding, Origin, Registry, Tracked
 from .._state import STATE
-from . import DidNotEnable
+from . import _sqlalchemy_pool as pools
+from ._base import Integration, Patch
 
 # 1.4.24 is the first release with ConnectionRecord.dbapi_connection and the adapted
 # connections' driver_connection, which the guard reads; older releases are refused.
 MIN_VERSION = (1, 4, 24)
-_CONN_KEY = "loopguard"
-_get_ident = threading.get_ident
+RESOURCE = "SQLAlchemy AsyncEngine"
 
 
-class EngineInfo:
-    """Facts about one engine that survive ``dispose()`` (which replaces its pool)."""
+class EngineFacts(Origin):
+    """Where an engine was created, and its URL: shared by the engine's successive pools."""
 
-    __slots__ = (
-        "_url",
-        "_rendered",
-        "pool_class",
-        "site",
-        "created_during",
-        "created_in_loop",
-        "__weakref__",
-    )
+    __slots__ = ("_url", "_rendered", "pool_class")
 
-    def __init__(
-        self,
-        url: Any,
-        pool_class: str,
-        site: Optional[_sites.Site],
-        created_during: Optional[str],
-        created_in_loop: Optional[bool],
-    ) -> None:
+    def __init__(self, url: Any, pool_class: str, origin: Origin) -> None:
+        super().__init__(origin.site, origin.created_during, origin.created_in_loop, origin.known)
         self._url = url  # SQLAlchemy's URL (immutable); rendered only when a record needs it
         self._rendered: Optional[str] = None
         self.pool_class = pool_class
-        self.site = site
-        self.created_during = created_during
-        self.created_in_loop = created_in_loop
 
     @property
     def url(self) -> str:
@@ -84,143 +63,101 @@ class EngineInfo:
             self._rendered = self._url.render_as_string(hide_password=True)
         return self._rendered
 
-    def __repr__(self) -> str:
-        where = str(self.site) if self.site else "unknown site"
-        return f"<EngineInfo {self.url} ({self.pool_class}) created at {where}>"
 
-
-class ConnectionInfo:
-    """Stored in the connection record's ``info``: the loop of this DBAPI connection."""
-
-    __slots__ = ("loop", "dbapi_id", "opened_during", "opened_at")
-
-    def __init__(
-        self,
-        loop: _context.LoopRef,
-        dbapi_id: int,
-        opened_during: Optional[str],
-        opened_at: Optional[_sites.Site],
-    ) -> None:
-        self.loop = loop
-        self.dbapi_id = dbapi_id
-        self.opened_during = opened_during
-        self.opened_at = opened_at
-
-    def __repr__(self) -> str:
-        return f"<ConnectionInfo on {self.loop.describe()}, opened {self.opened_during}>"
-
-
-class PoolState:
+class PoolState(Tracked):
     """Which loop one pool belongs to: its first connection's, until dispose() or healing."""
 
-    __slots__ = ("engine", "binding", "heals")
+    __slots__ = ()
+    origin: EngineFacts
 
-    def __init__(self, engine: EngineInfo) -> None:
-        self.engine = engine
-        self.binding: Optional[ConnectionInfo] = None  # the first connection's facts
-        self.heals = 0
+
+class ConnectionFacts:
+    """The loop of one DBAPI connection (keyed by its pool record, checked by identity)."""
+
+    __slots__ = ("binding", "dbapi_id")
+
+    def __init__(self, binding: Binding, dbapi_id: int) -> None:
+        self.binding = binding
+        self.dbapi_id = dbapi_id  # a reconnected record has a new DBAPI connection
 
     def __repr__(self) -> str:
-        owner = self.binding.loop.describe() if self.binding else "no loop yet"
-        return f"<PoolState {self.engine.url}: {owner}>"
+        return f"<ConnectionFacts {self.binding!r}>"
 
 
-# Pools and engines are weakly referenced: tracking never keeps an engine alive.
-_pools: weakref.WeakKeyDictionary[Any, PoolState] = weakref.WeakKeyDictionary()
-_engines: weakref.WeakKeyDictionary[Any, EngineInfo] = weakref.WeakKeyDictionary()
-
+# Engines, pools and connection records: held weakly, nothing stored on them.
+ENGINES: Registry[EngineFacts] = Registry("sqlalchemy engines")
+POOLS: Registry[PoolState] = Registry("sqlalchemy pools")
+CONNECTIONS: Registry[ConnectionFacts] = Registry("sqlalchemy connections")
+_pool_lookup = POOLS.lookup
+_connection_lookup = CONNECTIONS.lookup
 
 _guarded_pool_class: Any = None  # sqlalchemy.pool.QueuePool, set by setup()
 
 
 def _is_guarded_pool(pool: Any) -> bool:
-    # NullPool never keeps a connection, so it may legitimately cross loops; other pool
-    # classes are not patched (yet), so tracking them would promise a check that never runs.
+    # NullPool never keeps a connection, so it may legitimately cross loops.
     return _guarded_pool_class is not None and isinstance(pool, _guarded_pool_class)
 
 
-def track_engine(sync_engine: Any, site: Optional[_sites.Site], known_site: bool = True) -> None:
+def track_engine(sync_engine: Any, origin: Origin) -> None:
     pool = sync_engine.pool
     if not _is_guarded_pool(pool):
         return
-    existing = pool.__dict__.get(_STATE_ATTR)
+    existing = _pool_lookup(id(pool))
     if existing is not None:  # same pool, another AsyncEngine proxy: keep the first site
-        _engines.setdefault(sync_engine, existing.engine)
+        if sync_engine not in ENGINES:
+            ENGINES.add(sync_engine, existing.origin)
         return
-    loop = _context.running_loop()
-    info = EngineInfo(
-        url=sync_engine.url,
-        pool_class=type(pool).__name__,
-        site=site,
-        created_during=_context.current_test() if known_site else None,
-        created_in_loop=(loop is not None) if known_site else None,
-    )
-    _engines[sync_engine] = info
-    _set_state(pool, PoolState(info))
-
-
-# The checkout path reads a pool's state from the pool's own __dict__ (~40 ns) rather than
-# from the WeakKeyDictionary (~135 ns: a Python-level get() that builds a weakref each call).
-_STATE_ATTR = "_loopguard_state"
-
-
-def _set_state(pool: Any, state: PoolState) -> None:
-    _pools[pool] = state
-    pool.__dict__[_STATE_ATTR] = state
+    facts = ENGINES.add(sync_engine, EngineFacts(sync_engine.url, type(pool).__name__, origin))
+    POOLS.add(pool, PoolState(facts))
 
 
 def _make_tracking_init(original: Callable[..., None]) -> Callable[..., None]:
     def __init__(self: Any, sync_engine: Any, *args: Any, **kwargs: Any) -> None:
         original(self, sync_engine, *args, **kwargs)
-        track_engine(self.sync_engine, _sites.user_site(_context.rootdir, skip=2))
+        site = _sites.user_site(_context.rootdir, skip=2)
+        loop = running_loop()
+        track_engine(self.sync_engine, Origin(site, _context.current_test(), loop is not None))
 
     return __init__
 
 
 def _on_engine_disposed(engine: Any) -> None:
-    info = _engines.get(engine)
-    if info is None:
-        return
+    facts = ENGINES.get(engine)
     # The new pool starts unbound: the next loop to connect owns it.
-    if _is_guarded_pool(engine.pool) and engine.pool not in _pools:
-        _set_state(engine.pool, PoolState(info))
+    if facts is not None and _is_guarded_pool(engine.pool) and engine.pool not in POOLS:
+        POOLS.add(engine.pool, PoolState(facts))
 
 
 def _make_guarded_do_get(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
     def _do_get(self: Any) -> Any:
         __tracebackhide__ = True
-        state = self.__dict__.get(_STATE_ATTR)
+        state = _pool_lookup(id(self))
         if state is None:
             return original(self)
         binding = state.binding
         # loop._ref: the weakref itself, a C call (LoopRef.__call__ adds a Python frame)
         owner = binding.loop._ref() if binding is not None else None
-        # the usual case, answered without a system call (_context.runs_here(), inline)
-        if owner is not None and getattr(owner, "_thread_id", None) == _get_ident():
-            loop = owner
-        else:
-            loop = _context.running_loop()
-            if loop is None:  # no loop: nothing asyncio-bound can be checked here
-                return original(self)
-            if binding is not None and owner is not loop:
-                _on_pool_mismatch(self, state, loop)  # raises, or heals and returns
+        loop = current_loop(owner)
+        if loop is None:  # no loop: nothing asyncio-bound can be checked here
+            return original(self)
+        if binding is not None and loop is not owner:
+            _on_pool_mismatch(self, state, loop)  # raises, or heals and returns
         while True:
             record = original(self)
             dbapi_connection = record.dbapi_connection
             if dbapi_connection is None:  # invalidated: it reconnects on this loop
                 return record
-            conn = record.info.get(_CONN_KEY)
+            conn = _connection_lookup(id(record))
             if conn is None or conn.dbapi_id != id(dbapi_connection):
                 # Adopt it for the loop it really belongs to: it may have been opened before
                 # install(), or reconnected by an earlier checkout on another loop.
                 conn = _adopt_connection(state, record, _driver_loop(dbapi_connection) or loop)
             elif binding is None:
-                # Tracked again after uninstall() and install(): the connection kept its
-                # facts, and the pool belongs to its loop as it did before.
-                state.binding = binding = conn
-            if conn.loop._ref() is loop:
+                state.binding = binding = conn.binding  # tracked again after a reinstall
+            if conn.binding.loop._ref() is loop:
                 return record
-            _on_connection_mismatch(self, state, record, conn, loop)  # raises, or releases it
+            _on_connection_mismatch(self, state, record, conn, loop)  # raises, or releases
 
     return _do_get
 
@@ -231,363 +168,206 @@ def _driver_loop(dbapi_connection: Any) -> Any:
     return getattr(driver, "_loop", None)
 
 
-def _adopt_connection(state: PoolState, record: Any, loop: Any) -> ConnectionInfo:
+def _adopt_connection(state: PoolState, record: Any, loop: Any) -> ConnectionFacts:
     """A connection seen for the first time: it belongs to ``loop``."""
     site = _sites.user_site(_context.rootdir, skip=3)
-    info = ConnectionInfo(
-        _context.LoopRef(loop), id(record.dbapi_connection), _context.current_test(), site
-    )
-    record.info[_CONN_KEY] = info
+    binding = Binding(LoopRef(loop), site, _context.current_test())
+    conn = CONNECTIONS.add(record, ConnectionFacts(binding, id(record.dbapi_connection)))
     if state.binding is None:
-        state.binding = info
-    return info
+        state.binding = binding
+    return conn
 
 
-def _holds_no_connections(pool: Any) -> bool:
-    """No connection checked out, and every pooled record closed or invalidated."""
-    if pool.checkedout() != 0:
-        return False
-    if pool.checkedin() == 0:
-        return True
-    return all(record.dbapi_connection is None for record in _queued_records(pool))
-
-
-def _asyncio_queue(pool: Any) -> Any:
-    # AsyncAdaptedQueue creates its asyncio.Queue lazily (memoized in __dict__).
-    return getattr(pool._pool, "__dict__", {}).get("_queue")
-
-
-def _queue_bound_elsewhere(pool: Any, loop: Any) -> bool:
-    queue = _asyncio_queue(pool)
-    bound = getattr(queue, "_loop", None)
-    return bound is not None and bound is not loop
-
-
-def _queue_can_move(pool: Any, loop: Any) -> bool:
-    """The pool's asyncio queue can serve ``loop``: unbound, bound to it, or rebuilt for it.
-
-    Python 3.9's asyncio.Queue takes its loop when it is built (3.10+ only when it first has
-    to wait), so there every pool's queue belongs to the loop of its first checkin.  A queue
-    of another loop that nobody waits on is rebuilt here, records and all, in order.
-    """
-    if not _queue_bound_elsewhere(pool, loop):
-        return True
-    queue = _asyncio_queue(pool)
-    if getattr(queue, "_getters", None) or getattr(queue, "_putters", None):
-        return False  # a task of the old loop waits on it
-    records = list(queue._queue)
-    del pool._pool.__dict__["_queue"]
-    for record in records:
-        pool._pool.put(record, False)  # builds the new queue, on the running loop
-    return True
+def _loop_number_of(record: Any) -> Optional[int]:
+    conn = _connection_lookup(id(record))
+    return conn.binding.loop.id if conn is not None else None
 
 
 def _on_pool_mismatch(pool: Any, state: PoolState, loop: Any) -> None:
     __tracebackhide__ = True
-    if _holds_no_connections(pool) and _queue_can_move(pool, loop):
+    if pools.holds_no_connections(pool) and pools.queue_can_move(pool, loop):
         # Nothing of the old loop is left in this pool (all connections were closed or
         # invalidated): using it on a new loop is harmless, so it is not reported.
         state.binding = None
         return
+    binding = state.binding
+    assert binding is not None
     if STATE.mode == "raise":
-        raise raise_mismatch(_mismatch_record(state, state.binding, loop, "raised"))
-    record = _mismatch_record(state, state.binding, loop, "warned")
-    record["released"], record["sockets_closed"] = _release_idle_connections(pool, loop)
+        raise raise_record(_mismatch_record(state, binding, loop, "raised"))
+    released, closed = pools.release_idle(pool, loop, _loop_number_of)
     state.binding = None
     state.heals += 1
-    warn_mismatch(record)
+    warn_record(
+        _mismatch_record(state, binding, loop, "warned").replace(
+            released=released, sockets_closed=closed
+        )
+    )
 
 
 def _on_connection_mismatch(
-    pool: Any, state: PoolState, record: Any, conn: ConnectionInfo, loop: Any
+    pool: Any, state: PoolState, record: Any, conn: ConnectionFacts, loop: Any
 ) -> None:
     __tracebackhide__ = True
     if STATE.mode == "raise":
         # Back into the pool untouched: its own loop may still use it.
         pool._do_return_conn(record)
-        raise raise_mismatch(_mismatch_record(state, conn, loop, "raised"))
-    log_record = _mismatch_record(state, conn, loop, "warned")
-    log_record["released"] = 1
-    log_record["sockets_closed"] = int(_release_record(pool, record))
-    warn_mismatch(log_record)
-
-
-def _release_record(pool: Any, record: Any, count_overflow: bool = True) -> bool:
-    """Drop one connection without I/O on its loop; True if its socket was closed."""
-    dbapi_connection = record.dbapi_connection
-    record.dbapi_connection = None
-    if count_overflow:
-        pool._dec_overflow()
-    if dbapi_connection is None:
-        return False
-    driver_connection = getattr(dbapi_connection, "driver_connection", dbapi_connection)
-    try:
-        return _release.close_without_loop(driver_connection)
-    except Exception as exc:  # reported below; the pool must stay consistent
-        # The connection is already out of the pool; say what could not be closed.
-        app_logger().warning(
-            "loopguard.release_failed",
-            connection=repr(driver_connection),
-            error=f"{type(exc).__name__}: {exc}",
+        raise raise_record(_mismatch_record(state, conn.binding, loop, "raised"))
+    closed = int(pools.release_record(pool, record, loop_number=conn.binding.loop.id))
+    warn_record(
+        _mismatch_record(state, conn.binding, loop, "warned").replace(
+            released=1, sockets_closed=closed
         )
-        return False
+    )
 
 
-def _release_idle_connections(pool: Any, loop: Any) -> tuple[int, int]:
-    """Empty the pool as dispose() would, but without touching the old loop."""
-    from sqlalchemy.util.queue import Empty
+def _pool_record(
+    state: PoolState, binding: Binding, code: str, action: str, loop: Any
+) -> tuple[Record, Optional[_sites.Site]]:
+    """The facts every SQLAlchemy record shares: the engine, its binding, the current use."""
+    used = _sites.user_site(_context.rootdir, skip=3)
+    engine = state.origin
+    site = engine.site
+    record = Record(
+        code=code,
+        action=action,
+        resource=RESOURCE,
+        url=engine.url,
+        pool_class=engine.pool_class,
+        created_at=site.location if site else None,
+        created_in=site.function if site else None,
+        created_during=engine.created_during,
+        bound_during=binding.during,
+        bound_at=str(binding.site) if binding.site else None,
+        used_at=str(used) if used else None,
+        used_during=_context.current_test(),
+        owner_loop_id=binding.loop.id,
+        owner_loop_closed=binding.loop.is_closed(),
+        current_loop_id=loop_id(loop) if loop is not None else None,
+        owner_loop=binding.loop.describe(),
+        created_in_loop=engine.created_in_loop,
+    )
+    return record, used
 
-    released = closed = 0
-    while True:
-        try:
-            record = pool._pool.get(False)
-        except Empty:
-            break
-        released += 1
-        closed += _release_record(pool, record)
-    if _queue_bound_elsewhere(pool, loop):
-        # A queue that once waited on the old loop stays bound to it: start a fresh one.
-        del pool._pool.__dict__["_queue"]
-    return released, closed
+
+def _mismatch_record(state: PoolState, binding: Binding, loop: Any, action: str) -> Record:
+    """LG101: ``binding`` is the connection that tied the pool to its loop."""
+    record, used = _pool_record(state, binding, "LG101", action, loop)
+    return record.replace(
+        cause=likely_cause(binding.loop.state(), record.used_during is not None),
+        used_site=(used.filename, used.lineno) if used else None,
+    )
 
 
 def _make_guarded_dispose(original: Callable[[Any], None]) -> Callable[[Any], None]:
     def dispose(self: Any) -> None:
-        state = self.__dict__.get(_STATE_ATTR)
+        state = _pool_lookup(id(self))
         if state is not None:
-            loop = _context.running_loop()
-            foreign, released, closed = _release_foreign_idle_connections(self, loop)
-            if foreign is not None:
-                record = _leak_record(state, foreign, LG104, "released")
-                record.update(current_loop_id=_context.loop_id(loop) if loop else None)
-                record.update(released=released, sockets_closed=closed)
-                emit(record, EVENT_FOREIGN_DISPOSE)
+            _release_foreign_before_dispose(self, state)
         original(self)
 
     return dispose
 
 
-def _release_foreign_idle_connections(
-    pool: Any, loop: Any
-) -> tuple[Optional[ConnectionInfo], int, int]:
-    """Before dispose(): idle connections of another loop are released without I/O.
+def _release_foreign_before_dispose(pool: Any, state: PoolState) -> None:
+    """LG104: idle connections of another loop are released without I/O before dispose()
+    closes the rest (gracefully, on their own, running loop)."""
+    loop = running_loop()
 
-    They stay in the queue with no DBAPI connection, so dispose() counts and discards them
-    as usual; connections of the running loop are closed by dispose() itself, gracefully.
-    Returns the first foreign connection's facts (None if there was none) and the counts.
-    """
-    if not any(_is_foreign(record, loop) for record in _queued_records(pool)):
-        return None, 0, 0  # the common case: a look, without taking records out
-    from sqlalchemy.util.queue import Empty
+    def foreign(record: Any) -> bool:
+        conn = _connection_lookup(id(record))
+        return (
+            conn is not None
+            and record.dbapi_connection is not None
+            and conn.binding.loop() is not loop
+        )
 
-    kept = []
-    first_foreign: Optional[ConnectionInfo] = None
-    released = closed = 0
-    while True:
-        try:
-            record = pool._pool.get(False)
-        except Empty:
-            break
-        if _is_foreign(record, loop):
-            first_foreign = first_foreign or record.info[_CONN_KEY]
-            released += 1
-            closed += _release_record(pool, record, count_overflow=False)
-        kept.append(record)
-    for record in kept:
-        pool._pool.put(record, False)
-    return first_foreign, released, closed
-
-
-def _is_foreign(record: Any, loop: Any) -> bool:
-    """An open connection that belongs to a loop other than ``loop``."""
-    conn = record.info.get(_CONN_KEY)
-    return conn is not None and record.dbapi_connection is not None and conn.loop() is not loop
-
-
-def _make_reporting_close(original: Callable[[Any], None]) -> Callable[[Any], None]:
-    def close(self: Any) -> None:
-        if _pools and not self.is_closed():  # once per loop: nothing on the hot path
-            _report_connections_left_on(self)
-        original(self)
-
-    return close
+    first, released, closed = pools.release_matching(pool, foreign, _loop_number_of)
+    if first is not None:
+        binding = _connection_lookup(id(first))
+        assert binding is not None
+        record, _ = _pool_record(state, binding.binding, "LG104", "released", loop)
+        emit(record.replace(released=released, sockets_closed=closed))
 
 
 def _report_connections_left_on(loop: Any) -> None:
-    """A loop is closing while pools still hold its connections: they can only leak now."""
-    for pool, state in list(_pools.items()):
+    """LG106: a loop is closing while pools still hold its connections: they can only leak."""
+    for pool, state in POOLS.live():
         binding = state.binding
         if binding is None or binding.loop() is not loop:
             continue
-        idle = sum(
-            1
-            for record in _queued_records(pool)
-            if record.dbapi_connection is not None
-            and getattr(record.info.get(_CONN_KEY), "loop", lambda: None)() is loop
-        )
+        idle = 0
+        for record in pools.queued_records(pool):
+            conn = _connection_lookup(id(record))
+            if record.dbapi_connection is not None and conn and conn.binding.loop() is loop:
+                idle += 1
         held = idle + max(pool.checkedout(), 0)
         if held:
-            record = _leak_record(state, binding, LG106, "reported")
-            record.update(current_loop_id=binding.loop.id, held=held)
-            emit(record, EVENT_LOOP_CLOSED_WITH_CONNECTIONS)
+            record, _ = _pool_record(state, binding, "LG106", "reported", loop)
+            emit(record.replace(held=held))
 
 
-def _queued_records(pool: Any) -> list[Any]:
-    """The idle connection records in a pool's queue, without taking them out."""
-    queue = _asyncio_queue(pool)
-    # asyncio.Queue keeps its items in ._queue; SQLAlchemy's thread-safe Queue in .queue.
-    items: Any = getattr(queue, "_queue", None) if queue is not None else None
-    if items is None:
-        items = getattr(pool._pool, "queue", ())
-    return list(items)
-
-
-def _leak_record(
-    state: PoolState, binding: ConnectionInfo, code: str, action: str
-) -> dict[str, Any]:
-    """The fields every SQLAlchemy record shares: the engine, its binding, the current use."""
-    return _record_and_site(state, binding, code, action)[0]
-
-
-def _record_and_site(
-    state: PoolState, binding: ConnectionInfo, code: str, action: str
-) -> tuple[dict[str, Any], Optional[_sites.Site]]:
-    used = _sites.user_site(_context.rootdir, skip=3)
-    site = state.engine.site
-    record = {
-        "code": code,
-        "action": action,
-        "resource": "SQLAlchemy AsyncEngine",
-        "url": state.engine.url,
-        "pool_class": state.engine.pool_class,
-        "created_at": site.location if site else None,
-        "created_in": site.function if site else None,
-        "created_during": state.engine.created_during,
-        "bound_during": binding.opened_during,
-        "bound_at": str(binding.opened_at) if binding.opened_at else None,
-        "used_at": str(used) if used else None,
-        "used_during": _context.current_test(),
-        "owner_loop_id": binding.loop.id,
-        "owner_loop_closed": binding.loop.is_closed(),
-    }
-    return record, used
-
-
-def _mismatch_record(
-    state: PoolState,
-    binding: Optional[ConnectionInfo],
-    loop: Any,
-    action: str,
-) -> dict[str, Any]:
-    """The facts of one mismatch; ``binding`` is the connection that tied it to its loop."""
-    assert binding is not None
-    owner_loop = binding.loop()
-    if owner_loop is None or owner_loop.is_closed():
-        owner_state = "closed"
-    elif owner_loop.is_running():
-        owner_state = "running"
-    else:
-        owner_state = "idle"
-    record, used = _record_and_site(state, binding, LG101, action)
-    record.update(
-        current_loop_id=_context.loop_id(loop),
-        cause=likely_cause(owner_state, in_test=record["used_during"] is not None),
-        # message-only helpers (not logged)
-        created_in_loop=state.engine.created_in_loop,
-        owner_loop=binding.loop.describe(),
-        used_site=(used.filename, used.lineno) if used else None,
-    )
-    return record
-
-
-def _wrap_loop_close(patches: PatchStack) -> Optional[_after_import.AfterImport]:
-    """Wrap close() of asyncio's loops, and of uvloop's now or when (if) uvloop is imported.
-
-    uvloop is not imported for this: a process that never uses it does not pay its import
-    (~5 ms).  Returns the hook waiting for uvloop's import, if it is not imported yet.
-    """
-    import asyncio
-
-    patches.wrap(asyncio.BaseEventLoop, "close", _make_reporting_close)
-
-    def wrap_uvloop(uvloop: Any) -> None:
-        patches.wrap(uvloop.Loop, "close", _make_reporting_close)
-
-    uvloop = sys.modules.get("uvloop")
-    if uvloop is not None:
-        wrap_uvloop(uvloop)
-        return None
-    # teardown() cancels the hook, also for an import of uvloop already under way
-    return _after_import.call_after_import("uvloop", wrap_uvloop)
+def _keep_inherited_connections() -> None:
+    """In a forked child: the pooled connections of the parent's loops are kept out of the
+    garbage collector (a driver closing them when collected, as asyncpg and psycopg do,
+    would close or unregister the parent's sockets), so that ``dispose(close=False)`` in the
+    child, SQLAlchemy's recipe for forks, leaves the parent's connections working."""
+    for record, conn in CONNECTIONS.live():
+        if inherited(conn.binding.loop.id) and record.dbapi_connection is not None:
+            _release.keep_for_parent(record.dbapi_connection)
 
 
 def _adopt_existing_engines() -> None:
     """Engines created before install(): guarded too, with their creation site unknown."""
     from sqlalchemy.ext.asyncio import AsyncEngine
 
+    unknown = Origin(None, None, None, known=False)
     for obj in gc.get_objects():
         if type(obj) is AsyncEngine:
-            track_engine(obj.sync_engine, None, known_site=False)
+            track_engine(obj.sync_engine, unknown)
 
 
-def _version_tuple(text: str) -> tuple[int, ...]:
-    """``"1.4.24"`` -> ``(1, 4, 24)``; pre-release tails are dropped (``"2.0.0b4"`` -> 2.0.0)."""
-    match = re.match(r"\d+(?:\.\d+)*", text)
-    return tuple(int(part) for part in match.group(0).split(".")[:3]) if match else (0,)
-
-
-class SQLAlchemyIntegration:
+class SQLAlchemyIntegration(Integration):
     name = "sqlalchemy"
+    module = "sqlalchemy.ext.asyncio"
+    min_version = MIN_VERSION
+    label = "SQLAlchemy"
+    requirement = "sqlalchemy[asyncio]"
+    patches = (
+        Patch("sqlalchemy.pool:QueuePool", "_do_get", _make_guarded_do_get),
+        Patch("sqlalchemy.pool:QueuePool", "dispose", _make_guarded_dispose),
+        Patch("sqlalchemy.ext.asyncio:AsyncEngine", "__init__", _make_tracking_init),
+    )
 
     def __init__(self) -> None:
         self._listening = False
-        self._had_events = False
-        self._uvloop_hook: Optional[_after_import.AfterImport] = None
 
-    def setup(self, patches: PatchStack) -> None:
+    def setup(self) -> None:
         global _guarded_pool_class
-        # No AsyncEngine can exist before its module is imported: then there is no need to
-        # look for engines created before install() (a gc scan, ~5-10 ms in a test run).
-        engines_may_exist = "sqlalchemy.ext.asyncio" in sys.modules
-        try:
-            import sqlalchemy
-            from sqlalchemy import event
-            from sqlalchemy.engine import Engine
-            from sqlalchemy.ext.asyncio import AsyncEngine
-            from sqlalchemy.pool import QueuePool
-        except ImportError as exc:
-            msg = f"SQLAlchemy is not installed ({exc}); pip install 'sqlalchemy[asyncio]'"
-            raise DidNotEnable(msg) from exc
-        if _version_tuple(sqlalchemy.__version__) < MIN_VERSION:
-            oldest = ".".join(map(str, MIN_VERSION))
-            msg = (
-                f"SQLAlchemy {sqlalchemy.__version__} is too old: loopguard supports "
-                f"{oldest} and newer; pip install -U 'sqlalchemy[asyncio]>={oldest}'"
-            )
-            raise DidNotEnable(msg)
+        from sqlalchemy import event
+        from sqlalchemy.engine import Engine
+        from sqlalchemy.pool import QueuePool
+
         _guarded_pool_class = QueuePool
-        patches.wrap(QueuePool, "_do_get", _make_guarded_do_get)
-        patches.wrap(QueuePool, "dispose", _make_guarded_dispose)
-        self._uvloop_hook = _wrap_loop_close(patches)
-        patches.wrap(AsyncEngine, "__init__", _make_tracking_init)
         # Listening on the Engine class sets Engine._has_events = True, which sends every
         # Connection of every engine down SQLAlchemy's event-dispatch path on each begin,
         # execute, commit and rollback (~3.5 us per engine.connect(), more per query), and
         # event.remove() never resets it.  Engine.dispose() fires engine_disposed without
         # looking at the flag, so put it back as it was.
-        self._had_events = Engine.__dict__.get("_has_events", False)
+        had_events = Engine.__dict__.get("_has_events", False)
         event.listen(Engine, "engine_disposed", _on_engine_disposed)
-        Engine._has_events = self._had_events
+        Engine._has_events = had_events
         self._listening = True
-        if engines_may_exist:
+        _loop_close.subscribe(_report_connections_left_on)
+        on_fork_in_child(_keep_inherited_connections)
+        if self.imported_before_install:
+            # Only then can an AsyncEngine exist already (a gc scan: ~5-10 ms in a test run).
             _adopt_existing_engines()
 
     def teardown(self) -> None:
         global _guarded_pool_class
         _guarded_pool_class = None
-        if self._uvloop_hook is not None:
-            _after_import.cancel(self._uvloop_hook)
-            self._uvloop_hook = None
+        _loop_close.unsubscribe(_report_connections_left_on)
+        remove_fork_listener(_keep_inherited_connections)
         if self._listening:
             from sqlalchemy import event
             from sqlalchemy.engine import Engine
@@ -596,10 +376,8 @@ class SQLAlchemyIntegration:
             # listener of the application's turned it on, so it stays as it is.)
             event.remove(Engine, "engine_disposed", _on_engine_disposed)
             self._listening = False
-        for pool in list(_pools.keys()):
-            pool.__dict__.pop(_STATE_ATTR, None)
-        _pools.clear()
-        _engines.clear()
+        for registry in (POOLS, ENGINES, CONNECTIONS):
+            registry.clear()
 
     def __repr__(self) -> str:
-        return f"<SQLAlchemyIntegration tracking {len(_pools)} pools>"
+        return f"<SQLAlchemyIntegration tracking {len(POOLS)} pools>"

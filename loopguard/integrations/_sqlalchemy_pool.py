@@ -1,0 +1,136 @@
+"""Reading and emptying a SQLAlchemy pool's queue without I/O on the loop its connections use.
+
+Used when a pool is healed (``warn`` mode), disposed on a foreign loop (LG104) or found with
+connections when their loop closes (LG106).  SQLAlchemy's ``AsyncAdaptedQueue`` creates its
+``asyncio.Queue`` lazily (memoized in ``__dict__``); a thread-safe ``Queue`` keeps its items
+in ``.queue``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+from .. import _release
+from .._log import app_logger
+
+
+def asyncio_queue(pool: Any) -> Any:
+    """The pool's asyncio.Queue if it has been created, else None."""
+    return getattr(pool._pool, "__dict__", {}).get("_queue")
+
+
+def queued_records(pool: Any) -> list[Any]:
+    """The idle connection records in a pool's queue, without taking them out."""
+    queue = asyncio_queue(pool)
+    items: Any = getattr(queue, "_queue", None) if queue is not None else None
+    if items is None:
+        items = getattr(pool._pool, "queue", ())
+    return list(items)
+
+
+def holds_no_connections(pool: Any) -> bool:
+    """No connection checked out, and every pooled record closed or invalidated."""
+    if pool.checkedout() != 0:
+        return False
+    if pool.checkedin() == 0:
+        return True
+    return all(record.dbapi_connection is None for record in queued_records(pool))
+
+
+def queue_bound_elsewhere(pool: Any, loop: Any) -> bool:
+    bound = getattr(asyncio_queue(pool), "_loop", None)
+    return bound is not None and bound is not loop
+
+
+def queue_can_move(pool: Any, loop: Any) -> bool:
+    """The pool's asyncio queue can serve ``loop``: unbound, bound to it, or rebuilt for it.
+
+    Python 3.9's asyncio.Queue takes its loop when it is built (3.10+ only when it first has
+    to wait), so there every pool's queue belongs to the loop of its first checkin.  A queue
+    of another loop that nobody waits on is rebuilt here, records and all, in order.
+    """
+    if not queue_bound_elsewhere(pool, loop):
+        return True
+    queue = asyncio_queue(pool)
+    if getattr(queue, "_getters", None) or getattr(queue, "_putters", None):
+        return False  # a task of the old loop waits on it
+    records = list(queue._queue)
+    del pool._pool.__dict__["_queue"]
+    for record in records:
+        pool._pool.put(record, False)  # builds the new queue, on the running loop
+    return True
+
+
+def release_record(
+    pool: Any, record: Any, count_overflow: bool = True, loop_number: Optional[int] = None
+) -> bool:
+    """Drop one connection without I/O on its loop (``loop_number``, where known); True if
+    its socket was closed."""
+    dbapi_connection = record.dbapi_connection
+    record.dbapi_connection = None
+    if count_overflow:
+        pool._dec_overflow()
+    if dbapi_connection is None:
+        return False
+    driver_connection = getattr(dbapi_connection, "driver_connection", dbapi_connection)
+    try:
+        return _release.close_without_loop(driver_connection, loop_number)
+    except Exception as exc:  # reported below; the pool must stay consistent
+        # The connection is already out of the pool; say what could not be closed.
+        app_logger().warning(
+            "loopguard.release_failed",
+            connection=repr(driver_connection),
+            error=f"{type(exc).__name__}: {exc}",
+        )
+        return False
+
+
+LoopOf = Callable[[Any], Optional[int]]  # a record -> the number of its connection's loop
+
+
+def release_idle(pool: Any, loop: Any, loop_of: LoopOf) -> tuple[int, int]:
+    """Empty the pool as dispose() would, but without touching the old loop."""
+    from sqlalchemy.util.queue import Empty
+
+    released = closed = 0
+    while True:
+        try:
+            record = pool._pool.get(False)
+        except Empty:
+            break
+        released += 1
+        closed += release_record(pool, record, loop_number=loop_of(record))
+    if queue_bound_elsewhere(pool, loop):
+        # A queue that once waited on the old loop stays bound to it: start a fresh one.
+        del pool._pool.__dict__["_queue"]
+    return released, closed
+
+
+def release_matching(
+    pool: Any, matches: Callable[[Any], bool], loop_of: LoopOf
+) -> tuple[Any, int, int]:
+    """Release the idle connections for which ``matches(record)``, keeping the others in the
+    queue, in order; the released stay queued without a DBAPI connection (dispose() discards
+    them as usual).  Returns the first match and the counts."""
+    if not any(matches(record) for record in queued_records(pool)):
+        return None, 0, 0  # the common case: a look, without taking records out
+    from sqlalchemy.util.queue import Empty
+
+    kept = []
+    first = None
+    released = closed = 0
+    while True:
+        try:
+            record = pool._pool.get(False)
+        except Empty:
+            break
+        if matches(record):
+            first = first or record
+            released += 1
+            closed += release_record(
+                pool, record, count_overflow=False, loop_number=loop_of(record)
+            )
+        kept.append(record)
+    for record in kept:
+        pool._pool.put(record, False)
+    return first, released, closed
