@@ -20,17 +20,27 @@ from ._errors import (
 
 # install() and friends load the machinery (structlog, asyncio, typing, ...) on first use,
 # so that a bare ``import loopguard`` stays cheap (issue 5: under 5 ms).
-_LAZY = ("install", "uninstall", "is_installed", "mode")
+_LAZY = {
+    "install": "_install",
+    "uninstall": "_install",
+    "is_installed": "_install",
+    "mode": "_install",
+    "track": "_api",
+    "check": "_api",
+    "unbind": "_api",
+}
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # type checkers see the real signatures
+    from ._api import check, track, unbind
     from ._install import install, is_installed, mode, uninstall
 
 
 def __getattr__(name: str) -> object:
-    if name in _LAZY:
-        from . import _install
+    module_name = _LAZY.get(name)
+    if module_name is not None:
+        import importlib
 
-        value = getattr(_install, name)
+        value = getattr(importlib.import_module(f".{module_name}", __name__), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'loopguard' has no attribute {name!r}")
@@ -48,8 +58,11 @@ __all__ = (
     "LoopguardWarning",
     "MissingDependencyError",
     "__version__",
+    "check",
     "install",
     "is_installed",
     "mode",
+    "track",
+    "unbind",
     "uninstall",
 )

@@ -1,152 +1,70 @@
 """The public API for any loop-bound object: ``track()``, ``check()`` and ``unbind()``.
 
 A library (or an application) calls these for objects of its own that belong to one event
-loop: ``track(obj)`` where it creates one, ``check(obj)`` before each use that would do I/O,
+loop: ``track(obj)`` where it creates one, ``check(obj)`` before each use that does I/O,
 ``unbind(obj)`` where it releases what ties the object to its loop (the analogue of
-``engine.dispose()``).  The first ``check()`` on a running loop binds the object to that loop;
-a ``check()`` on any other loop reports code LG107 with the facts the built-in guards give.
+``await engine.dispose()``).  The first ``check()`` on a running loop binds the object to
+that loop; a ``check()`` on any other loop reports code LG107 with the facts the built-in
+guards give: where the object was created, where and during which test it was bound, where
+it is used now, whether its loop is closed, the likely cause and the fix.
 
-All three are cheap no-ops while loopguard is not installed, so they can be called
-unconditionally.
+All three are cheap no-ops while loopguard is not installed (one attribute test, nothing
+imported), so a library can call them unconditionally.
 """
 
 from __future__ import annotations
 
-import sys
-from types import FrameType
 from typing import Any, Optional, TypeVar
 
-from . import _context, _sites
-from ._causes import likely_cause
-from ._emit import report
-from ._loops import LoopRef, current_loop, loop_id, running_loop
-from ._record import Record
-from ._registry import Binding, Origin, Registry, Tracked
 from ._state import STATE
 
-LG107 = "LG107"
 T = TypeVar("T")
+_impl: Any = None  # loopguard._tracking, imported on the first call made while installed
 
 
-class TrackedObject(Tracked):
-    """An object registered with ``loopguard.track()`` (or first seen by ``check()``)."""
+def _tracking() -> Any:
+    global _impl
+    if _impl is None:
+        from . import _tracking as module
 
-    __slots__ = ("resource", "name")
-
-    def __init__(self, origin: Origin, resource: str, name: Optional[str]) -> None:
-        super().__init__(origin)
-        self.resource = resource
-        self.name = name
-
-
-OBJECTS: Registry[TrackedObject] = Registry("objects")
-_lookup = OBJECTS.lookup
-
-
-def _resource(obj: Any) -> str:
-    cls = type(obj)
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def _creator_site(obj: Any) -> Optional[_sites.Site]:
-    """The user's line that called ``track()``, or that created ``obj`` when ``track()`` is
-    called from ``obj``'s own ``__init__`` (or another method of it): frames whose ``self``
-    is ``obj`` are skipped, and so are loopguard's and the libraries' it knows."""
-    frame: Optional[FrameType] = sys._getframe(2)
-    for _ in range(_sites.MAX_FRAMES):
-        if frame is None:
-            return None
-        if frame.f_code.co_argcount and frame.f_locals.get("self") is obj:
-            frame = frame.f_back
-            continue
-        if not _sites.is_internal(frame.f_code.co_filename):
-            return _sites.site_of(frame, _context.rootdir)
-        frame = frame.f_back
-    return None
+        _impl = module
+    return _impl
 
 
 def track(obj: T, *, name: Optional[str] = None) -> T:
-    """Register ``obj`` as bound to the event loop of its first ``check()``; returns ``obj``.
+    """Register ``obj`` as belonging to the event loop of its first ``check()``; returns it.
+
+    Its creation site is the line that called ``track()`` or, when ``track()`` is called
+    from a method of ``obj`` (its ``__init__``), the line that created ``obj``.
 
     Args:
         obj: any object that belongs to one event loop once used (a client, a pool, a lock).
-        name: how messages name it (default: its class); never put a secret here.
+        name: how messages name it, besides its class; never put a secret here.
     """
     if STATE.mode is None:
         return obj
-    loop = running_loop()
-    origin = Origin(_creator_site(obj), _context.current_test(), loop is not None)
-    OBJECTS.add(obj, TrackedObject(origin, _resource(obj), name))
-    return obj
+    return _tracking().track(obj, name)  # type: ignore[no-any-return]
 
 
 def check(obj: Any) -> None:
-    """Bind ``obj`` to the running loop on first use; on another loop, report LG107.
+    """Bind ``obj`` to the running loop on first use; on another loop, report code LG107.
+
+    With no loop running, nothing is checked.  An object never passed to ``track()`` is
+    tracked from its first ``check()`` (its creation site then unknown).
 
     Raises:
-        loopguard.LoopMismatchError: in raise mode, when ``obj`` belongs to another loop
-            (warn mode: a ``LoopMismatchWarning``, once per object and loop).
+        loopguard.LoopMismatchError: in ``raise`` mode, when ``obj`` belongs to another loop
+            (``warn`` mode: a ``loopguard.LoopMismatchWarning``, once per object and loop).
     """
     if STATE.mode is None:
         return
     __tracebackhide__ = True
-    facts = _lookup(id(obj))
-    if facts is None:  # never tracked: known from here on, creation site unknown
-        facts = OBJECTS.add(
-            obj, TrackedObject(Origin(None, None, None, known=False), _resource(obj), None)
-        )
-    binding = facts.binding
-    owner = binding.loop._ref() if binding is not None else None
-    loop = current_loop(owner)
-    if loop is None or loop is owner:
-        return
-    if binding is None:
-        facts.binding = Binding(
-            LoopRef(loop), _sites.user_site(_context.rootdir, skip=2), _context.current_test()
-        )
-        return
-    _mismatch(facts, binding, loop)
-
-
-def _mismatch(facts: TrackedObject, binding: Binding, loop: Any) -> None:
-    __tracebackhide__ = True
-    raising = STATE.mode == "raise"
-    current = loop_id(loop)
-    if not raising:
-        if facts.warned_loop == current:
-            return
-        facts.warned_loop = current
-    used = _sites.user_site(_context.rootdir)
-    used_during = _context.current_test()
-    site = facts.origin.site
-    record = Record(
-        code=LG107,
-        action="raised" if raising else "warned",
-        resource=facts.resource,
-        name=facts.name,
-        created_at=site.location if site else None,
-        created_in=site.function if site else None,
-        created_during=facts.origin.created_during,
-        bound_during=binding.during,
-        bound_at=str(binding.site) if binding.site else None,
-        used_at=str(used) if used else None,
-        used_during=used_during,
-        owner_loop_id=binding.loop.id,
-        owner_loop_closed=binding.loop.is_closed(),
-        current_loop_id=current,
-        cause=likely_cause(binding.loop.state(), used_during is not None),
-        owner_loop=binding.loop.describe(),
-        used_site=(used.filename, used.lineno) if used else None,
-        created_in_loop=facts.origin.created_in_loop,
-    )
-    report(record)
+    (_impl or _tracking()).check(obj)
 
 
 def unbind(obj: Any) -> None:
-    """Forget which loop ``obj`` belongs to: its next ``check()`` binds it again."""
+    """Forget which loop ``obj`` belongs to (it released what tied it to that loop): its next
+    ``check()`` binds it again, to whatever loop runs then."""
     if STATE.mode is None:
         return
-    facts = _lookup(id(obj))
-    if facts is not None:
-        facts.binding = None
-        facts.warned_loop = None
+    _tracking().unbind(obj)

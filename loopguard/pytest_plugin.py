@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any, NamedTuple, Optional
 
 import pytest
@@ -186,9 +186,19 @@ class _Collector:
         for record in self.records:
             if (record.get("event") == EVENT_LOOP_MISMATCH) is not mismatches:
                 continue
-            key = (record["code"], record["created_at"], record["created_in"], record["url"])
+            what = record.get("url") or record.get("name")  # an engine's URL, an object's name
+            key = (record["code"], record.get("created_at"), record.get("created_in"), what)
             grouped[key].append(record)
         return grouped
+
+
+def _noun(resource: Any) -> str:
+    """What the summary counts: engines, pools, connections, or other objects."""
+    text = str(resource or "")
+    for noun in ("engine", "pool", "connection"):
+        if text.lower().endswith(noun):
+            return noun
+    return "object"
 
 
 def _test_name(during: Optional[str]) -> str:
@@ -211,16 +221,17 @@ def _summarise_mismatches(
     if not groups:
         return
     total = sum(len(records) for records in groups.values())
+    nouns = Counter(_noun(records[0].get("resource")) for records in groups.values())
+    sources = " and ".join(f"{n} {noun}{'s' * (n != 1)}" for noun, n in nouns.items())
     terminalreporter.line(
-        f"{total} event-loop mismatch{'es' if total != 1 else ''} from "
-        f"{len(groups)} engine{'s' if len(groups) != 1 else ''}:"
+        f"{total} event-loop mismatch{'es' if total != 1 else ''} from {sources}:"
     )
     for (code, created_at, created_in, url), records in groups.items():
         where = f"{created_at} in {created_in}" if created_at else "creation site unknown"
         actions = sorted({r["action"] for r in records})
-        tests = list(dict.fromkeys(_test_name(r["used_during"]) for r in records))
+        tests = list(dict.fromkeys(_test_name(r.get("used_during")) for r in records))
         # The phase stays here: "(setup)" shows a fixture bound the engine.
-        bound = list(dict.fromkeys(r["bound_during"] or "outside any test" for r in records))
+        bound = list(dict.fromkeys(r.get("bound_during") or "outside any test" for r in records))
         terminalreporter.line(f"  {code} {where}  [{url}]")
         terminalreporter.line(
             f"    {len(records)} × {'/'.join(actions)}; first bound during {bound[0]}"
