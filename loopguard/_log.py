@@ -3,22 +3,67 @@
 loopguard never configures structlog or logging: records go to ``structlog.get_logger("loopguard")``
 and the application decides where they end up.  ``LOOPGUARD_LOG_FILE`` adds a sink that belongs
 to loopguard alone (a logger built with ``structlog.wrap_logger``, so no global config is touched).
+
+A sink that fails (a full disk, a structlog processor that raises) must never replace the
+error being reported or the user's own: each failure is contained where the sink is called and
+said once per sink and process, in one line on stderr (``report_once``).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from typing import Any, Optional
 
 EVENT_LOOP_MISMATCH = "loopguard.loop_mismatch"
 SCHEMA_VERSION = 1
+APP_SINK = "the structlog logger 'loopguard'"
+
+_stderr_lock = threading.RLock()
+_failures: dict[str, str] = {}  # what failed -> the line that said so, once per process
 
 
-def app_logger() -> Any:
+def app_logger() -> tuple[str, Any]:
+    """The sink the application's records go to, and its logger."""
     import structlog  # on first use: importing it takes tens of milliseconds
 
-    return structlog.get_logger("loopguard")
+    return APP_SINK, structlog.get_logger("loopguard")
+
+
+def app_log(level: str, event: str, **fields: Any) -> None:
+    """Send one record to the application's structlog.
+
+    A failure is reported once and goes no further: it must not replace what is reported.
+    """
+    sink, logger = app_logger()
+    try:
+        getattr(logger, level)(event, **fields)
+    except Exception as exc:
+        report_sink_failure(sink, exc)
+
+
+def report_sink_failure(sink: str, exc: Exception) -> None:
+    """Say once per sink and process, in one line on stderr, that ``sink`` failed."""
+    report_once(sink, exc, "records it cannot take are dropped")
+
+
+def report_once(what: str, exc: Exception, consequence: str) -> None:
+    """One line on stderr, the first time ``what`` fails in this process: no traceback, and
+    never an exception, so loopguard's own errors, the user's, and the sinks that still work
+    go on as if nothing had happened."""
+    try:
+        with _stderr_lock:
+            if what in _failures:
+                return
+            error = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line, always
+            line = f"loopguard: {what} failed ({error}); {consequence} (said once per process)."
+            _failures[what] = line
+            stream = sys.stderr
+            if stream is not None:
+                print(line, file=stream, flush=True)
+    except Exception:  # stderr itself is gone, or exc cannot be shown: nobody left to tell
+        pass
 
 
 class _AppendOnlyFile:
@@ -67,7 +112,11 @@ class JsonLinesSink:
         )
 
     def emit(self, level: str, event: str, fields: dict[str, Any]) -> None:
-        getattr(self._logger, level)(event, pid=os.getpid(), schema=SCHEMA_VERSION, **fields)
+        """Append one record; a failed write (a full disk) is reported once, never raised."""
+        try:
+            getattr(self._logger, level)(event, pid=os.getpid(), schema=SCHEMA_VERSION, **fields)
+        except Exception as exc:
+            report_sink_failure(f"the log file {self.path!r}", exc)
 
     def close(self) -> None:
         self._file.close()

@@ -13,7 +13,7 @@ from ._errors import (
     PoolCreatedOutsideLoopWarning,
     docs_link,
 )
-from ._log import EVENT_LOOP_MISMATCH, app_logger
+from ._log import EVENT_LOOP_MISMATCH, app_log, report_sink_failure
 from ._state import STATE
 
 LG101 = "LG101"
@@ -122,15 +122,22 @@ def log_fields(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def emit(record: dict[str, Any], event: str = EVENT_LOOP_MISMATCH) -> None:
-    """Send one record to structlog, the JSON-lines file and the plugin's listeners."""
+    """Send one record to structlog, the JSON-lines file and the plugin's listeners.
+
+    Each sink's failure is contained on its own (reported once on stderr): the others still
+    get the record, and the caller goes on to raise or warn as if nothing had failed.
+    """
     fields = log_fields(record)
     level = "error" if record["action"] == "raised" else "warning"
-    getattr(app_logger(), level)(event, **fields)
+    app_log(level, event, **fields)
     sink = STATE.sink
     if sink is not None:
         sink.emit(level, event, fields)
     for listener in list(STATE.listeners):
-        listener({"event": event, **fields})
+        try:
+            listener({"event": event, **fields})
+        except Exception as exc:
+            report_sink_failure(repr(listener), exc)
 
 
 def raise_mismatch(record: dict[str, Any]) -> LoopMismatchError:

@@ -180,6 +180,9 @@ class _Collector:
     def __call__(self, record: dict[str, Any]) -> None:
         self.records.append(record)
 
+    def __repr__(self) -> str:  # names this sink if it ever fails
+        return "the pytest plugin's summary"
+
     def groups(self, mismatches: bool = True) -> dict[tuple[Any, ...], list[dict[str, Any]]]:
         """Records grouped by code and engine: the mismatches, or every other event."""
         grouped: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)

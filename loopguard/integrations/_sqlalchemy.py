@@ -26,7 +26,7 @@ import weakref
 from typing import Any, Callable, Optional
 
 from .. import _after_import, _context, _release, _sites
-from .._log import app_logger
+from .._log import app_log, report_once
 from .._patching import PatchStack
 from .._report import (
     EVENT_FOREIGN_DISPOSE,
@@ -325,7 +325,8 @@ def _release_record(pool: Any, record: Any, count_overflow: bool = True) -> bool
         return _release.close_without_loop(driver_connection)
     except Exception as exc:  # reported below; the pool must stay consistent
         # The connection is already out of the pool; say what could not be closed.
-        app_logger().warning(
+        app_log(
+            "warning",
             "loopguard.release_failed",
             connection=repr(driver_connection),
             error=f"{type(exc).__name__}: {exc}",
@@ -407,7 +408,16 @@ def _is_foreign(record: Any, loop: Any) -> bool:
 def _make_reporting_close(original: Callable[[Any], None]) -> Callable[[Any], None]:
     def close(self: Any) -> None:
         if _pools and not self.is_closed():  # once per loop: nothing on the hot path
-            _report_connections_left_on(self)
+            try:
+                _report_connections_left_on(self)
+            except Exception as exc:
+                # Raised from close(), it would replace the error asyncio.run() is ending
+                # with, or fail a run that had none; said once, like a failing sink.
+                report_once("the LG106 check at loop close", exc, "the loop was closed")
+            finally:
+                # Whatever happened above (KeyboardInterrupt included), the loop closes.
+                original(self)
+            return
         original(self)
 
     return close
