@@ -108,6 +108,10 @@ class JsonLinesSink:
                 structlog.processors.TimeStamper(fmt="iso", utc=True),
                 structlog.processors.JSONRenderer(default=str, sort_keys=False),
             ],
+            # Pinned, not taken from structlog's configuration: an application's filtering
+            # wrapper class (its log level) must not drop loopguard's records from the file.
+            wrapper_class=structlog.BoundLogger,
+            context_class=dict,
             cache_logger_on_first_use=False,
         )
 

@@ -5,13 +5,16 @@ on stderr and never replaces loopguard's error, a healed query or a loop's close
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing
 import os
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 from test_autoload import _run
 from test_pytest_plugin import line_of
 
@@ -63,6 +66,36 @@ def test_sink_repr_and_close_are_safe(tmp_path: Path) -> None:
     sink.close()
     sink.emit("warning", "loopguard.loop_mismatch", {"a": 1})
     assert (tmp_path / "x.jsonl").read_text() == ""
+
+
+@pytest.fixture
+def structlog_config() -> Iterator[None]:
+    """The test may configure structlog; its configuration is put back afterwards."""
+    configured, config = structlog.is_configured(), structlog.get_config()
+    yield
+    if configured:
+        structlog.configure(**config)
+    else:
+        structlog.reset_defaults()
+
+
+def test_the_application_log_level_does_not_filter_the_file(
+    tmp_path: Path, structlog_config: None
+) -> None:
+    """An application that configures structlog to drop everything below CRITICAL still gets
+    every record in loopguard's file: the file's logger takes nothing from that config."""
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
+    sink = JsonLinesSink(str(tmp_path / "x.jsonl"))
+    try:
+        sink.emit("warning", "loopguard.loop_mismatch", {"a": 1})
+    finally:
+        sink.close()
+    [record] = [json.loads(line) for line in (tmp_path / "x.jsonl").read_text().splitlines()]
+    assert (record["event"], record["level"], record["a"]) == (
+        "loopguard.loop_mismatch",
+        "warning",
+        1,
+    )
 
 
 def test_a_failing_file_is_reported_once_and_never_raises(
