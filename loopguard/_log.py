@@ -1,8 +1,11 @@
 """Structured log records: structlog for the application, a JSON-lines file of loopguard's own.
 
 loopguard never configures structlog or logging: records go to ``structlog.get_logger("loopguard")``
-and the application decides where they end up.  ``LOOPGUARD_LOG_FILE`` adds a sink that belongs
-to loopguard alone (a logger built with ``structlog.wrap_logger``, so no global config is touched).
+and the application decides where they end up.  While structlog is left unconfigured, they go
+to standard error instead (structlog's default would print them to stdout, which may be a
+program's data), rendered as structlog's default would.  ``LOOPGUARD_LOG_FILE`` adds a sink that
+belongs to loopguard alone (a logger built with ``structlog.wrap_logger``, so no global config
+is touched).
 
 A sink that fails (a full disk, a structlog processor that raises) must never replace the
 error being reported or the user's own: each failure is contained where the sink is called and
@@ -19,20 +22,54 @@ from typing import Any, Optional
 EVENT_LOOP_MISMATCH = "loopguard.loop_mismatch"
 SCHEMA_VERSION = 1
 APP_SINK = "the structlog logger 'loopguard'"
+STDERR_SINK = "loopguard's logger to stderr (structlog is not configured)"
 
 _stderr_lock = threading.RLock()
+_stderr_logger: Any = None
 _failures: dict[str, str] = {}  # what failed -> the line that said so, once per process
 
 
+class _StandardError:
+    """structlog's PrintLogger, but to whatever ``sys.stderr`` is at each record.
+
+    pytest (capsys, its own capture) swaps ``sys.stderr``; a logger holding the stream it
+    was built with would write to a stale one.
+    """
+
+    def msg(self, message: str) -> None:
+        stream = sys.stderr
+        if stream is None:  # pythonw, or a daemon that closed it: nowhere to say it
+            return
+        with _stderr_lock:
+            print(message, file=stream, flush=True)
+
+    # structlog calls the method named after the level.
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
+
+
 def app_logger() -> tuple[str, Any]:
-    """The sink the application's records go to, and its logger."""
+    """The sink the application's records go to, and its logger.
+
+    ``structlog.get_logger("loopguard")`` once structlog is configured (the application's
+    choice wins); until then a logger of loopguard's own that renders as structlog's default
+    would, to stderr.  Decided per record: the application may configure structlog after
+    loopguard was installed.
+    """
     import structlog  # on first use: importing it takes tens of milliseconds
 
-    return APP_SINK, structlog.get_logger("loopguard")
+    if structlog.is_configured():
+        return APP_SINK, structlog.get_logger("loopguard")
+    global _stderr_logger
+    if _stderr_logger is None:
+        # No processors given: the proxy takes structlog's defaults at each record, so the
+        # rendering is the one structlog would print.
+        _stderr_logger = structlog.wrap_logger(_StandardError())
+    return STDERR_SINK, _stderr_logger
 
 
 def app_log(level: str, event: str, **fields: Any) -> None:
-    """Send one record to the application's structlog.
+    """Send one record to the application's structlog (stderr while it is unconfigured).
 
     A failure is reported once and goes no further: it must not replace what is reported.
     """

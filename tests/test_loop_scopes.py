@@ -135,12 +135,17 @@ def test_scenario2_warns_at_setup_before_the_loop_mismatch_error(
     engine_suite(pytester.path)
     result = run("--loopguard", "--tb=short", "-s", "-p", "no:logging")
     result.assert_outcomes(failed=2, errors=0, warnings=1)
-    result.stdout.fnmatch_lines(
+    result.stderr.fnmatch_lines(
         [
-            # -s: structlog's default logger prints the records as they happen.
+            # -s: with structlog unconfigured, loopguard prints the records to stderr as they
+            # happen, rendered as structlog's default would.
             "*[[]warning*] loopguard.loop_scope_mismatch*code=LG105*fixture=engine*"
             f"fixture_loop_scope=session test_loop_scope=function*used_during='{T_ONE} (setup)'*",
             "*[[]error*] loopguard.loop_mismatch*code=LG101*",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [
             "E   loopguard.LoopMismatchError: SQLAlchemy AsyncEngine used on event loop #*",
             f"E     bound:         first connection opened during {T_ONE} (setup), at *, on "
             "loop #* (pytest-asyncio's session-scoped loop), which is still open but not running",
