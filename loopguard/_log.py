@@ -103,6 +103,16 @@ def report_once(what: str, exc: Exception, consequence: str) -> None:
         pass
 
 
+def failures() -> list[str]:
+    """The lines ``report_once`` has printed in this process, in order.
+
+    Under pytest, stderr is captured per test and dropped when the test passes: the plugin
+    repeats these lines in its summary.
+    """
+    with _stderr_lock:
+        return list(_failures.values())
+
+
 class _AppendOnlyFile:
     """Writes each line with one ``os.write`` on an O_APPEND descriptor.
 

@@ -318,6 +318,24 @@ def test_log_file_gets_one_json_line_per_mismatch(
     assert records[0]["current_loop_id"] != records[1]["current_loop_id"]
 
 
+FULL_FILE_LINE = (
+    "loopguard: the log file '/dev/full' failed (OSError: [Errno 28] No space left on device); "
+    "records it cannot take are dropped (said once per process)."
+)
+
+
+def test_a_failing_log_file_is_named_in_the_summary(
+    cached_engine_suite: Path, run: RunPytest
+) -> None:
+    """LOOPGUARD_LOG_FILE=/dev/full in warn mode: the tests pass as without the file, and the
+    loopguard section says once that the file failed (the stderr line was said during a
+    passing test, whose captured output pytest drops)."""
+    result = run("--loopguard=warn", env={"LOOPGUARD_LOG_FILE": "/dev/full"})
+    result.assert_outcomes(passed=3, warnings=2)
+    result.stdout.fnmatch_lines(["*= loopguard =*", "    2 × warned; *", FULL_FILE_LINE])
+    assert output(result).count(FULL_FILE_LINE) == 1
+
+
 def test_inherited_pytest_current_test_is_not_reported(
     cached_engine_suite: Path, pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
