@@ -92,7 +92,10 @@ def _activate(config: pytest.Config, resolved: Resolved) -> None:
     # Installed already when LOOPGUARD's start-up hook ran first: then only the mode is set,
     # and the session leaves it installed at the end as it found it.
     config.stash[_owns_install_key] = not STATE.installed
-    _install.install(resolved.mode)
+    try:
+        _install.install(resolved.mode)
+    except ConfigError as exc:  # LOOPGUARD_LOG_FILE names a file that cannot be opened
+        raise pytest.UsageError(str(exc)) from None
     STATE.mode_source = resolved.source
     collector = _Collector()
     STATE.listeners.append(collector)

@@ -125,6 +125,22 @@ def test_loopguard_env_var_warn_mode_heals(app: Path, pg_dsn: str) -> None:
     )
 
 
+def test_a_log_file_that_cannot_be_opened_leaves_the_program_running(
+    app: Path, pg_dsn: str
+) -> None:
+    """LOOPGUARD=1 with LOOPGUARD_LOG_FILE in a missing directory: the start-up hook says why
+    loopguard is not installed, and the program runs as without it (it used to die with
+    FileNotFoundError at `import sqlalchemy.ext.asyncio`)."""
+    bad = str(app.parent / "no-such-dir" / "lg.jsonl")
+    result = _run([sys.executable, str(app)], app.parent, pg_dsn, LOOPGUARD="1",
+                  LOOPGUARD_LOG_FILE=bad)  # fmt: skip
+    assert _jobs(result) == ["job 1: ok", "job 2: builtins.RuntimeError"], result.stderr
+    assert result.stderr.splitlines() == [
+        f"loopguard: not installed: Cannot open the loopguard log file {bad!r} from the "
+        "LOOPGUARD_LOG_FILE environment variable: No such file or directory."
+    ]
+
+
 def test_run_command_with_a_script(app: Path, pg_dsn: str) -> None:
     """python -m loopguard run -- app.py runs the script in-process with loopguard installed."""
     result = _run([sys.executable, "-m", "loopguard", "run", "--", str(app)], app.parent, pg_dsn)

@@ -933,6 +933,24 @@ def test_invalid_mode_is_a_usage_error_naming_its_source(
     result.stdout.no_fnmatch_line("collected*")
 
 
+def test_a_log_file_that_cannot_be_opened_is_a_usage_error(
+    pytester: pytest.Pytester, run: RunPytest
+) -> None:
+    """LOOPGUARD_LOG_FILE in a missing directory: a usage error naming the file and the
+    variable, no traceback (it used to be an internal error with FileNotFoundError)."""
+    mode_suite(pytester.path)
+    bad = str(pytester.path / "no-such-dir" / "lg.jsonl")
+    result = run("--loopguard", env={"LOOPGUARD_LOG_FILE": bad, "EXPECTED_LOOPGUARD_MODE": ""})
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            f"ERROR: Cannot open the loopguard log file {bad!r} from the LOOPGUARD_LOG_FILE "
+            "environment variable: No such file or directory."
+        ]
+    )
+    assert "Traceback" not in output(result)
+
+
 def test_invalid_env_mode_with_a_valid_cli_mode_is_a_usage_error(
     pytester: pytest.Pytester, run: RunPytest
 ) -> None:
