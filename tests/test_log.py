@@ -18,7 +18,7 @@ import structlog
 from test_autoload import _run
 from test_pytest_plugin import line_of
 
-from loopguard._log import SCHEMA_VERSION, JsonLinesSink
+from loopguard._log import SCHEMA_VERSION, JsonLinesSink, app_log
 
 RECORDS_PER_PROCESS = 300
 PROCESSES = 4
@@ -77,6 +77,29 @@ def structlog_config() -> Iterator[None]:
         structlog.configure(**config)
     else:
         structlog.reset_defaults()
+
+
+def test_records_go_to_stderr_until_the_application_configures_structlog(
+    structlog_config: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Unconfigured: the record is on stderr, rendered as structlog's default would, stdout
+    stays empty and structlog stays unconfigured.  Once the application configures structlog
+    the next record follows its configuration, and stderr gets nothing."""
+    structlog.reset_defaults()
+    app_log("error", "loopguard.loop_mismatch", code="LG101", created_at="app.py:7")
+    out, err = capsys.readouterr()
+    assert out == ""
+    [line] = err.splitlines()
+    assert "[error    ] loopguard.loop_mismatch        code=LG101 created_at=app.py:7" in line
+    assert not structlog.is_configured()
+
+    captured = structlog.testing.LogCapture()
+    structlog.configure(processors=[captured])
+    app_log("warning", "loopguard.loop_closed_with_connections", code="LG106")
+    assert captured.entries == [
+        {"event": "loopguard.loop_closed_with_connections", "code": "LG106", "log_level": "warning"}
+    ]
+    assert capsys.readouterr() == ("", "")
 
 
 def test_the_application_log_level_does_not_filter_the_file(
