@@ -122,9 +122,10 @@ RUNS: dict[str, Run] = {
     ),
     "lg106_guarded": Run("LOOPGUARD=1 python lg106_leak_bug.py", _RECORD),
     "lg102_raw": Run("python lg102_outside_loop_bug.py 2>&1 | tail -n 1", _EXCEPTION),
-    # stderr only (2>&1 >/dev/null): the records structlog prints to stdout are left out.
+    # The warning's seven lines, without the log record printed to stderr before it.
     "lg102_guarded": Run(
-        "LOOPGUARD=1 python lg102_outside_loop_bug.py 2>&1 >/dev/null | head -n 7", _MESSAGE
+        "LOOPGUARD=1 python lg102_outside_loop_bug.py 2>&1 | grep -A 6 PoolCreatedOutsideLoop",
+        _MESSAGE,
     ),
     "lg102_first_use": Run(
         "LOOPGUARD=1 python lg102_outside_loop_bug.py 2>&1 | tail -n 8", _MESSAGE
@@ -152,9 +153,15 @@ RUNS: dict[str, Run] = {
         (r"^(loopguard: .*)$", *_OUTCOME),
     ),
     "jobs_fix": Run("LOOPGUARD=1 python lg101_jobs_fix_dispose.py", (r"^(.*)$",)),
+    # stdout discarded: the records are on stderr, before the traceback.
     "structlog_default": Run(
-        "LOOPGUARD=1 python lg101_jobs_bug.py 2>/dev/null",
+        "LOOPGUARD=1 python lg101_jobs_bug.py 2>&1 >/dev/null | head -n 2",
         (r"^(job \d+: .*)$", r"(\[(?:error|warning)\s*\] loopguard\.\w+)"),
+    ),
+    "sink_failure": Run(
+        "LOOPGUARD=1 LOOPGUARD_LOG_FILE=/dev/full python lg101_jobs_bug.py 2>&1 >/dev/null"
+        " | grep '^loopguard: '",
+        (r"^(loopguard: .*)$",),
     ),
     "log_file": Run(
         f"LOOPGUARD_LOG_FILE=loopguard.jsonl {_PYTEST} --tb=no"

@@ -31,6 +31,7 @@ class Settings(NamedTuple):
     mode: Optional[str]
     log_file: Optional[str]
     mode_source: str
+    log_file_source: str = ""
 
 
 def parse_mode_text(value: str, where: str) -> Optional[str]:
@@ -62,8 +63,15 @@ def resolve(mode: Optional[str], log_file: Optional[str]) -> Settings:
     env_is_set, from_env = env_mode()  # validated even when unused: a typo must not pass silently
     env_log_file = os.environ.get(LOG_FILE_ENV) or None
     chosen_log_file = log_file if log_file is not None else env_log_file
+    log_file_source = (
+        "install(log_file=...)"
+        if log_file is not None
+        else f"the {LOG_FILE_ENV} environment variable"
+    )
     if mode is not None:
-        return Settings(check_mode(mode), chosen_log_file, "install() argument")
+        return Settings(check_mode(mode), chosen_log_file, "install() argument", log_file_source)
     if env_is_set:
-        return Settings(from_env, chosen_log_file, f"{MODE_ENV} environment variable")
-    return Settings("raise", chosen_log_file, "default")
+        return Settings(
+            from_env, chosen_log_file, f"{MODE_ENV} environment variable", log_file_source
+        )
+    return Settings("raise", chosen_log_file, "default", log_file_source)

@@ -7,21 +7,28 @@ import warnings
 from typing import Any
 
 from ._errors import LoopMismatchError
-from ._log import app_logger
+from ._log import app_log, report_sink_failure
 from ._record import Record
 from ._state import STATE
 
 
 def emit(record: Record) -> None:
-    """Send one record to structlog, the JSON-lines file and the plugin's listeners."""
+    """Send one record to structlog, the JSON-lines file and the plugin's listeners.
+
+    Each sink's failure is contained on its own (reported once on stderr): the others still
+    get the record, and the caller goes on to raise or warn as if nothing had failed.
+    """
     fields = record.log_fields()
     level, event = record.level, record.event
-    getattr(app_logger(), level)(event, **fields)
+    app_log(level, event, **fields)
     sink = STATE.sink
     if sink is not None:
         sink.emit(level, event, fields)
     for listener in list(STATE.listeners):
-        listener({"event": event, **fields})
+        try:
+            listener({"event": event, **fields})
+        except Exception as exc:
+            report_sink_failure(repr(listener), exc)
 
 
 def raise_record(record: Record) -> LoopMismatchError:

@@ -6,7 +6,7 @@ import warnings
 from typing import Optional
 
 from . import _config, _registry, _sites
-from ._errors import LoopguardWarning, MissingDependencyError
+from ._errors import ConfigError, LoopguardWarning, MissingDependencyError
 from ._guards import Guards
 from ._log import JsonLinesSink
 from ._state import STATE
@@ -25,7 +25,8 @@ def install(mode: Optional[str] = None, *, log_file: Optional[str] = None) -> No
         log_file: append JSON-lines records to this file (default: ``LOOPGUARD_LOG_FILE``).
 
     Raises:
-        loopguard.ConfigError: unknown mode or ``LOOPGUARD`` value.
+        loopguard.ConfigError: unknown mode or ``LOOPGUARD`` value, or a log file that cannot
+            be opened.
         loopguard.MissingDependencyError: none of the guarded libraries can be used.
     """
     settings = _config.resolve(mode, log_file)
@@ -34,9 +35,16 @@ def install(mode: Optional[str] = None, *, log_file: Optional[str] = None) -> No
     with STATE.lock:
         if _applying:
             return
+        # Opened before anything is patched: a bad path leaves everything as it was.
+        sink = _open_log_file(settings)
         if not STATE.installed:
-            _apply_integrations()
-        _set_log_file(settings.log_file)
+            try:
+                _apply_integrations()
+            except BaseException:
+                if sink is not None and sink is not STATE.sink:
+                    sink.close()
+                raise
+        _set_log_file(sink)
         STATE.mode = settings.mode
         STATE.mode_source = settings.mode_source
 
@@ -69,11 +77,29 @@ def _apply_each_integration() -> None:
     STATE.skipped = guards.skipped
 
 
-def _set_log_file(path: Optional[str]) -> None:
+def _open_log_file(settings: _config.Settings) -> Optional[JsonLinesSink]:
+    """The sink for ``settings.log_file``: the current one if it is that file already."""
+    path = settings.log_file
+    if not path:
+        return None
     current = STATE.sink
     if current is not None and current.path == path:
+        return current
+    try:
+        return JsonLinesSink(path)
+    except OSError as exc:
+        msg = (
+            f"Cannot open the loopguard log file {path!r} from {settings.log_file_source}: "
+            f"{exc.strerror or exc}."
+        )
+        raise ConfigError(msg) from None
+
+
+def _set_log_file(sink: Optional[JsonLinesSink]) -> None:
+    current = STATE.sink
+    if current is sink:
         return
-    STATE.sink = JsonLinesSink(path) if path else None
+    STATE.sink = sink
     if current is not None:
         current.close()
 

@@ -8,9 +8,9 @@ while the loop still exists.  A listener never keeps ``close()`` from completing
 
 from __future__ import annotations
 
-import sys
 from typing import Any, Callable
 
+from ._log import report_once
 from .integrations._base import Integration, Patch
 
 Listener = Callable[[Any], None]
@@ -33,18 +33,21 @@ def _notify(loop: Any) -> None:
     for listener in list(_listeners):
         try:
             listener(loop)
-        except Exception as exc:  # a report about the loop must not keep it open
-            print(
-                f"loopguard: a report on loop close failed and was skipped: "
-                f"{type(exc).__name__}: {exc}",
-                file=sys.stderr,
-            )
+        except Exception as exc:
+            # Raised from close(), it would replace the error asyncio.run() is ending with,
+            # or fail a run that had none; said once, like a failing sink.
+            report_once("a report at loop close", exc, "the loop was closed")
 
 
 def _make_close(original: Callable[[Any], None]) -> Callable[[Any], None]:
     def close(self: Any) -> None:
         if _listeners and not self.is_closed():  # once per loop: nothing on a hot path
-            _notify(self)
+            try:
+                _notify(self)
+            finally:
+                # Whatever happened above (KeyboardInterrupt included), the loop closes.
+                original(self)
+            return
         original(self)
 
     return close

@@ -41,7 +41,7 @@ import pytest
 
 from . import _context, _sites
 from ._errors import LoopScopeMismatchWarning, docs_link
-from ._log import app_logger
+from ._log import app_log
 from ._pytest_loops import SCOPES, SUPPORTED, fixture_wrapper, name_loop_fixture
 
 LG105 = "LG105"
@@ -374,7 +374,8 @@ class LoopScopeCheck:
         fixture_at = f"{_sites.display_path(site[0], _context.rootdir)}:{site[1]}" if site else None
         tests = self._tests.get(use.key) or [item.nodeid]
         message = format_message(use, bound, tests, fixture_at, self._version)
-        app_logger().warning(
+        app_log(
+            "warning",
             EVENT_LOOP_SCOPE_MISMATCH,
             code=LG105,
             fixture=use.fixturedef.argname,

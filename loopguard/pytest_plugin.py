@@ -15,7 +15,7 @@ from typing import Any, NamedTuple, Optional
 
 import pytest
 
-from . import _autoload, _config, _context, _install
+from . import _autoload, _config, _context, _install, _log
 from ._errors import ConfigError
 from ._log import EVENT_LOOP_MISMATCH
 from ._state import STATE
@@ -92,7 +92,10 @@ def _activate(config: pytest.Config, resolved: Resolved) -> None:
     # Installed already when LOOPGUARD's start-up hook ran first: then only the mode is set,
     # and the session leaves it installed at the end as it found it.
     config.stash[_owns_install_key] = not STATE.installed
-    _install.install(resolved.mode)
+    try:
+        _install.install(resolved.mode)
+    except ConfigError as exc:  # LOOPGUARD_LOG_FILE names a file that cannot be opened
+        raise pytest.UsageError(str(exc)) from None
     STATE.mode_source = resolved.source
     collector = _Collector()
     STATE.listeners.append(collector)
@@ -142,14 +145,18 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 # ``workeroutput`` when it finishes, and the controller adds them to its own collector.
 # ``optionalhook``: without xdist installed these hooks are never called and never checked.
 WORKEROUTPUT_KEY = "loopguard_records"
+WORKEROUTPUT_FAILURES_KEY = "loopguard_failures"
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node: Any, error: Any) -> None:
     collector = node.config.stash.get(_collector_key, None)
-    records = getattr(node, "workeroutput", {}).get(WORKEROUTPUT_KEY)
+    workeroutput = getattr(node, "workeroutput", {})
+    records = workeroutput.get(WORKEROUTPUT_KEY)
     if collector is not None and records:
         collector.records.extend(records)
+    if collector is not None:
+        collector.worker_failures.extend(workeroutput.get(WORKEROUTPUT_FAILURES_KEY, ()))
 
 
 @pytest.hookimpl(trylast=True)
@@ -161,6 +168,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     # execnet carries plain values only; the records are plain already (log_fields), the
     # JSON round trip makes sure of it whatever a future field holds.
     workeroutput[WORKEROUTPUT_KEY] = json.loads(json.dumps(collector.records, default=str))
+    workeroutput[WORKEROUTPUT_FAILURES_KEY] = collector.failures()
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -176,9 +184,19 @@ class _Collector:
 
     def __init__(self) -> None:
         self.records: list[dict[str, Any]] = []
+        self.worker_failures: list[str] = []  # xdist: the workers' failed sinks
+        self._failures_before = len(_log.failures())  # said before this session began
 
     def __call__(self, record: dict[str, Any]) -> None:
         self.records.append(record)
+
+    def failures(self) -> list[str]:
+        """What failed in this session (log sinks): this process's lines, then the workers'."""
+        lines = _log.failures()[self._failures_before :] + self.worker_failures
+        return list(dict.fromkeys(lines))
+
+    def __repr__(self) -> str:  # names this sink if it ever fails
+        return "the pytest plugin's summary"
 
     def groups(self, mismatches: bool = True) -> dict[tuple[Any, ...], list[dict[str, Any]]]:
         """Records grouped by code and engine: the mismatches, or every other event."""
@@ -208,11 +226,18 @@ def _test_name(during: Optional[str]) -> str:
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     collector = config.stash.get(_collector_key, None)
-    if collector is None or not collector.records:
+    if collector is None:
+        return
+    failures = collector.failures()
+    if not collector.records and not failures:
         return
     terminalreporter.section("loopguard", sep="=", yellow=True)
     _summarise_mismatches(terminalreporter, collector.groups())
     _summarise_other_records(terminalreporter, collector.groups(mismatches=False))
+    # Said on stderr when it happened, but pytest captured that and drops it for a test
+    # that passes: a full disk must not leave an empty log file unexplained.
+    for line in failures:
+        terminalreporter.line(line, yellow=True)
 
 
 def _summarise_mismatches(

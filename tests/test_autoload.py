@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import site
 import subprocess
@@ -70,11 +71,49 @@ def test_without_loopguard_the_second_job_fails_inside_asyncpg(app: Path, pg_dsn
 
 
 def test_loopguard_env_var_guards_a_plain_python_program(app: Path, pg_dsn: str) -> None:
-    """LOOPGUARD=1 python app.py: job 2 fails with LoopMismatchError naming app.py's engine."""
+    """LOOPGUARD=1 python app.py: job 2 fails with LoopMismatchError naming app.py's engine.
+    With structlog unconfigured the records go to stderr, rendered as structlog's default
+    would: stdout holds the program's own output and nothing else (it may be data)."""
     result = _run([sys.executable, str(app)], app.parent, pg_dsn, LOOPGUARD="1")
+    assert result.stdout.splitlines() == ["job 1: ok", "job 2: loopguard.LoopMismatchError"]
+    [record] = [line for line in result.stderr.splitlines() if "loopguard.loop_mismatch" in line]
+    assert "[error    ] loopguard.loop_mismatch" in record  # structlog's default renderer
+    assert "created_at=app.py:7" in record
+    assert "cause=closed-loop-run" in record
+
+
+# The application configures structlog after loopguard was installed (at the import of
+# SQLAlchemy), then runs the app above as a module: its configuration decides.
+APP_WITH_JSON_LOGS = textwrap.dedent(
+    """\
+    import sys
+
+    import sqlalchemy.ext.asyncio  # LOOPGUARD=1 installs loopguard here
+    import structlog
+
+    structlog.configure(
+        processors=[structlog.processors.add_log_level, structlog.processors.JSONRenderer()],
+        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+    )
+    import app
+    """
+)
+
+
+def test_an_application_structlog_configuration_still_wins(app: Path, pg_dsn: str) -> None:
+    """structlog configured by the application, even after loopguard installed: the records
+    go where that configuration sends them (here: JSON on stdout), not to stderr."""
+    main = app.parent / "main.py"
+    main.write_text(APP_WITH_JSON_LOGS)
+    result = _run([sys.executable, str(main)], app.parent, pg_dsn, LOOPGUARD="1")
     assert _jobs(result) == ["job 1: ok", "job 2: loopguard.LoopMismatchError"], result.stderr
-    assert "created_at=app.py:7" in result.stdout  # the structlog record, default renderer
-    assert "cause=closed-loop-run" in result.stdout
+    records = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert [(r["event"], r["level"], r["code"]) for r in records] == [
+        ("loopguard.loop_closed_with_connections", "warning", "LG106"),
+        ("loopguard.loop_mismatch", "error", "LG101"),
+    ]
+    assert records[1]["created_at"] == "app.py:7"
+    assert "loopguard." not in result.stderr
 
 
 def test_loopguard_env_var_warn_mode_heals(app: Path, pg_dsn: str) -> None:
@@ -84,6 +123,22 @@ def test_loopguard_env_var_warn_mode_heals(app: Path, pg_dsn: str) -> None:
     assert "app.py:11: LoopMismatchWarning: SQLAlchemy AsyncEngine used on event loop" in (
         result.stderr
     )
+
+
+def test_a_log_file_that_cannot_be_opened_leaves_the_program_running(
+    app: Path, pg_dsn: str
+) -> None:
+    """LOOPGUARD=1 with LOOPGUARD_LOG_FILE in a missing directory: the start-up hook says why
+    loopguard is not installed, and the program runs as without it (it used to die with
+    FileNotFoundError at `import sqlalchemy.ext.asyncio`)."""
+    bad = str(app.parent / "no-such-dir" / "lg.jsonl")
+    result = _run([sys.executable, str(app)], app.parent, pg_dsn, LOOPGUARD="1",
+                  LOOPGUARD_LOG_FILE=bad)  # fmt: skip
+    assert _jobs(result) == ["job 1: ok", "job 2: builtins.RuntimeError"], result.stderr
+    assert result.stderr.splitlines() == [
+        f"loopguard: not installed: Cannot open the loopguard log file {bad!r} from the "
+        "LOOPGUARD_LOG_FILE environment variable: No such file or directory."
+    ]
 
 
 def test_run_command_with_a_script(app: Path, pg_dsn: str) -> None:

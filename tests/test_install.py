@@ -200,6 +200,41 @@ def test_log_file_from_environment_and_argument(
     assert _state.STATE.sink.path == str(tmp_path / "arg.jsonl")
 
 
+@pytest.mark.parametrize("source", ["argument", "environment"])
+def test_a_log_file_that_cannot_be_opened_is_a_clear_error_and_patches_nothing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, source: str
+) -> None:
+    """A log file in a directory that does not exist: ConfigError naming the path and where
+    it came from, and nothing patched (it used to raise FileNotFoundError after patching,
+    with is_installed() False)."""
+    before = _patched_slots()
+    path = str(tmp_path / "no-such-dir" / "lg.jsonl")
+    if source == "argument":
+        where = "install(log_file=...)"
+        call = lambda: loopguard.install(log_file=path)  # noqa: E731
+    else:
+        where = "the LOOPGUARD_LOG_FILE environment variable"
+        monkeypatch.setenv("LOOPGUARD_LOG_FILE", path)
+        call = loopguard.install
+    with pytest.raises(loopguard.ConfigError) as excinfo:
+        call()
+    assert excinfo.value.args == (
+        f"Cannot open the loopguard log file {path!r} from {where}: No such file or directory.",
+    )
+    assert not loopguard.is_installed()
+    assert _patched_slots() == before
+
+
+def test_a_bad_log_file_on_a_second_install_keeps_the_first(tmp_path: Path) -> None:
+    """Installed with a good file, install() with a bad one raises and changes nothing."""
+    loopguard.install("warn", log_file=str(tmp_path / "good.jsonl"))
+    with pytest.raises(loopguard.ConfigError):
+        loopguard.install("raise", log_file=str(tmp_path / "no-such-dir" / "lg.jsonl"))
+    assert loopguard.mode() == "warn"
+    assert _state.STATE.sink is not None
+    assert _state.STATE.sink.path == str(tmp_path / "good.jsonl")
+
+
 def test_install_never_configures_logging_or_structlog() -> None:
     """A library must not touch the application's logging setup."""
     structlog_config = structlog.get_config()

@@ -135,12 +135,17 @@ def test_scenario2_warns_at_setup_before_the_loop_mismatch_error(
     engine_suite(pytester.path)
     result = run("--loopguard", "--tb=short", "-s", "-p", "no:logging")
     result.assert_outcomes(failed=2, errors=0, warnings=1)
-    result.stdout.fnmatch_lines(
+    result.stderr.fnmatch_lines(
         [
-            # -s: structlog's default logger prints the records as they happen.
+            # -s: with structlog unconfigured, loopguard prints the records to stderr as they
+            # happen, rendered as structlog's default would.
             "*[[]warning*] loopguard.loop_scope_mismatch*code=LG105*fixture=engine*"
             f"fixture_loop_scope=session test_loop_scope=function*used_during='{T_ONE} (setup)'*",
             "*[[]error*] loopguard.loop_mismatch*code=LG101*",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [
             "E   loopguard.LoopMismatchError: SQLAlchemy AsyncEngine used on event loop #*",
             f"E     bound:         first connection opened during {T_ONE} (setup), at *, on "
             "loop #* (pytest-asyncio's session-scoped loop), which is still open but not running",
@@ -150,6 +155,42 @@ def test_scenario2_warns_at_setup_before_the_loop_mismatch_error(
         ]
     )
     assert output(result).count("LoopScopeMismatchWarning: ") == 1
+
+
+FAILING_PROCESSOR_CONFTEST_PY = """
+
+    import structlog
+
+
+    def failing_processor(logger, method_name, event_dict):
+        raise ValueError("this processor fails on purpose")
+
+
+    structlog.configure(processors=[failing_processor])
+"""
+
+
+@needs_loop_scope
+def test_scenario2_a_failing_structlog_processor_changes_nothing_but_one_line(
+    pytester: pytest.Pytester, db_url: str, run: RunPytest
+) -> None:
+    """The suite configures structlog with a processor that raises: the LG105 warning and the
+    LoopMismatchErrors are the same as without it (no error at setup), and stderr says once
+    that structlog's logger failed."""
+    engine_suite(pytester.path)
+    conftest = pytester.path / "conftest.py"
+    conftest.write_text(conftest.read_text() + textwrap.dedent(FAILING_PROCESSOR_CONFTEST_PY))
+    result = run("--loopguard", "--tb=short", "-s", "-p", "no:logging")
+    result.assert_outcomes(failed=2, errors=0, warnings=1)
+    result.stdout.fnmatch_lines(
+        ["E   loopguard.LoopMismatchError: SQLAlchemy AsyncEngine used on event loop #*"]
+    )
+    result.stdout.fnmatch_lines(SCENARIO2_WARNING)
+    reports = [line for line in result.stderr.lines if line.startswith("loopguard: ")]
+    assert reports == [
+        "loopguard: the structlog logger 'loopguard' failed (ValueError: this processor fails "
+        "on purpose); records it cannot take are dropped (said once per process)."
+    ]
 
 
 @needs_loop_scope

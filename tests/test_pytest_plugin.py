@@ -318,6 +318,24 @@ def test_log_file_gets_one_json_line_per_mismatch(
     assert records[0]["current_loop_id"] != records[1]["current_loop_id"]
 
 
+FULL_FILE_LINE = (
+    "loopguard: the log file '/dev/full' failed (OSError: [Errno 28] No space left on device); "
+    "records it cannot take are dropped (said once per process)."
+)
+
+
+def test_a_failing_log_file_is_named_in_the_summary(
+    cached_engine_suite: Path, run: RunPytest
+) -> None:
+    """LOOPGUARD_LOG_FILE=/dev/full in warn mode: the tests pass as without the file, and the
+    loopguard section says once that the file failed (the stderr line was said during a
+    passing test, whose captured output pytest drops)."""
+    result = run("--loopguard=warn", env={"LOOPGUARD_LOG_FILE": "/dev/full"})
+    result.assert_outcomes(passed=3, warnings=2)
+    result.stdout.fnmatch_lines(["*= loopguard =*", "    2 × warned; *", FULL_FILE_LINE])
+    assert output(result).count(FULL_FILE_LINE) == 1
+
+
 def test_inherited_pytest_current_test_is_not_reported(
     cached_engine_suite: Path, pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -913,6 +931,24 @@ def test_invalid_mode_is_a_usage_error_naming_its_source(
     result.stderr.fnmatch_lines([f"ERROR: Invalid loopguard mode {what}. {VALID}{suffix}"])
     assert "Traceback" not in result.stderr.str()
     result.stdout.no_fnmatch_line("collected*")
+
+
+def test_a_log_file_that_cannot_be_opened_is_a_usage_error(
+    pytester: pytest.Pytester, run: RunPytest
+) -> None:
+    """LOOPGUARD_LOG_FILE in a missing directory: a usage error naming the file and the
+    variable, no traceback (it used to be an internal error with FileNotFoundError)."""
+    mode_suite(pytester.path)
+    bad = str(pytester.path / "no-such-dir" / "lg.jsonl")
+    result = run("--loopguard", env={"LOOPGUARD_LOG_FILE": bad, "EXPECTED_LOOPGUARD_MODE": ""})
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            f"ERROR: Cannot open the loopguard log file {bad!r} from the LOOPGUARD_LOG_FILE "
+            "environment variable: No such file or directory."
+        ]
+    )
+    assert "Traceback" not in output(result)
 
 
 def test_invalid_env_mode_with_a_valid_cli_mode_is_a_usage_error(

@@ -12,7 +12,15 @@ from pathlib import Path
 
 import pytest
 import test_pytest_plugin as plugin_tests
-from test_pytest_plugin import CACHED_DB_LINE, CACHED_DB_PY, RunPytest, ini, write
+from test_pytest_plugin import (
+    CACHED_DB_LINE,
+    CACHED_DB_PY,
+    FULL_FILE_LINE,
+    RunPytest,
+    ini,
+    output,
+    write,
+)
 
 pytest.importorskip("xdist")
 
@@ -123,6 +131,20 @@ def test_warn_mode_under_xdist_heals_on_every_worker(two_file_suite: Path, run: 
             "    4 × warned; first bound during *",
         ]
     )
+
+
+def test_a_log_file_failing_on_the_workers_is_named_in_the_controller_summary(
+    two_file_suite: Path, run: RunPytest
+) -> None:
+    """-n 2, warn mode, LOOPGUARD_LOG_FILE=/dev/full: every test passes, and the controller's
+    summary says once that the file failed, though only the workers wrote to it."""
+    result = run(
+        "-n", "2", "--dist", "loadfile", "--loopguard=warn",
+        env={"LOOPGUARD_LOG_FILE": "/dev/full"},
+    )  # fmt: skip
+    result.assert_outcomes(passed=6)
+    result.stdout.fnmatch_lines(["*= loopguard =*", "    4 × warned; *", FULL_FILE_LINE])
+    assert output(result).count(FULL_FILE_LINE) == 1
 
 
 def test_without_xdist_workers_records_have_no_worker_field(

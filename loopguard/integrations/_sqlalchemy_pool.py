@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Callable, Optional
 
 from .. import _release
-from .._log import app_logger
+from .._log import app_log
 
 
 def asyncio_queue(pool: Any) -> Any:
@@ -77,7 +77,8 @@ def release_record(
         return _release.close_without_loop(driver_connection, loop_number)
     except Exception as exc:  # reported below; the pool must stay consistent
         # The connection is already out of the pool; say what could not be closed.
-        app_logger().warning(
+        app_log(
+            "warning",
             "loopguard.release_failed",
             connection=repr(driver_connection),
             error=f"{type(exc).__name__}: {exc}",
