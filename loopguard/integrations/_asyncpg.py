@@ -43,9 +43,9 @@ import threading
 import weakref
 from types import FrameType
 from typing import Any, Callable, Optional
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
-from .. import _context, _sites
+from .. import _context, _secrets, _sites
 from .._patching import PatchStack
 from .._report import (
     LG103,
@@ -260,24 +260,6 @@ def _pool_of(conn: Any) -> Any:
 # -- URLs, never with a password ----------------------------------------------------------
 
 
-def _mask_dsn(dsn: str) -> str:
-    try:
-        parts = urlsplit(dsn)
-    except ValueError:
-        return "<unparsable DSN>"
-    if parts.scheme not in ("postgres", "postgresql"):
-        return "<unrecognized DSN>"
-    userinfo, at, hostinfo = parts.netloc.rpartition("@")
-    if at and ":" in userinfo:
-        userinfo = userinfo.split(":", 1)[0] + ":***"
-    netloc = f"{userinfo}@{hostinfo}" if at else hostinfo
-    query = "&".join(
-        f"{name}=***" if name.lower() in ("password", "sslpassword") else f"{name}{eq}{value}"
-        for name, eq, value in (item.partition("=") for item in parts.query.split("&") if item)
-    )
-    return parts._replace(netloc=netloc, query=query).geturl()
-
-
 def _url_from_parts(user: Any, host: Any, port: Any, database: Any) -> str:
     user_part = f"{user}@" if user else ""
     if isinstance(host, str) and host.startswith("/"):
@@ -292,7 +274,7 @@ def _pool_url(pool: Any) -> str:
     kwargs = pool._connect_kwargs or {}
     dsn = args[0] if args else kwargs.get("dsn")
     if isinstance(dsn, str) and dsn:
-        return _mask_dsn(dsn)
+        return _secrets.mask_dsn(dsn)
     return _url_from_parts(
         kwargs.get("user"), kwargs.get("host"), kwargs.get("port"), kwargs.get("database")
     )

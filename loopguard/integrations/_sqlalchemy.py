@@ -25,7 +25,7 @@ import threading
 import weakref
 from typing import Any, Callable, Optional
 
-from .. import _after_import, _context, _release, _sites
+from .. import _after_import, _context, _release, _secrets, _sites
 from .._log import app_logger
 from .._patching import PatchStack
 from .._report import (
@@ -79,9 +79,9 @@ class EngineInfo:
 
     @property
     def url(self) -> str:
-        """The engine's URL without its password (rendering costs ~10 us: done on demand)."""
+        """The engine's URL without its secrets (rendering costs ~10 us: done on demand)."""
         if self._rendered is None:
-            self._rendered = self._url.render_as_string(hide_password=True)
+            self._rendered = _secrets.mask_sqlalchemy_url(self._url)
         return self._rendered
 
     def __repr__(self) -> str:
