@@ -26,6 +26,7 @@ import weakref
 from collections.abc import Awaitable, Iterator
 from pathlib import Path
 from typing import Any, Callable, Optional, TypeVar
+from urllib.parse import quote
 
 import asyncpg
 import pytest
@@ -35,12 +36,16 @@ from asyncpg.pool import Pool, PoolConnectionProxy
 from asyncpg.prepared_stmt import PreparedStatement
 from asyncpg.transaction import Transaction
 from guard_helpers import (
+    SECRET,
+    assert_no_secret,
     backend,
     current_test_id,
     display_path,
+    error_texts,
     marker_line,
     on_new_loop,
     silence_checked,
+    written,
 )
 from pgserver import sqlalchemy_url
 from sqlalchemy import text
@@ -511,6 +516,101 @@ def test_pool_created_outside_a_loop_record_goes_to_the_log_file(
     [line] = log_file.read_text().splitlines()
     data = json.loads(line)
     assert (data["event"], data["level"], data["code"]) == (EVENT_OUTSIDE, "warning", "LG102")
+
+
+# -- passwords: never in a message, a warning or a record ------------------------------------
+
+# Where asyncpg takes a password from: the DSN's userinfo, its query (any case, the name
+# percent-encoded too), the sslpassword parameter, the password= argument.
+CONNECTING_PASSWORDS = ["userinfo", "password", "pass%77ord", "sslpassword", "argument"]
+
+
+def _with_password(dsn: str, where: str) -> tuple[str, dict[str, Any], str]:
+    """(DSN, keyword arguments, the DSN loopguard should show) with SECRET put ``where``."""
+    encoded = quote(SECRET, safe="")
+    if where == "argument":
+        return dsn, {"password": SECRET}, dsn
+    if where == "userinfo":
+        scheme, _, rest = dsn.partition("://")
+        user, at, hosts = rest.rpartition("@")
+        assert at and ":" not in user, dsn  # pg_dsn: a user, no password
+        shown = f"{scheme}://{user}:***@{hosts}"
+        return f"{scheme}://{user}:{encoded}@{hosts}", {}, shown
+    if where == "libpq":  # key=value: asyncpg refuses it when it connects, not before
+        escaped = SECRET.replace("\\", "\\\\").replace("'", "\\'")
+        return (
+            f"user=postgres password='{escaped}' dbname=postgres",
+            {},
+            ("user=postgres password=*** dbname=postgres"),
+        )
+    separator = "&" if "?" in dsn else "?"
+    return f"{dsn}{separator}{where}={encoded}", {}, f"{dsn}{separator}{where}=***"
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("where", [*CONNECTING_PASSWORDS, "PASSWORD", "libpq"])
+def test_pool_created_outside_a_loop_shows_no_password(
+    pg_dsn: str,
+    import_time_loop: Any,
+    leftovers: list[Any],
+    log_file: Path,
+    mode: str,
+    where: str,
+) -> None:
+    """create_pool() with no loop running, then awaited on another loop: the LG102 warning,
+    the LG103 error (message, repr, record, attributes, pickle) or warning, the structlog
+    events and the JSON-lines file show the DSN with ``***`` for the password."""
+    dsn, kwargs, shown = _with_password(pg_dsn, where)
+    texts: list[str] = []
+    with written(log_file, asyncpg_fails=mode == "warn") as out:
+        pool = asyncpg.create_pool(dsn, **kwargs)
+        leftovers.append(pool)
+
+        async def first_use() -> None:
+            await pool
+
+        if mode == "raise":
+            with pytest.raises(loopguard.LoopMismatchError) as excinfo:
+                asyncio.run(first_use())
+            texts += error_texts(excinfo.value)
+        else:
+            with pytest.raises(Exception):  # noqa: B017 - which error is asyncpg's business
+                asyncio.run(first_use())
+    assert out.codes() == ["LG102", "LG103"]
+    assert [w.category for w in out.warnings][:1] == [PoolCreatedOutsideLoopWarning]
+    assert {entry["url"] for entry in out.events} == {shown}
+    assert f"  pool:          {shown} (Pool)" in str(out.warnings[0].message)
+    assert_no_secret(texts + out.texts())
+
+
+@pytest.mark.parametrize("where", CONNECTING_PASSWORDS)
+def test_connected_pool_and_connection_show_no_password(
+    pg_dsn: str, log_file: Path, where: str
+) -> None:
+    """A pool and a connection that really connected with the password, used on another
+    loop: neither LG103 error nor their records show it."""
+    dsn, kwargs, shown = _with_password(pg_dsn, where)
+
+    async def connect() -> tuple[Any, Any]:
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1, **kwargs)
+        return pool, await asyncpg.connect(dsn, **kwargs)
+
+    loop_a = asyncio.new_event_loop()
+    pool, conn = loop_a.run_until_complete(connect())
+    texts: list[str] = []
+    try:
+        with written(log_file) as out:
+            for job in (_pool_pid(pool), _conn_pid(conn)):
+                with pytest.raises(loopguard.LoopMismatchError) as excinfo:
+                    asyncio.run(job)
+                texts += error_texts(excinfo.value)
+    finally:  # on their own loop, which they still work on
+        loop_a.run_until_complete(conn.close())
+        loop_a.run_until_complete(pool.close())
+        loop_a.close()
+    assert [entry["resource"] for entry in out.events] == ["asyncpg Pool", "asyncpg Connection"]
+    assert out.events[0]["url"] == shown
+    assert_no_secret(texts + out.texts())
 
 
 SCENARIO_5_SCRIPT = """
