@@ -449,6 +449,13 @@ def ref_asyncpg_hooks() -> str:
     return _docstring_md(_asyncpg.__doc__)
 
 
+def ref_secrets() -> str:
+    """What the ``url`` of messages and records masks: the _secrets module docstring."""
+    from loopguard import _secrets
+
+    return _docstring_md(_secrets.__doc__, skip=2)
+
+
 def ref_loop_scopes() -> str:
     """The pytest loop-scope check's module docstring (LG105), without its title line."""
     from loopguard import _pytest_scopes
@@ -497,6 +504,7 @@ REFERENCE: dict[str, Callable[[], str]] = {
     "hooks": ref_hooks,
     "asyncpg_hooks": ref_asyncpg_hooks,
     "loop_scopes": ref_loop_scopes,
+    "secrets": ref_secrets,
     "autoload": ref_autoload,
 }
 
