@@ -289,32 +289,39 @@ def format_asyncpg_message(record: dict[str, Any]) -> str:
 
 
 def format_outside_loop_message(record: dict[str, Any]) -> str:
-    """LG102: the pool captured asyncio.get_event_loop()'s loop at creation."""
+    """LG102: the pool captured asyncio.get_event_loop()'s loop at creation, and its first use
+    is on another loop."""
     created = record["created_at"]
     created_line = (
         f"{created} in {record['created_in']} ({_during(record['created_during'])})"
         if created
         else "unknown (no frame of your code on the stack)"
     )
-    owner = record["owner_loop_id"]
+    owner, current = record["owner_loop_id"], record["current_loop_id"]
+    used_at = f", at {record['used_at']}" if record.get("used_at") else ""
     lines = [
-        f"asyncpg Pool created with no event loop running: it captured loop #{owner} from "
-        "asyncio.get_event_loop() and works on that loop only.",
+        f"asyncpg Pool created with no event loop running is first used on loop #{current}, "
+        f"but it captured loop #{owner} from asyncio.get_event_loop() and works on that loop "
+        "only.",
         f"  pool:          {record['url']} ({record['pool_class']})",
         f"  created at:    {created_line}",
+        f"  first used:    {_during(record['used_during'])} on loop #{current}"
+        f"{loop_name(current)}{used_at}",
         "  likely cause:  asyncpg.create_pool() was called outside async code (at import time, "
         "in a sync function or fixture, or before asyncio.run()); asyncio.run() and "
-        "pytest-asyncio run your coroutines on a new loop, where this pool fails on first use.",
+        "pytest-asyncio run your coroutines on a new loop, where this pool cannot work.",
         "  fix:           create the pool inside the loop that uses it (`pool = await "
-        "asyncpg.create_pool(...)` in the coroutine or async fixture that needs it); if you run "
-        f"loop #{owner} yourself, pass it as `loop=` to say so.",
+        "asyncpg.create_pool(...)` in the coroutine or async fixture that needs it); a program "
+        "that runs its loop itself makes it the current loop (asyncio.set_event_loop()) or "
+        "passes it as `loop=` before create_pool().",
         f"  (Background on this warning at: {docs_link(record['code'])}, code {record['code']})",
     ]
     return "\n".join(lines)
 
 
 def warn_pool_created_outside_loop(record: dict[str, Any]) -> None:
-    """LG102 in every mode: a record and a PoolCreatedOutsideLoopWarning at the user's line."""
+    """LG102 in every mode: a record and a PoolCreatedOutsideLoopWarning at the line that
+    created the pool."""
     message = format_outside_loop_message(record)
     emit(record, EVENT_POOL_CREATED_OUTSIDE_LOOP)
     warning = PoolCreatedOutsideLoopWarning(message)

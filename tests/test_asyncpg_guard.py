@@ -417,54 +417,33 @@ def test_pool_created_outside_a_loop_warns_with_its_site_then_first_use_raises(
     mode: str,
     request: pytest.FixtureRequest,
 ) -> None:
-    """Scenario 5: create_pool() with no loop running gets an LG102 warning at that line and a
-    warning record (both modes); awaiting it inside asyncio.run() (another loop) is stopped
-    before any I/O in raise mode, reported in warn mode (asyncpg then fails as it would)."""
-    warns = pytest.warns(PoolCreatedOutsideLoopWarning)
-    with structlog.testing.capture_logs() as logs, warns as caught:
+    """Scenario 5: create_pool() with no loop running says nothing yet (the loop it captured
+    may be the one the program runs); its first use, awaiting it inside asyncio.run() (another
+    loop), gets an LG102 warning at the create_pool() line and a warning record (both modes),
+    then is stopped before any I/O in raise mode, reported in warn mode (asyncpg then fails
+    as it would)."""
+    with structlog.testing.capture_logs() as logs, warnings.catch_warnings(record=True) as early:
+        warnings.simplefilter("always")
         pool, line = asyncpg.create_pool(pg_dsn), sys._getframe().f_lineno
     leftovers.append(pool)
+    assert (logs, early) == ([], [])
     captured = pool._loop
     assert captured is import_time_loop
-    [warning] = caught.list
-    assert (warning.filename, warning.lineno) == (str(Path(__file__)), line)
-    assert isinstance(warning.message, loopguard.LoopguardWarning)
-    call_id = current_test_id(request)
-    assert str(warning.message).splitlines()[:3] == [
-        f"asyncpg Pool created with no event loop running: it captured loop #{loop_id(captured)} "
-        "from asyncio.get_event_loop() and works on that loop only.",
-        f"  pool:          {pg_dsn} (Pool)",
-        f"  created at:    {THIS_FILE}:{line} in "
-        "test_pool_created_outside_a_loop_warns_with_its_site_then_first_use_raises "
-        f"(during {call_id})",
-    ]
-    assert "(Background on this warning at: docs/errors.md#lg102, code LG102)" in str(
-        warning.message
-    )
-    assert logs == [
-        {
-            "event": EVENT_OUTSIDE,
-            "log_level": "warning",
-            "code": "LG102",
-            "action": "warned",
-            "resource": "asyncpg Pool",
-            "url": pg_dsn,
-            "pool_class": "Pool",
-            "created_at": f"{THIS_FILE}:{line}",
-            "created_in": request.node.originalname,
-            "created_during": call_id,
-            "owner_loop_id": loop_id(captured),
-            "cause": "outside-loop",
-        }
-    ]
+    loops: list[Any] = []
 
     async def first_use() -> int:
-        await pool
+        loops.append(asyncio.get_running_loop())
+        await pool  # first-use-site
         return await _pool_pid(pool)
 
+    first_use_line = marker_line(__file__, "first-use-site")
+    call_id = current_test_id(request)
     if mode == "raise":
-        with pytest.raises(loopguard.LoopMismatchError) as excinfo:
+        raises = pytest.raises(loopguard.LoopMismatchError)
+        warns = pytest.warns(PoolCreatedOutsideLoopWarning)
+        with structlog.testing.capture_logs() as logs, warns as recorded, raises as excinfo:
             asyncio.run(first_use())
+        caught = recorded.list
         err = excinfo.value
         assert err.owner_loop_id == loop_id(captured)
         assert err.owner_loop_closed is False
@@ -478,16 +457,69 @@ def test_pool_created_outside_a_loop_warns_with_its_site_then_first_use_raises(
             f"was running): loop #{loop_id(captured)}, which is still open but not running"
         ) in message
         assert "asyncpg.create_pool() was called with no event loop running" in message
-        # Nothing was started: on the loop it captured, the very same pool works.
-        assert captured.run_until_complete(first_use()) > 0
-        captured.run_until_complete(pool.close())
     else:
         fails = pytest.raises(RuntimeError, match="attached to a different loop")
-        with _asyncpg_fallout(), pytest.warns(loopguard.LoopMismatchWarning) as caught, fails:
+        logged, recording = structlog.testing.capture_logs(), warnings.catch_warnings(record=True)
+        with logged as logs, _asyncpg_fallout(), recording as recorded, fails:
+            warnings.simplefilter("always")
             asyncio.run(first_use())
+        caught = [w for w in recorded if issubclass(w.category, loopguard.LoopguardWarning)]
+        assert [w.category for w in caught] == [
+            PoolCreatedOutsideLoopWarning,
+            loopguard.LoopMismatchWarning,
+        ]
         assert "asyncpg.create_pool() was called with no event loop running" in str(
-            caught.list[0].message
+            caught[1].message
         )
+    [warning] = [w for w in caught if w.category is PoolCreatedOutsideLoopWarning]
+    assert (warning.filename, warning.lineno) == (str(Path(__file__)), line)
+    assert isinstance(warning.message, loopguard.LoopguardWarning)
+    owner, current = loop_id(captured), loop_id(loops[0])
+    assert str(warning.message).splitlines() == [
+        f"asyncpg Pool created with no event loop running is first used on loop #{current}, "
+        f"but it captured loop #{owner} from asyncio.get_event_loop() and works on that loop "
+        "only.",
+        f"  pool:          {pg_dsn} (Pool)",
+        f"  created at:    {THIS_FILE}:{line} in "
+        "test_pool_created_outside_a_loop_warns_with_its_site_then_first_use_raises "
+        f"(during {call_id})",
+        f"  first used:    during {call_id} on loop #{current}, at {THIS_FILE}:{first_use_line} "
+        "in first_use",
+        "  likely cause:  asyncpg.create_pool() was called outside async code (at import time, "
+        "in a sync function or fixture, or before asyncio.run()); asyncio.run() and "
+        "pytest-asyncio run your coroutines on a new loop, where this pool cannot work.",
+        "  fix:           create the pool inside the loop that uses it (`pool = await "
+        "asyncpg.create_pool(...)` in the coroutine or async fixture that needs it); a program "
+        "that runs its loop itself makes it the current loop (asyncio.set_event_loop()) or "
+        "passes it as `loop=` before create_pool().",
+        "  (Background on this warning at: docs/errors.md#lg102, code LG102)",
+    ]
+    assert logs[0] == {
+        "event": EVENT_OUTSIDE,
+        "log_level": "warning",
+        "code": "LG102",
+        "action": "warned",
+        "resource": "asyncpg Pool",
+        "url": pg_dsn,
+        "pool_class": "Pool",
+        "created_at": f"{THIS_FILE}:{line}",
+        "created_in": request.node.originalname,
+        "created_during": call_id,
+        "used_at": f"{THIS_FILE}:{first_use_line} in first_use",
+        "used_during": call_id,
+        "owner_loop_id": owner,
+        "current_loop_id": current,
+        "cause": "outside-loop",
+    }
+    assert [entry["code"] for entry in logs] == ["LG102", "LG103"]
+    if mode == "raise":
+        # Nothing was started: on the loop it captured, the very same pool works, silently.
+        quiet = warnings.catch_warnings(record=True)
+        with structlog.testing.capture_logs() as later, quiet as later_warnings:
+            warnings.simplefilter("always")
+            assert captured.run_until_complete(first_use()) > 0
+            captured.run_until_complete(pool.close())
+        assert (later, later_warnings) == ([], [])
 
 
 def test_pool_created_outside_a_loop_with_an_explicit_loop_is_silent(
@@ -506,16 +538,66 @@ def test_pool_created_outside_a_loop_with_an_explicit_loop_is_silent(
         loop.close()
 
 
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_pool_created_for_the_current_loop_by_run_until_complete_is_silent(
+    pg_dsn: str, log_file: Path, mode: str, loop_kind: str
+) -> None:
+    """Programs that run their loop themselves: create_pool() is called before the loop runs
+    (no running loop, no loop=), so the pool captures the current loop, which is the loop
+    that then runs it and uses it. Correct code: no LG102, nothing reported."""
+    if loop_kind == "uvloop":
+        new_event_loop = pytest.importorskip("uvloop").new_event_loop
+    else:
+        new_event_loop = asyncio.new_event_loop
+    loop = new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        with silence_checked(log_file):
+            pool = loop.run_until_complete(asyncpg.create_pool(pg_dsn, min_size=1, max_size=1))
+            assert loop.run_until_complete(_pool_pid(pool)) > 0
+            assert loop.run_until_complete(pool.fetchval("select 1")) == 1
+            loop.run_until_complete(pool.close())
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+
+
+def test_pool_first_used_on_the_loop_it_captured_is_reported_like_any_pool_later(
+    pg_dsn: str, import_time_loop: Any, leftovers: list[Any]
+) -> None:
+    """A pool created with no loop running and first used on the loop it captured was created
+    right: used later on another loop, it is LG103 with the cause of its owner loop's state
+    (idle here), not LG102 nor the outside-loop cause."""
+    pool = asyncpg.create_pool(pg_dsn, min_size=1, max_size=1)
+    leftovers.append(pool)
+    with structlog.testing.capture_logs() as logs:
+        import_time_loop.run_until_complete(pool)
+    assert logs == []
+    with pytest.raises(loopguard.LoopMismatchError) as excinfo:
+        asyncio.run(pool.fetchval("select 1"))
+    assert excinfo.value.record["cause"] == "idle-loop-test"
+    assert "captured at create_pool() on loop #" in str(excinfo.value)
+    assert import_time_loop.run_until_complete(pool.fetchval("select 1")) == 1
+
+
 def test_pool_created_outside_a_loop_record_goes_to_the_log_file(
     pg_dsn: str, import_time_loop: Any, leftovers: list[Any], log_file: Path
 ) -> None:
     """LG102 also lands in loopguard's JSON-lines file, as a warning-level record."""
-    with pytest.warns(PoolCreatedOutsideLoopWarning):
-        pool = asyncpg.create_pool(pg_dsn)
+    pool = asyncpg.create_pool(pg_dsn)
     leftovers.append(pool)
-    [line] = log_file.read_text().splitlines()
-    data = json.loads(line)
-    assert (data["event"], data["level"], data["code"]) == (EVENT_OUTSIDE, "warning", "LG102")
+    assert log_file.read_text() == ""  # decided at the first use
+    raises = pytest.raises(loopguard.LoopMismatchError)
+    with pytest.warns(PoolCreatedOutsideLoopWarning), raises:
+        asyncio.run(_await(pool))
+    first, mismatch = (json.loads(line) for line in log_file.read_text().splitlines())
+    assert (first["event"], first["level"], first["code"]) == (EVENT_OUTSIDE, "warning", "LG102")
+    assert (mismatch["event"], mismatch["code"]) == (EVENT, "LG103")
+
+
+async def _await(pool: Any) -> None:
+    await pool
 
 
 # -- passwords: never in a message, a warning or a record ------------------------------------

@@ -5,13 +5,19 @@ asyncpg's protocol is Cython and it has no event API, so these are class-attribu
 each undone exactly by ``uninstall()``:
 
 - ``Pool.__init__``: the creation site.  A pool created with no running loop and no ``loop=``
-  captured whatever ``asyncio.get_event_loop()`` returned: warned at once (LG102).
-- ``Pool._async__init__`` (``await pool``, ``async with pool``), ``Pool._check_init`` when
-  ``Pool._acquire`` (``acquire()`` and every ``Pool.fetch*``/``execute``/``copy*``) or
-  ``Pool.release`` calls it, ``Pool.close``: the running loop must be ``pool._loop``; checked
-  before any I/O (LG103).  ``Pool.terminate`` only forgets.  (``_check_init`` is the plain
-  method both coroutines call first, before any I/O: wrapping it costs a function call where
-  wrapping the coroutines cost a second coroutine around each, ~3.3k instructions apiece.)
+  captured whatever ``asyncio.get_event_loop()`` returned, which may be the loop the program
+  then runs (``set_event_loop(loop)``, ``loop.run_until_complete(create_pool(...))``) or not:
+  only its first use can tell.
+- ``Pool._async__init__`` (``await pool``, ``async with pool``): every pool's first use, checked
+  like the calls below (LG103).  A pool created with no running loop is also warned about here
+  if this first use is on a loop other than the one it captured (LG102, pointing at the
+  ``create_pool()`` line).
+- ``Pool._check_init`` when ``Pool._acquire`` (``acquire()`` and every
+  ``Pool.fetch*``/``execute``/``copy*``) or ``Pool.release`` calls it, ``Pool.close``: the
+  running loop must be ``pool._loop``; checked before any I/O (LG103).  ``Pool.terminate`` only
+  forgets.  (``_check_init`` is the plain method both coroutines call first, before any I/O:
+  wrapping it costs a function call where wrapping the coroutines cost a second coroutine
+  around each, ~3.3k instructions apiece.)
 - ``Connection.__init__``: the creation site of connections opened directly (not by a Pool, not
   by SQLAlchemy, whose objects have creation sites of their own).
 - ``Connection._check_open`` (execute, fetch*, prepare, cursor, transaction, reset, codecs,
@@ -77,7 +83,15 @@ ORIGIN_UNKNOWN = "unknown"
 class PoolInfo:
     """Facts about one pool, keyed by ``id(pool)`` (pools cannot be weakly referenced)."""
 
-    __slots__ = ("site", "created_during", "created_in_loop", "implicit_loop", "warned_loop", "ref")
+    __slots__ = (
+        "site",
+        "created_during",
+        "created_in_loop",
+        "implicit_loop",
+        "first_use_pending",
+        "warned_loop",
+        "ref",
+    )
 
     def __init__(
         self,
@@ -91,6 +105,9 @@ class PoolInfo:
         self.created_in_loop = created_in_loop
         # True when create_pool() ran with no loop running and no loop= argument.
         self.implicit_loop = implicit_loop
+        # Such a pool is right or wrong only at its first use (``await pool``): on the loop it
+        # captured (new_event_loop(), set_event_loop(), run_until_complete()) it is right.
+        self.first_use_pending = implicit_loop
         self.warned_loop: Optional[int] = None  # warn mode: the loop already warned about
         # Forgets the entry when the pool is garbage-collected.
         self.ref: Optional[weakref.finalize[[int, PoolInfo], None]] = None
@@ -453,41 +470,55 @@ def _make_pool_init(original: Callable[..., None]) -> Callable[..., None]:
         site = _sites.user_site(_context.rootdir, skip=2)
         info = PoolInfo(site, _context.current_test(), running is not None, implicit)
         _remember_pool(self, info)
-        if implicit:
-            warn_pool_created_outside_loop(
-                {
-                    "code": "LG102",
-                    "action": "warned",
-                    "resource": RESOURCE_POOL,
-                    "url": _pool_url(self),
-                    "pool_class": type(self).__name__,
-                    "created_at": site.location if site else None,
-                    "created_in": site.function if site else None,
-                    "created_during": info.created_during,
-                    "owner_loop_id": _context.loop_id(self._loop),
-                    "cause": "outside-loop",
-                    "used_site": (site.filename, site.lineno) if site else None,
-                }
-            )
 
     return __init__
 
 
-def _make_pool_method(name: str, check: Callable[..., bool]) -> Callable[[Any], Any]:
-    """A Pool coroutine method that checks the running loop first, before any I/O."""
-    operation = f"Pool.{name.strip('_')}" if name != "_async__init__" else "Pool.__await__"
+def _make_pool_async_init(original: Callable[..., Any]) -> Callable[..., Any]:
+    """``await pool`` / ``async with pool``, the first use of every pool: the running loop
+    must be ``pool._loop`` (LG103); for a pool created with no loop running, this first use
+    also decides LG102: warned only when it is not on the loop the pool captured."""
 
-    def make(original: Callable[..., Any]) -> Callable[..., Any]:
-        async def guarded(self: Any, *args: Any, **kwargs: Any) -> Any:
-            __tracebackhide__ = True
-            loop = _context.foreign_running_loop(self._loop)
-            if loop is not None and check(self, *args, **kwargs):
-                _on_pool_mismatch(self, loop, _pool_operation(sys._getframe(1), operation))
-            return await original(self, *args, **kwargs)
+    async def _async__init__(self: Any, *args: Any, **kwargs: Any) -> Any:
+        __tracebackhide__ = True
+        loop = _context.foreign_running_loop(self._loop)
+        info = _pools.get(id(self))
+        if info is not None and info.first_use_pending:
+            info.first_use_pending = False
+            if loop is None:  # used on the loop it captured: that was the right one
+                info.implicit_loop = False
+            elif _pool_in_use(self):
+                _warn_created_outside_loop(self, info, loop)
+        if loop is not None and _pool_in_use(self):
+            _on_pool_mismatch(self, loop, _pool_operation(sys._getframe(1), "Pool.__await__"))
+        return await original(self, *args, **kwargs)
 
-        return guarded
+    return _async__init__
 
-    return make
+
+def _warn_created_outside_loop(pool: Any, info: PoolInfo, loop: Any) -> None:
+    """LG102: created with no loop running, first used on a loop other than the one it took."""
+    site = info.site
+    used = _sites.user_site(_context.rootdir, skip=2)
+    warn_pool_created_outside_loop(
+        {
+            "code": "LG102",
+            "action": "warned",
+            "resource": RESOURCE_POOL,
+            "url": _pool_url(pool),
+            "pool_class": type(pool).__name__,
+            "created_at": site.location if site else None,
+            "created_in": site.function if site else None,
+            "created_during": info.created_during,
+            "used_at": str(used) if used else None,
+            "used_during": _context.current_test(),
+            "owner_loop_id": _context.loop_id(pool._loop),
+            "current_loop_id": _context.loop_id(loop),
+            "cause": "outside-loop",
+            # The warning points at the line that called create_pool().
+            "used_site": (site.filename, site.lineno) if site else None,
+        }
+    )
 
 
 def _pool_in_use(pool: Any, *args: Any, **kwargs: Any) -> bool:
@@ -628,7 +659,7 @@ def _patch_points() -> list[tuple[Any, str, Callable[[Any], Any], bool]]:
 
     return [
         (Pool, "__init__", _make_pool_init, True),
-        (Pool, "_async__init__", _make_pool_method("_async__init__", _pool_in_use), True),
+        (Pool, "_async__init__", _make_pool_async_init, True),
         (Pool, "_check_init", _make_pool_check_init, True),
         (Pool, "close", _make_pool_close, True),
         (Pool, "terminate", _make_pool_terminate, True),
