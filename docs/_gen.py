@@ -124,7 +124,7 @@ RUNS: dict[str, Run] = {
     "lg102_raw": Run("python lg102_outside_loop_bug.py 2>&1 | tail -n 1", _EXCEPTION),
     # stderr only (2>&1 >/dev/null): the records structlog prints to stdout are left out.
     "lg102_guarded": Run(
-        "LOOPGUARD=1 python lg102_outside_loop_bug.py 2>&1 >/dev/null | head -n 7", _MESSAGE
+        "LOOPGUARD=1 python lg102_outside_loop_bug.py 2>&1 >/dev/null | head -n 8", _MESSAGE
     ),
     "lg102_first_use": Run(
         "LOOPGUARD=1 python lg102_outside_loop_bug.py 2>&1 | tail -n 8", _MESSAGE
