@@ -35,27 +35,26 @@ from urllib.parse import unquote_plus, urlsplit
 MASK = "***"
 UNSHOWN = "<DSN not shown: it could not be parsed, and may hold a password>"
 
-_SECRET_NAME = re.compile(
-    r"password|passwd|pwd|secret|token|passphrase|credential|api_?key|private_?key", re.I
-)
+# Patterns, compiled (and cached by ``re``) on first use: nothing to pay at install time.
+_SECRET_NAME = r"password|passwd|pwd|secret|token|passphrase|credential|api_?key|private_?key"
 # Inside a value: a name=value pair naming a secret, or a URL with a password.
-_SECRET_IN_VALUE = re.compile(rf"(?:{_SECRET_NAME.pattern})[\w.-]*\s*=|://[^/@\s]*:[^@]*@", re.I)
-_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+_SECRET_IN_VALUE = rf"(?:{_SECRET_NAME})[\w.-]*\s*=|://[^/@\s]*:[^@]*@"
+_URL = r"[A-Za-z][A-Za-z0-9+.-]*://"
 # One libpq key=value parameter: a bare value, or a single-quoted one with \\ escapes.
-_CONNINFO_PARAM = re.compile(r"\s*([\w.-]+)\s*=\s*('(?:[^'\\]|\\.)*'|(?:[^\s'\\]|\\.)+)\s*", re.S)
+_CONNINFO_PARAM = r"\s*([\w.-]+)\s*=\s*('(?:[^'\\]|\\.)*'|(?:[^\s'\\]|\\.)+)\s*"
 # A placeholder that SQLAlchemy's URL rendering leaves as it is (no character to quote).
 _SENTINEL = "loopguard-masked-value-5f0c"
 
 
 def is_secret(name: str, value: str = "") -> bool:
     """True when the parameter ``name=value`` (both decoded) must not be shown."""
-    return bool(_SECRET_NAME.search(name) or _SECRET_IN_VALUE.search(value))
+    return bool(re.search(_SECRET_NAME, name, re.I) or re.search(_SECRET_IN_VALUE, value, re.I))
 
 
 def mask_dsn(dsn: str) -> str:
     """A URL (``scheme://...``) or a libpq ``key=value`` DSN, with every secret masked."""
     try:
-        if _URL.match(dsn):
+        if re.match(_URL, dsn):
             return _mask_url(dsn)
         return _mask_conninfo(dsn)
     except Exception:  # whatever it is, it is not shown: never a crash, never a leak
@@ -114,10 +113,11 @@ def _mask_query(query: str) -> Optional[str]:
 
 def _mask_conninfo(dsn: str) -> str:
     """libpq's ``host=... password=...`` form; anything else is not shown."""
+    param = re.compile(_CONNINFO_PARAM, re.S)
     params = []
     position = 0
     while position < len(dsn):
-        match = _CONNINFO_PARAM.match(dsn, position)
+        match = param.match(dsn, position)
         if match is None:
             return UNSHOWN
         name, value = match.groups()
