@@ -122,9 +122,9 @@ RUNS: dict[str, Run] = {
     ),
     "lg106_guarded": Run("LOOPGUARD=1 python lg106_leak_bug.py", _RECORD),
     "lg102_raw": Run("python lg102_outside_loop_bug.py 2>&1 | tail -n 1", _EXCEPTION),
-    # The warning's seven lines, without the log record printed to stderr before it.
+    # The warning's eight lines, without the log record printed to stderr before it.
     "lg102_guarded": Run(
-        "LOOPGUARD=1 python lg102_outside_loop_bug.py 2>&1 | grep -A 6 PoolCreatedOutsideLoop",
+        "LOOPGUARD=1 python lg102_outside_loop_bug.py 2>&1 | grep -A 7 PoolCreatedOutsideLoop",
         _MESSAGE,
     ),
     "lg102_first_use": Run(
@@ -456,6 +456,13 @@ def ref_asyncpg_hooks() -> str:
     return _docstring_md(_asyncpg.__doc__)
 
 
+def ref_secrets() -> str:
+    """What the ``url`` of messages and records masks: the _secrets module docstring."""
+    from loopguard import _secrets
+
+    return _docstring_md(_secrets.__doc__, skip=2)
+
+
 def ref_loop_scopes() -> str:
     """The pytest loop-scope check's module docstring (LG105), without its title line."""
     from loopguard import _pytest_scopes
@@ -504,6 +511,7 @@ REFERENCE: dict[str, Callable[[], str]] = {
     "hooks": ref_hooks,
     "asyncpg_hooks": ref_asyncpg_hooks,
     "loop_scopes": ref_loop_scopes,
+    "secrets": ref_secrets,
     "autoload": ref_autoload,
 }
 

@@ -44,7 +44,7 @@ MISMATCH_FIELDS = (
     "released",
     "sockets_closed",
 )
-# LG102: a pool's creation, not a use of it.
+# LG102: a pool created with no loop running, at its first use.
 CREATION_FIELDS = (
     "code",
     "action",
@@ -54,7 +54,10 @@ CREATION_FIELDS = (
     "created_at",
     "created_in",
     "created_during",
+    "used_at",
+    "used_during",
     "owner_loop_id",
+    "current_loop_id",
     "cause",
 )
 # Objects registered with loopguard.track(): a name where a database has its URL.
@@ -118,7 +121,7 @@ CODES: dict[str, Code] = {
         ),
         Code(
             "LG102",
-            "an asyncpg pool created with no event loop running, used on another loop",
+            "an asyncpg pool created with no event loop running is first used on another loop",
             "loopguard.pool_created_outside_loop",
             PoolCreatedOutsideLoopWarning,
             False,

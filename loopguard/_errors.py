@@ -99,7 +99,8 @@ class LoopMismatchWarning(LoopguardWarning, RuntimeWarning):
 
 
 class PoolCreatedOutsideLoopWarning(LoopguardWarning, RuntimeWarning):
-    """An asyncpg Pool was created with no event loop running (code LG102)."""
+    """An asyncpg Pool created with no event loop running is first used on a loop other than
+    the one it captured (code LG102)."""
 
 
 class LoopScopeMismatchWarning(LoopguardWarning):

@@ -122,11 +122,14 @@ def format_asyncpg_message(record: Record) -> str:
 
 
 def format_outside_loop_message(record: Record) -> str:
-    """LG102: the pool captured asyncio.get_event_loop()'s loop at creation."""
-    owner = record.owner_loop_id
+    """LG102: the pool captured asyncio.get_event_loop()'s loop at creation, and its first use
+    is on another loop."""
+    owner, current = record.owner_loop_id, record.current_loop_id
+    used_at = f", at {record.used_at}" if record.used_at else ""
     lines = [
-        f"asyncpg Pool created with no event loop running: it captured loop #{owner} from "
-        "asyncio.get_event_loop() and works on that loop only.",
+        f"asyncpg Pool created with no event loop running is first used on loop #{current}, "
+        f"but it captured loop #{owner} from asyncio.get_event_loop() and works on that loop "
+        "only.",
         f"  pool:          {record.url} ({record.pool_class})",
         "  created at:    "
         + (
@@ -134,12 +137,15 @@ def format_outside_loop_message(record: Record) -> str:
             if record.created_at
             else "unknown (no frame of your code on the stack)"
         ),
+        f"  first used:    {_during(record.used_during)} on loop #{current}"
+        f"{loop_name(current) if current is not None else ''}{used_at}",
         "  likely cause:  asyncpg.create_pool() was called outside async code (at import time, "
         "in a sync function or fixture, or before asyncio.run()); asyncio.run() and "
-        "pytest-asyncio run your coroutines on a new loop, where this pool fails on first use.",
+        "pytest-asyncio run your coroutines on a new loop, where this pool cannot work.",
         "  fix:           create the pool inside the loop that uses it (`pool = await "
-        "asyncpg.create_pool(...)` in the coroutine or async fixture that needs it); if you run "
-        f"loop #{owner} yourself, pass it as `loop=` to say so.",
+        "asyncpg.create_pool(...)` in the coroutine or async fixture that needs it); a program "
+        "that runs its loop itself makes it the current loop (asyncio.set_event_loop()) or "
+        "passes it as `loop=` before create_pool().",
         _background(record, "warning"),
     ]
     return "\n".join(lines)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
+import pickle
 import warnings
 from collections.abc import Awaitable, Iterator
 from pathlib import Path
@@ -18,6 +20,8 @@ from typing import Any, Callable, Optional, TypeVar
 import asyncpg
 import pytest
 import structlog
+
+import loopguard
 
 T = TypeVar("T")
 
@@ -79,3 +83,78 @@ def silence_checked(log_file: Path) -> Iterator[None]:
     assert [f"{w.category.__name__}: {w.message}" for w in caught] == []
     assert [entry for entry in logs if entry.get("event", "").startswith("loopguard.")] == []
     assert log_file.read_text() == ""
+
+
+# -- secrets ------------------------------------------------------------------------------
+
+# A password that must never show up in anything loopguard writes.  The server trusts every
+# local connection, so a wrong password still connects.  Characters that have to be encoded
+# in a URL sit between two distinctive halves: a partial leak shows one of the halves.
+SECRET = "s3cr3t/?#@&=+ %;PASSWORD-xyz"
+_SECRET_HALVES = ("s3cr3t", "password-xyz")  # lower case: found in any case, any encoding
+
+
+def assert_no_secret(texts: list[str]) -> None:
+    """No text holds SECRET or a half of it: raw, percent-encoded or in another case."""
+    assert texts, "nothing was written: the test checked no sink"
+    for text in texts:
+        for half in _SECRET_HALVES:
+            assert half not in text.lower(), text
+
+
+def error_texts(error: BaseException) -> list[str]:
+    """Everything a LoopMismatchError shows: message, repr, record, attributes, pickle."""
+    assert isinstance(error, loopguard.LoopMismatchError)
+    return [
+        str(error),
+        repr(error),
+        json.dumps(error.record),
+        json.dumps({name: value for name, value in vars(error).items() if name != "record"}),
+        pickle.dumps(error).decode("latin-1"),
+    ]
+
+
+class Written:
+    """What loopguard wrote during a ``written()`` block: its warnings, structlog events
+    and the lines of its JSON-lines file."""
+
+    def __init__(self) -> None:
+        self.warnings: list[warnings.WarningMessage] = []
+        self.events: list[dict[str, Any]] = []
+        self.file_lines: list[str] = []
+
+    def codes(self) -> list[str]:
+        """The codes of the structlog events, in order (the file has the same, checked)."""
+        return [entry["code"] for entry in self.events]
+
+    def texts(self) -> list[str]:
+        return [
+            *(str(w.message) for w in self.warnings),
+            *(json.dumps(entry, default=str) for entry in self.events),
+            *self.file_lines,
+        ]
+
+
+def _asyncpg_fallout(warning: warnings.WarningMessage) -> bool:
+    """What asyncpg leaves behind when it fails on a foreign loop (loopguard's warn mode)."""
+    return issubclass(warning.category, ResourceWarning) or "was never awaited" in str(
+        warning.message
+    )
+
+
+@contextlib.contextmanager
+def written(log_file: Path, asyncpg_fails: bool = False) -> Iterator[Written]:
+    """Collect loopguard's warnings, structlog events and log-file lines in the block; any
+    other warning fails the test, but for asyncpg's fallout when ``asyncpg_fails``."""
+    out = Written()
+    start = len(log_file.read_text().splitlines())
+    with structlog.testing.capture_logs() as logs, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield out
+        gc.collect()
+    out.warnings = [w for w in caught if issubclass(w.category, loopguard.LoopguardWarning)]
+    others = [w for w in caught if w not in out.warnings]
+    assert [str(w.message) for w in others if not (asyncpg_fails and _asyncpg_fallout(w))] == []
+    out.events = [entry for entry in logs if entry.get("event", "").startswith("loopguard.")]
+    out.file_lines = log_file.read_text().splitlines()[start:]
+    assert [json.loads(line)["code"] for line in out.file_lines] == out.codes()

@@ -26,6 +26,7 @@ import weakref
 from collections.abc import Awaitable, Iterator
 from pathlib import Path
 from typing import Any, Callable, Optional, TypeVar
+from urllib.parse import quote
 
 import asyncpg
 import pytest
@@ -35,12 +36,16 @@ from asyncpg.pool import Pool, PoolConnectionProxy
 from asyncpg.prepared_stmt import PreparedStatement
 from asyncpg.transaction import Transaction
 from guard_helpers import (
+    SECRET,
+    assert_no_secret,
     backend,
     current_test_id,
     display_path,
+    error_texts,
     marker_line,
     on_new_loop,
     silence_checked,
+    written,
 )
 from pgserver import sqlalchemy_url
 from sqlalchemy import text
@@ -412,54 +417,33 @@ def test_pool_created_outside_a_loop_warns_with_its_site_then_first_use_raises(
     mode: str,
     request: pytest.FixtureRequest,
 ) -> None:
-    """Scenario 5: create_pool() with no loop running gets an LG102 warning at that line and a
-    warning record (both modes); awaiting it inside asyncio.run() (another loop) is stopped
-    before any I/O in raise mode, reported in warn mode (asyncpg then fails as it would)."""
-    warns = pytest.warns(PoolCreatedOutsideLoopWarning)
-    with structlog.testing.capture_logs() as logs, warns as caught:
+    """Scenario 5: create_pool() with no loop running says nothing yet (the loop it captured
+    may be the one the program runs); its first use, awaiting it inside asyncio.run() (another
+    loop), gets an LG102 warning at the create_pool() line and a warning record (both modes),
+    then is stopped before any I/O in raise mode, reported in warn mode (asyncpg then fails
+    as it would)."""
+    with structlog.testing.capture_logs() as logs, warnings.catch_warnings(record=True) as early:
+        warnings.simplefilter("always")
         pool, line = asyncpg.create_pool(pg_dsn), sys._getframe().f_lineno
     leftovers.append(pool)
+    assert (logs, early) == ([], [])
     captured = pool._loop
     assert captured is import_time_loop
-    [warning] = caught.list
-    assert (warning.filename, warning.lineno) == (str(Path(__file__)), line)
-    assert isinstance(warning.message, loopguard.LoopguardWarning)
-    call_id = current_test_id(request)
-    assert str(warning.message).splitlines()[:3] == [
-        f"asyncpg Pool created with no event loop running: it captured loop #{loop_id(captured)} "
-        "from asyncio.get_event_loop() and works on that loop only.",
-        f"  pool:          {pg_dsn} (Pool)",
-        f"  created at:    {THIS_FILE}:{line} in "
-        "test_pool_created_outside_a_loop_warns_with_its_site_then_first_use_raises "
-        f"(during {call_id})",
-    ]
-    assert "(Background on this warning at: docs/errors.md#lg102, code LG102)" in str(
-        warning.message
-    )
-    assert logs == [
-        {
-            "event": EVENT_OUTSIDE,
-            "log_level": "warning",
-            "code": "LG102",
-            "action": "warned",
-            "resource": "asyncpg Pool",
-            "url": pg_dsn,
-            "pool_class": "Pool",
-            "created_at": f"{THIS_FILE}:{line}",
-            "created_in": request.node.originalname,
-            "created_during": call_id,
-            "owner_loop_id": loop_id(captured),
-            "cause": "outside-loop",
-        }
-    ]
+    loops: list[Any] = []
 
     async def first_use() -> int:
-        await pool
+        loops.append(asyncio.get_running_loop())
+        await pool  # first-use-site
         return await _pool_pid(pool)
 
+    first_use_line = marker_line(__file__, "first-use-site")
+    call_id = current_test_id(request)
     if mode == "raise":
-        with pytest.raises(loopguard.LoopMismatchError) as excinfo:
+        raises = pytest.raises(loopguard.LoopMismatchError)
+        warns = pytest.warns(PoolCreatedOutsideLoopWarning)
+        with structlog.testing.capture_logs() as logs, warns as recorded, raises as excinfo:
             asyncio.run(first_use())
+        caught = recorded.list
         err = excinfo.value
         assert err.owner_loop_id == loop_id(captured)
         assert err.owner_loop_closed is False
@@ -473,16 +457,69 @@ def test_pool_created_outside_a_loop_warns_with_its_site_then_first_use_raises(
             f"was running): loop #{loop_id(captured)}, which is still open but not running"
         ) in message
         assert "asyncpg.create_pool() was called with no event loop running" in message
-        # Nothing was started: on the loop it captured, the very same pool works.
-        assert captured.run_until_complete(first_use()) > 0
-        captured.run_until_complete(pool.close())
     else:
         fails = pytest.raises(RuntimeError, match="attached to a different loop")
-        with _asyncpg_fallout(), pytest.warns(loopguard.LoopMismatchWarning) as caught, fails:
+        logged, recording = structlog.testing.capture_logs(), warnings.catch_warnings(record=True)
+        with logged as logs, _asyncpg_fallout(), recording as recorded, fails:
+            warnings.simplefilter("always")
             asyncio.run(first_use())
+        caught = [w for w in recorded if issubclass(w.category, loopguard.LoopguardWarning)]
+        assert [w.category for w in caught] == [
+            PoolCreatedOutsideLoopWarning,
+            loopguard.LoopMismatchWarning,
+        ]
         assert "asyncpg.create_pool() was called with no event loop running" in str(
-            caught.list[0].message
+            caught[1].message
         )
+    [warning] = [w for w in caught if w.category is PoolCreatedOutsideLoopWarning]
+    assert (warning.filename, warning.lineno) == (str(Path(__file__)), line)
+    assert isinstance(warning.message, loopguard.LoopguardWarning)
+    owner, current = loop_id(captured), loop_id(loops[0])
+    assert str(warning.message).splitlines() == [
+        f"asyncpg Pool created with no event loop running is first used on loop #{current}, "
+        f"but it captured loop #{owner} from asyncio.get_event_loop() and works on that loop "
+        "only.",
+        f"  pool:          {pg_dsn} (Pool)",
+        f"  created at:    {THIS_FILE}:{line} in "
+        "test_pool_created_outside_a_loop_warns_with_its_site_then_first_use_raises "
+        f"(during {call_id})",
+        f"  first used:    during {call_id} on loop #{current}, at {THIS_FILE}:{first_use_line} "
+        "in first_use",
+        "  likely cause:  asyncpg.create_pool() was called outside async code (at import time, "
+        "in a sync function or fixture, or before asyncio.run()); asyncio.run() and "
+        "pytest-asyncio run your coroutines on a new loop, where this pool cannot work.",
+        "  fix:           create the pool inside the loop that uses it (`pool = await "
+        "asyncpg.create_pool(...)` in the coroutine or async fixture that needs it); a program "
+        "that runs its loop itself makes it the current loop (asyncio.set_event_loop()) or "
+        "passes it as `loop=` before create_pool().",
+        "  (Background on this warning at: docs/errors.md#lg102, code LG102)",
+    ]
+    assert logs[0] == {
+        "event": EVENT_OUTSIDE,
+        "log_level": "warning",
+        "code": "LG102",
+        "action": "warned",
+        "resource": "asyncpg Pool",
+        "url": pg_dsn,
+        "pool_class": "Pool",
+        "created_at": f"{THIS_FILE}:{line}",
+        "created_in": request.node.originalname,
+        "created_during": call_id,
+        "used_at": f"{THIS_FILE}:{first_use_line} in first_use",
+        "used_during": call_id,
+        "owner_loop_id": owner,
+        "current_loop_id": current,
+        "cause": "outside-loop",
+    }
+    assert [entry["code"] for entry in logs] == ["LG102", "LG103"]
+    if mode == "raise":
+        # Nothing was started: on the loop it captured, the very same pool works, silently.
+        quiet = warnings.catch_warnings(record=True)
+        with structlog.testing.capture_logs() as later, quiet as later_warnings:
+            warnings.simplefilter("always")
+            assert captured.run_until_complete(first_use()) > 0
+            captured.run_until_complete(pool.close())
+        assert (later, later_warnings) == ([], [])
 
 
 def test_pool_created_outside_a_loop_with_an_explicit_loop_is_silent(
@@ -501,16 +538,161 @@ def test_pool_created_outside_a_loop_with_an_explicit_loop_is_silent(
         loop.close()
 
 
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_pool_created_for_the_current_loop_by_run_until_complete_is_silent(
+    pg_dsn: str, log_file: Path, mode: str, loop_kind: str
+) -> None:
+    """Programs that run their loop themselves: create_pool() is called before the loop runs
+    (no running loop, no loop=), so the pool captures the current loop, which is the loop
+    that then runs it and uses it. Correct code: no LG102, nothing reported."""
+    if loop_kind == "uvloop":
+        new_event_loop = pytest.importorskip("uvloop").new_event_loop
+    else:
+        new_event_loop = asyncio.new_event_loop
+    loop = new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        with silence_checked(log_file):
+            pool = loop.run_until_complete(asyncpg.create_pool(pg_dsn, min_size=1, max_size=1))
+            assert loop.run_until_complete(_pool_pid(pool)) > 0
+            assert loop.run_until_complete(pool.fetchval("select 1")) == 1
+            loop.run_until_complete(pool.close())
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+
+
+def test_pool_first_used_on_the_loop_it_captured_is_reported_like_any_pool_later(
+    pg_dsn: str, import_time_loop: Any, leftovers: list[Any]
+) -> None:
+    """A pool created with no loop running and first used on the loop it captured was created
+    right: used later on another loop, it is LG103 with the cause of its owner loop's state
+    (idle here), not LG102 nor the outside-loop cause."""
+    pool = asyncpg.create_pool(pg_dsn, min_size=1, max_size=1)
+    leftovers.append(pool)
+    with structlog.testing.capture_logs() as logs:
+        import_time_loop.run_until_complete(pool)
+    assert logs == []
+    with pytest.raises(loopguard.LoopMismatchError) as excinfo:
+        asyncio.run(pool.fetchval("select 1"))
+    assert excinfo.value.record["cause"] == "idle-loop-test"
+    assert "captured at create_pool() on loop #" in str(excinfo.value)
+    assert import_time_loop.run_until_complete(pool.fetchval("select 1")) == 1
+
+
 def test_pool_created_outside_a_loop_record_goes_to_the_log_file(
     pg_dsn: str, import_time_loop: Any, leftovers: list[Any], log_file: Path
 ) -> None:
     """LG102 also lands in loopguard's JSON-lines file, as a warning-level record."""
-    with pytest.warns(PoolCreatedOutsideLoopWarning):
-        pool = asyncpg.create_pool(pg_dsn)
+    pool = asyncpg.create_pool(pg_dsn)
     leftovers.append(pool)
-    [line] = log_file.read_text().splitlines()
-    data = json.loads(line)
-    assert (data["event"], data["level"], data["code"]) == (EVENT_OUTSIDE, "warning", "LG102")
+    assert log_file.read_text() == ""  # decided at the first use
+    raises = pytest.raises(loopguard.LoopMismatchError)
+    with pytest.warns(PoolCreatedOutsideLoopWarning), raises:
+        asyncio.run(_await(pool))
+    first, mismatch = (json.loads(line) for line in log_file.read_text().splitlines())
+    assert (first["event"], first["level"], first["code"]) == (EVENT_OUTSIDE, "warning", "LG102")
+    assert (mismatch["event"], mismatch["code"]) == (EVENT, "LG103")
+
+
+async def _await(pool: Any) -> None:
+    await pool
+
+
+# -- passwords: never in a message, a warning or a record ------------------------------------
+
+# Where asyncpg takes a password from: the DSN's userinfo, its query (any case, the name
+# percent-encoded too), the sslpassword parameter, the password= argument.
+CONNECTING_PASSWORDS = ["userinfo", "password", "pass%77ord", "sslpassword", "argument"]
+
+
+def _with_password(dsn: str, where: str) -> tuple[str, dict[str, Any], str]:
+    """(DSN, keyword arguments, the DSN loopguard should show) with SECRET put ``where``."""
+    encoded = quote(SECRET, safe="")
+    if where == "argument":
+        return dsn, {"password": SECRET}, dsn
+    if where == "userinfo":
+        scheme, _, rest = dsn.partition("://")
+        user, at, hosts = rest.rpartition("@")
+        assert at and ":" not in user, dsn  # pg_dsn: a user, no password
+        shown = f"{scheme}://{user}:***@{hosts}"
+        return f"{scheme}://{user}:{encoded}@{hosts}", {}, shown
+    if where == "libpq":  # key=value: asyncpg refuses it when it connects, not before
+        escaped = SECRET.replace("\\", "\\\\").replace("'", "\\'")
+        return (
+            f"user=postgres password='{escaped}' dbname=postgres",
+            {},
+            ("user=postgres password=*** dbname=postgres"),
+        )
+    separator = "&" if "?" in dsn else "?"
+    return f"{dsn}{separator}{where}={encoded}", {}, f"{dsn}{separator}{where}=***"
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("where", [*CONNECTING_PASSWORDS, "PASSWORD", "libpq"])
+def test_pool_created_outside_a_loop_shows_no_password(
+    pg_dsn: str,
+    import_time_loop: Any,
+    leftovers: list[Any],
+    log_file: Path,
+    mode: str,
+    where: str,
+) -> None:
+    """create_pool() with no loop running, then awaited on another loop: the LG102 warning,
+    the LG103 error (message, repr, record, attributes, pickle) or warning, the structlog
+    events and the JSON-lines file show the DSN with ``***`` for the password."""
+    dsn, kwargs, shown = _with_password(pg_dsn, where)
+    texts: list[str] = []
+    with written(log_file, asyncpg_fails=mode == "warn") as out:
+        pool = asyncpg.create_pool(dsn, **kwargs)
+        leftovers.append(pool)
+
+        async def first_use() -> None:
+            await pool
+
+        if mode == "raise":
+            with pytest.raises(loopguard.LoopMismatchError) as excinfo:
+                asyncio.run(first_use())
+            texts += error_texts(excinfo.value)
+        else:
+            with pytest.raises(Exception):  # noqa: B017 - which error is asyncpg's business
+                asyncio.run(first_use())
+    assert out.codes() == ["LG102", "LG103"]
+    assert [w.category for w in out.warnings][:1] == [PoolCreatedOutsideLoopWarning]
+    assert {entry["url"] for entry in out.events} == {shown}
+    assert f"  pool:          {shown} (Pool)" in str(out.warnings[0].message)
+    assert_no_secret(texts + out.texts())
+
+
+@pytest.mark.parametrize("where", CONNECTING_PASSWORDS)
+def test_connected_pool_and_connection_show_no_password(
+    pg_dsn: str, log_file: Path, where: str
+) -> None:
+    """A pool and a connection that really connected with the password, used on another
+    loop: neither LG103 error nor their records show it."""
+    dsn, kwargs, shown = _with_password(pg_dsn, where)
+
+    async def connect() -> tuple[Any, Any]:
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1, **kwargs)
+        return pool, await asyncpg.connect(dsn, **kwargs)
+
+    loop_a = asyncio.new_event_loop()
+    pool, conn = loop_a.run_until_complete(connect())
+    texts: list[str] = []
+    try:
+        with written(log_file) as out:
+            for job in (_pool_pid(pool), _conn_pid(conn)):
+                with pytest.raises(loopguard.LoopMismatchError) as excinfo:
+                    asyncio.run(job)
+                texts += error_texts(excinfo.value)
+    finally:  # on their own loop, which they still work on
+        loop_a.run_until_complete(conn.close())
+        loop_a.run_until_complete(pool.close())
+        loop_a.close()
+    assert [entry["resource"] for entry in out.events] == ["asyncpg Pool", "asyncpg Connection"]
+    assert out.events[0]["url"] == shown
+    assert_no_secret(texts + out.texts())
 
 
 SCENARIO_5_SCRIPT = """

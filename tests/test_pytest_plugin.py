@@ -13,9 +13,12 @@ import json
 import textwrap
 from pathlib import Path
 from typing import Callable, Optional
+from urllib.parse import quote
 
 import pytest
+from guard_helpers import SECRET, assert_no_secret
 from pgserver import sqlalchemy_url
+from sqlalchemy.engine import make_url
 from teststack import PYTEST_ASYNCIO, SQLALCHEMY, describe
 
 VALID = "Valid values: 1, true, on, raise, warn, 0, false, off."
@@ -352,6 +355,91 @@ def test_inherited_pytest_current_test_is_not_reported(
             "(outside any test, no event loop running)",
         ]
     )
+
+
+POOL_PY = """
+    import os
+
+    import asyncpg
+
+    _pool = None
+
+
+    async def get_pool():
+        global _pool
+        if _pool is None:
+            _pool = await asyncpg.create_pool(os.environ["POOL_DSN"], min_size=1, max_size=1)
+        return _pool
+"""
+
+POOL_TESTS_PY = """
+    from src.pool import get_pool
+
+
+    async def test_pool_first():
+        assert await (await get_pool()).fetchval("select 1") == 1
+
+
+    async def test_pool_second():
+        assert await (await get_pool()).fetchval("select 2") == 2
+"""
+
+
+@pytest.mark.parametrize("mode", ["raise", "warn"])
+def test_passwords_reach_neither_the_output_nor_the_log_file(
+    cached_engine_suite: Path,
+    run: RunPytest,
+    db_url: str,
+    pg_env: str,
+    pytester: pytest.Pytester,
+    mode: str,
+) -> None:
+    """An engine with a password in its URL's userinfo and query, an asyncpg pool with one in
+    its DSN's query: the failures (or warnings), the records structlog prints, the loopguard
+    summary and the JSON-lines file show each URL with ``***`` for the password."""
+    engine_url = make_url(db_url).set(password=SECRET).update_query_dict({"password": SECRET})
+    separator = "&" if "?" in pg_env else "?"
+    pool_dsn = f"{pg_env}{separator}password={quote(SECRET, safe='')}"
+    write(pytester.path, {"src/pool.py": POOL_PY, "tests/test_pool.py": POOL_TESTS_PY})
+    log_file = pytester.path / "lg.jsonl"
+    env = {
+        "DATABASE_URL": engine_url.render_as_string(hide_password=False),
+        "POOL_DSN": pool_dsn,
+        "LOOPGUARD_LOG_FILE": str(log_file),
+    }
+    result = run("--tb=short", f"--loopguard={mode}", env=env)
+    if mode == "raise":
+        result.assert_outcomes(passed=2, failed=3)
+    else:  # the engine heals; the pool cannot move, and asyncpg's own error follows
+        result.assert_outcomes(passed=4, failed=1, warnings=3)
+    records = [json.loads(line) for line in log_file.read_text().splitlines()]
+    assert {record["code"] for record in records} == {"LG101", "LG103", "LG106"}
+    # SQLAlchemy's rendering, with *** for both passwords (it would quote a literal ***).
+    engine_shown = (
+        engine_url.update_query_dict({"password": "MASKED"})
+        .render_as_string(hide_password=True)
+        .replace("MASKED", "***")
+    )
+    pool_shown = f"{pg_env}{separator}password=***"
+    assert {(record["code"], record["url"]) for record in records} == {
+        ("LG101", engine_shown),
+        ("LG106", engine_shown),
+        ("LG103", pool_shown),
+    }
+    summary = result.stdout.lines[
+        result.stdout.lines.index(
+            next(line for line in result.stdout.lines if "= loopguard =" in line)
+        ) :
+    ]
+    pool_line = line_of(POOL_PY, "create_pool(")
+    assert [line for line in summary if line.startswith("  LG1")] == [
+        f"  LG103 src/pool.py:{pool_line} in get_pool  [{pool_shown}]",
+        f"  LG101 src/configs/db.py:{CACHED_DB_LINE} in get_async_engine  [{engine_shown}]",
+        f"  LG106 src/configs/db.py:{CACHED_DB_LINE} in get_async_engine  [{engine_shown}]: "
+        f"{1 if mode == 'raise' else 3} × loopguard.loop_closed_with_connections during "
+        + ", ".join([T_CREATE] if mode == "raise" else [T_CREATE, T_LIST, T_DELETE]),
+    ]
+    assert_no_secret([output(result), log_file.read_text()])
 
 
 # -- scenario 2: engine warmed in a session fixture, tests on function loops ---------------

@@ -30,12 +30,16 @@ import asyncpg
 import pytest
 import structlog
 from guard_helpers import (
+    SECRET,
+    assert_no_secret,
     backend,
     current_test_id,
     display_path,
+    error_texts,
     marker_line,
     on_new_loop,
     silence_checked,
+    written,
 )
 from pgserver import sqlalchemy_url
 from sqlalchemy import create_engine, text
@@ -890,6 +894,56 @@ def test_json_lines_log_file(
         for line, record in zip(lines, records):
             data = json.loads(line)
             assert {k: data[k] for k in record} == record
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("where", ["userinfo", "query", "connect_args"])
+def test_password_is_masked_in_every_message_and_record(
+    url: str, engines: list[AsyncEngine], mode: str, where: str, log_file: Path
+) -> None:
+    """A password in the URL's userinfo, in its query (``?password=``) or in connect_args
+    reaches no sink: not the LG101 error (message, repr, record, attributes, pickle) or
+    warning, not the LG104 and LG106 records, not structlog, not the JSON-lines file; the
+    URL shown is the engine's with ``***`` for the password."""
+    base = make_url(url)
+    if where == "userinfo":
+        engine = create_async_engine(base.set(password=SECRET))
+    elif where == "query":
+        engine = create_async_engine(base.update_query_dict({"password": SECRET}))
+    else:
+        engine = create_async_engine(base, connect_args={"password": SECRET})
+    engines.append(engine)
+    texts: list[str] = []
+    with written(log_file) as out:
+        asyncio.run(_pid(engine))  # the loop closes with the pooled connection: LG106
+        if mode == "raise":
+            with pytest.raises(loopguard.LoopMismatchError) as excinfo:
+                asyncio.run(_pid(engine))  # LG101
+            texts += error_texts(excinfo.value)
+        else:
+            asyncio.run(_pid(engine))  # LG101 warned, healed; its loop closes: LG106
+        asyncio.run(engine.dispose())  # on a third loop: LG104
+    assert (
+        out.codes() == ["LG106", "LG101", "LG104"]
+        if mode == "raise"
+        else [
+            "LG106",
+            "LG101",
+            "LG106",
+            "LG104",
+        ]
+    )
+    assert len(out.warnings) == (mode == "warn")
+    assert_no_secret(texts + out.texts())
+    [shown] = {entry["url"] for entry in out.events}
+    masked = make_url(shown)
+    if where == "userinfo":
+        assert masked.password == "***"
+    elif where == "query":
+        assert masked.query["password"] == "***"
+    unmasked = masked._replace(password=None).difference_update_query(["password"])
+    assert unmasked.render_as_string(hide_password=False) == str(base)
+    assert f"  engine:        {shown} (AsyncAdaptedQueuePool)" in (texts + out.texts())[0]
 
 
 def test_log_file_from_the_environment(

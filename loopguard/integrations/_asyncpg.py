@@ -5,13 +5,19 @@ asyncpg's protocol is Cython and it has no event API, so these are class-attribu
 each undone exactly by ``uninstall()``:
 
 - ``Pool.__init__``: the creation site.  A pool created with no running loop and no ``loop=``
-  captured whatever ``asyncio.get_event_loop()`` returned: warned at once (LG102).
-- ``Pool._async__init__`` (``await pool``, ``async with pool``), ``Pool._check_init`` when
-  ``Pool._acquire`` (``acquire()`` and every ``Pool.fetch*``/``execute``/``copy*``) or
-  ``Pool.release`` calls it, ``Pool.close``: the running loop must be ``pool._loop``; checked
-  before any I/O (LG103).  ``Pool.terminate`` only forgets.  (``_check_init`` is the plain
-  method both coroutines call first, before any I/O: wrapping it costs a function call where
-  wrapping the coroutines cost a second coroutine around each, ~3.3k instructions apiece.)
+  captured whatever ``asyncio.get_event_loop()`` returned, which may be the loop the program
+  then runs (``set_event_loop(loop)``, ``loop.run_until_complete(create_pool(...))``) or not:
+  only its first use can tell.
+- ``Pool._async__init__`` (``await pool``, ``async with pool``): every pool's first use, checked
+  like the calls below (LG103).  A pool created with no running loop is also warned about here
+  if this first use is on a loop other than the one it captured (LG102, pointing at the
+  ``create_pool()`` line).
+- ``Pool._check_init`` when ``Pool._acquire`` (``acquire()`` and every
+  ``Pool.fetch*``/``execute``/``copy*``) or ``Pool.release`` calls it, ``Pool.close``: the
+  running loop must be ``pool._loop``; checked before any I/O (LG103).  ``Pool.terminate`` only
+  forgets.  (``_check_init`` is the plain method both coroutines call first, before any I/O:
+  wrapping it costs a function call where wrapping the coroutines cost a second coroutine
+  around each, ~3.3k instructions apiece.)
 - ``Connection.__init__``: the creation site of connections opened directly (not by a Pool, not
   by SQLAlchemy, whose objects have creation sites of their own).
 - ``Connection._check_open`` (execute, fetch*, prepare, cursor, transaction, reset, codecs,
@@ -155,9 +161,7 @@ def _make_pool_init(original: Callable[..., None]) -> Callable[..., None]:
         implicit = running is None and kwargs.get("loop") is None
         site = _sites.user_site(_context.rootdir, skip=2)
         origin = Origin(site, _context.current_test(), running is not None)
-        pool_facts = POOLS.add(self, PoolFacts(origin, implicit), facts.anchor_of(self))
-        if implicit:
-            warn_record(facts.outside_loop_record(self, pool_facts), stacklevel=4)
+        POOLS.add(self, PoolFacts(origin, implicit), facts.anchor_of(self))
 
     return __init__
 
@@ -168,13 +172,23 @@ def _pool_in_use(pool: Any, *args: Any, **kwargs: Any) -> bool:
 
 
 def _make_pool_async_init(original: Callable[..., Any]) -> Callable[..., Any]:
-    """``await pool`` / ``async with pool``: checked before the pool connects."""
+    """``await pool`` / ``async with pool``, the first use of every pool: the running loop
+    must be ``pool._loop`` (LG103); for a pool created with no loop running, this first use
+    also decides LG102: warned only when it is not on the loop the pool captured."""
 
     async def _async__init__(self: Any, *args: Any, **kwargs: Any) -> Any:
         __tracebackhide__ = True
         own = self._loop
         loop = current_loop(own)
-        if loop is not own and loop is not None and _pool_in_use(self):
+        foreign = loop is not own and loop is not None
+        pool_facts = POOLS.get(self)
+        if pool_facts is not None and pool_facts.first_use_pending:
+            pool_facts.first_use_pending = False
+            if not foreign:  # used on the loop it captured: that was the right one
+                pool_facts.implicit_loop = False
+            elif _pool_in_use(self):
+                warn_record(facts.outside_loop_record(self, pool_facts, loop), stacklevel=4)
+        if foreign and _pool_in_use(self):
             _on_pool_mismatch(self, loop, facts.pool_operation(sys._getframe(1), "Pool.__await__"))
         return await original(self, *args, **kwargs)
 

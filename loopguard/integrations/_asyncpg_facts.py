@@ -12,9 +12,9 @@ import os
 import sys
 from types import FrameType
 from typing import Any, Optional
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
-from .. import _context, _sites
+from .. import _context, _secrets, _sites
 from .._causes import likely_cause
 from .._loops import LoopRef, loop_id
 from .._record import Record
@@ -35,12 +35,15 @@ ORIGIN_UNKNOWN = "unknown"
 class PoolFacts(Tracked):
     """One pool: where it was created, and whether create_pool() ran with no loop running."""
 
-    __slots__ = ("implicit_loop",)
+    __slots__ = ("implicit_loop", "first_use_pending")
 
     def __init__(self, origin: Origin, implicit_loop: bool) -> None:
         super().__init__(origin)
         # True when create_pool() ran with no loop running and no loop= argument.
         self.implicit_loop = implicit_loop
+        # Such a pool is right or wrong only at its first use (``await pool``): on the loop it
+        # captured (new_event_loop(), set_event_loop(), run_until_complete()) it is right.
+        self.first_use_pending = implicit_loop
 
 
 class ConnectionFacts(Tracked):
@@ -173,24 +176,6 @@ def pool_of(conn: Any) -> Any:
 # -- URLs, never with a password ----------------------------------------------------------
 
 
-def mask_dsn(dsn: str) -> str:
-    try:
-        parts = urlsplit(dsn)
-    except ValueError:
-        return "<unparsable DSN>"
-    if parts.scheme not in ("postgres", "postgresql"):
-        return "<unrecognized DSN>"
-    userinfo, at, hostinfo = parts.netloc.rpartition("@")
-    if at and ":" in userinfo:
-        userinfo = userinfo.split(":", 1)[0] + ":***"
-    netloc = f"{userinfo}@{hostinfo}" if at else hostinfo
-    query = "&".join(
-        f"{name}=***" if name.lower() in ("password", "sslpassword") else f"{name}{eq}{value}"
-        for name, eq, value in (item.partition("=") for item in parts.query.split("&") if item)
-    )
-    return parts._replace(netloc=netloc, query=query).geturl()
-
-
 def _url_from_parts(user: Any, host: Any, port: Any, database: Any) -> str:
     user_part = f"{user}@" if user else ""
     if isinstance(host, str) and host.startswith("/"):
@@ -205,7 +190,7 @@ def pool_url(pool: Any) -> str:
     kwargs = pool._connect_kwargs or {}
     dsn = args[0] if args else kwargs.get("dsn")
     if isinstance(dsn, str) and dsn:
-        return mask_dsn(dsn)
+        return _secrets.mask_dsn(dsn)
     return _url_from_parts(
         kwargs.get("user"), kwargs.get("host"), kwargs.get("port"), kwargs.get("database")
     )
@@ -273,9 +258,10 @@ def mismatch_record(
     )
 
 
-def outside_loop_record(pool: Any, facts: PoolFacts) -> Record:
-    """LG102: the pool captured the loop asyncio.get_event_loop() returned at create_pool()."""
+def outside_loop_record(pool: Any, facts: PoolFacts, loop: Any) -> Record:
+    """LG102: created with no loop running, first used on a loop other than the one it took."""
     site = facts.origin.site
+    used = _sites.user_site(_context.rootdir, skip=3)
     return Record(
         code="LG102",
         action="warned",
@@ -285,7 +271,11 @@ def outside_loop_record(pool: Any, facts: PoolFacts) -> Record:
         created_at=site.location if site else None,
         created_in=site.function if site else None,
         created_during=facts.origin.created_during,
+        used_at=str(used) if used else None,
+        used_during=_context.current_test(),
         owner_loop_id=loop_id(pool._loop),
+        current_loop_id=loop_id(loop),
         cause="outside-loop",
+        # The warning points at the line that called create_pool().
         used_site=(site.filename, site.lineno) if site else None,
     )

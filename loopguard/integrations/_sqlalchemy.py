@@ -21,7 +21,7 @@ from __future__ import annotations
 import gc
 from typing import Any, Callable, Optional
 
-from .. import _context, _loop_close, _release, _sites
+from .. import _context, _loop_close, _release, _secrets, _sites
 from .._causes import likely_cause
 from .._emit import emit, raise_record, warn_record
 from .._loops import (
@@ -58,9 +58,9 @@ class EngineFacts(Origin):
 
     @property
     def url(self) -> str:
-        """The engine's URL without its password (rendering costs ~10 us: done on demand)."""
+        """The engine's URL without its secrets (rendering costs ~10 us: done on demand)."""
         if self._rendered is None:
-            self._rendered = self._url.render_as_string(hide_password=True)
+            self._rendered = _secrets.mask_sqlalchemy_url(self._url)
         return self._rendered
 
 
