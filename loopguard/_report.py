@@ -24,6 +24,7 @@ LG104 = "LG104"  # dispose() on a loop other than the pooled connections'
 LG106 = "LG106"  # a loop closed while a pool still held its connections
 EVENT_FOREIGN_DISPOSE = "loopguard.dispose_on_foreign_loop"
 EVENT_LOOP_CLOSED_WITH_CONNECTIONS = "loopguard.loop_closed_with_connections"
+EVENT_LOOP_SCOPE_MISMATCH = "loopguard.loop_scope_mismatch"  # LG105, from the pytest plugin
 # Keys that help build the message and the warning but are not plain log values.
 _MESSAGE_ONLY = ("owner_loop", "used_site", "created_in_loop", "origin")
 
@@ -121,15 +122,16 @@ def log_fields(record: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
-def emit(record: dict[str, Any], event: str = EVENT_LOOP_MISMATCH) -> None:
-    """Send one record to structlog, the JSON-lines file and the plugin's listeners."""
+def emit(record: dict[str, Any], event: str = EVENT_LOOP_MISMATCH, listeners: bool = True) -> None:
+    """Send one record to structlog, the JSON-lines file and (records about an engine or a
+    pool) the plugin's listeners."""
     fields = log_fields(record)
     level = "error" if record["action"] == "raised" else "warning"
     getattr(app_logger(), level)(event, **fields)
     sink = STATE.sink
     if sink is not None:
         sink.emit(level, event, fields)
-    for listener in list(STATE.listeners):
+    for listener in list(STATE.listeners) if listeners else ():
         listener({"event": event, **fields})
 
 
