@@ -401,14 +401,13 @@ def ref_cli() -> str:
         for action in arguments:
             values = ", ".join(f"`{c}`" for c in action.choices) if action.choices else ""
             default = f"`{action.default}`" if action.default is not None else ""
-            meaning = re.sub(r"^- ", "`-` ", action.help or "")
+            meaning = (action.help or "").replace('"-"', "`-`")
             rows.append(f"| `{_cli_name(action)}` | {values} | {default} | {meaning} |")
         description = "\n\n".join(_paragraphs(sub.description))
-        epilog = "\n\n".join(_paragraphs(sub.epilog))
         out += [f"### `loopguard {name}`", "", f"```text\n{usage}\n```", ""]
         out += [_rst_to_md(description), "", *rows, ""]
-        if epilog:
-            out += [_rst_to_md(epilog.replace("exit status:", "Exit status:", 1)), ""]
+        for paragraph in _paragraphs(sub.epilog):  # "exit status: ..." -> "Exit status: ..."
+            out += [_rst_to_md(paragraph[:1].upper() + paragraph[1:]), ""]
     return "\n".join(out).rstrip()
 
 

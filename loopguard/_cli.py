@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any, Optional
 
-from . import _run
+from . import __version__, _run
 from ._errors import docs_link
 from ._log_reader import Entry, Inputs
 from ._report import ASYNCPG_CAUSES, CAUSES
@@ -230,6 +230,7 @@ def report(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="loopguard command line tools.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     report_parser = commands.add_parser(
         "report",
@@ -240,7 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report_parser.set_defaults(run=report)
     _run.add_parser(commands)
-    report_parser.add_argument("logfiles", nargs="+", metavar="LOGFILE", help="- reads stdin")
+    report_parser.add_argument(
+        "logfiles",
+        nargs="+",
+        metavar="LOGFILE",
+        help='a JSON-lines file written through LOOPGUARD_LOG_FILE; "-" reads standard input',
+    )
     report_parser.add_argument(
         "--format",
         choices=("table", "json", "markdown"),

@@ -1,9 +1,6 @@
 """``loopguard run``: run a program with loopguard active, without changing its code.
 
-Scripts (``app.py``) and modules (``-m pkg``) run in this process after ``install()``, so
-engines they create at import time get their creation site.  Any other command is started
-with ``LOOPGUARD`` set: the start-up hook (``asyncio_loopguard.pth``) activates loopguard in
-every Python process of this environment that it starts, workers included.
+``DESCRIPTION`` (the command's help) says how; it is plain text, read in a terminal.
 """
 
 from __future__ import annotations
@@ -17,6 +14,13 @@ from typing import Any
 from ._config import MODE_ENV, MODES
 
 USAGE = "loopguard run [--mode raise|warn] -- SCRIPT.py|-m MODULE|COMMAND [ARGS...]"
+DESCRIPTION = """\
+Run a program with loopguard active, without changing its code.
+
+Scripts (app.py) and modules (-m pkg) run in this process after loopguard.install(), so
+engines they create at import time get their creation site. Any other command is started
+with LOOPGUARD set: the start-up hook (asyncio_loopguard.pth) activates loopguard in every
+Python process of this environment that it starts, workers included."""
 
 
 def add_parser(commands: Any) -> None:
@@ -24,11 +28,15 @@ def add_parser(commands: Any) -> None:
         "run",
         help="run a script, module or command with loopguard installed",
         usage=USAGE,
-        description=__doc__,
+        description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--mode", choices=MODES, default="raise", help="raise (default) or warn")
-    parser.add_argument("target", nargs=argparse.REMAINDER, help="what to run, after --")
+    parser.add_argument(
+        "target",
+        nargs=argparse.REMAINDER,
+        help="the script, -m module or command to run, with its arguments, after --",
+    )
     parser.set_defaults(run=run)
 
 

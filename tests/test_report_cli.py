@@ -1,4 +1,5 @@
-"""``loopguard report``: summarising LOOPGUARD_LOG_FILE records, run as a real command.
+"""The ``loopguard`` command: ``report`` (summarising LOOPGUARD_LOG_FILE records), ``--version``,
+the help texts and ``loopguard run``'s errors, run as a real command.
 
 The tests run the command in a subprocess, both as ``python -m loopguard`` and as the
 installed ``loopguard`` console script.  Most records are written by hand in the shape of real
@@ -9,8 +10,10 @@ server.  The timing and memory tests call the command in this process, to measur
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -25,6 +28,7 @@ import pytest
 from pgserver import sqlalchemy_url
 from test_docs import EXAMPLES, needs_documented_stack
 
+import loopguard
 from loopguard._log import SCHEMA_VERSION
 from loopguard._report import ASYNCPG_CAUSES, CAUSES
 
@@ -733,3 +737,34 @@ def test_memory_grows_with_distinct_values_not_records(tmp_path: Path) -> None:
             tracemalloc.stop()
     assert peaks[1] < 3 * peaks[0], (peaks, sizes)
     assert peaks[1] < sizes[1] / 20, (peaks, sizes)
+
+
+# -- the command itself: --version, help, loopguard run's errors --------------------------------
+
+
+def test_version(run: Run) -> None:
+    """``loopguard --version`` prints the installed distribution's version."""
+    result = run("--version")
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout == f"loopguard {importlib.metadata.version('asyncio-loopguard')}\n"
+    assert result.stdout == f"loopguard {loopguard.__version__}\n"
+
+
+@pytest.mark.parametrize("args", [["--help"], ["report", "--help"], ["run", "--help"]])
+def test_help_is_plain_text(run: Run, args: list[str]) -> None:
+    """Help texts read well in a terminal: no reST markup (``code``, :role:`name`)."""
+    result = run(*args)
+    assert result.returncode == 0
+    assert "``" not in result.stdout
+    assert not re.search(r":\w+:`", result.stdout)
+
+
+def test_report_help_says_what_dash_means(run: Run) -> None:
+    result = run("report", "--help")
+    assert '"-" reads standard input' in " ".join(result.stdout.split())
+
+
+def test_run_help_describes_the_command(run: Run) -> None:
+    text = " ".join(run("run", "--help").stdout.split())
+    assert "Run a program with loopguard active, without changing its code." in text
+    assert "Scripts (app.py) and modules (-m pkg) run in this process" in text
