@@ -768,3 +768,61 @@ def test_run_help_describes_the_command(run: Run) -> None:
     text = " ".join(run("run", "--help").stdout.split())
     assert "Run a program with loopguard active, without changing its code." in text
     assert "Scripts (app.py) and modules (-m pkg) run in this process" in text
+    assert "exit status: the program's own" in text
+
+
+# loopguard run installs loopguard (SQLAlchemy's and asyncpg's imports): the installed command
+# only, the way users run it.
+console_script_only = pytest.mark.parametrize("run", ["console script"], indirect=True)
+
+
+@console_script_only
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        (["missing.py"], "cannot run 'missing.py': No such file or directory"),
+        (["-m", "missing_module"], "cannot run -m missing_module: No module named missing_module"),
+        (["-m", "pkg"], "cannot run -m pkg: No module named pkg.__main__; 'pkg' is a package"),
+    ],
+)
+def test_run_target_not_found_is_one_line(
+    run: Run, tmp_path: Path, target: list[str], message: str
+) -> None:
+    """A script or module that does not exist: one line naming it, exit status 2."""
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").touch()
+    result = run("run", "--", *target)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"loopguard run: {message}")
+    assert len(result.stderr.splitlines()) == 1
+
+
+PROGRAM_ERRORS = {
+    # What a program raises itself keeps its traceback, even when it is the same exception
+    # type as "not found".
+    "value_error.py": "def main():\n    raise ValueError('boom')\n\n\nmain()\n",
+    "file_not_found.py": "open('no-such-file.txt')\n",
+    "import_error.py": "import no_such_dependency  # noqa\n",
+    "syntax_error.py": "def (\n",
+}
+
+
+@console_script_only
+@pytest.mark.parametrize("how", ["script", "module"])
+@pytest.mark.parametrize("name", sorted(PROGRAM_ERRORS))
+def test_run_program_error_is_reported_as_python_would(
+    run: Run, tmp_path: Path, name: str, how: str
+) -> None:
+    """A script (or -m module) that raises: its own traceback, from its own first frame, as
+    ``python app.py`` prints it, and exit status 1."""
+    (tmp_path / name).write_text(PROGRAM_ERRORS[name])
+    target = [name] if how == "script" else ["-m", name[:-3]]
+    result = run("run", "--", *target)
+    python = subprocess.run(
+        [sys.executable, name], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert (result.returncode, python.returncode) == (1, 1)
+    # python names the script by its absolute path; runpy by the path it was given.
+    assert result.stderr.replace(str(tmp_path / name), name) == python.stderr.replace(
+        str(tmp_path / name), name
+    )
