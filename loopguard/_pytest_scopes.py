@@ -23,7 +23,8 @@ the notes).  This module finds the mismatch before any test body runs:
   NullPool engine, which crosses loops legitimately.
 
 Each (fixture, fixture loop scope, test loop scope) is reported once, as a
-``LoopScopeMismatchWarning`` in pytest's warnings summary, pointing at the fixture.
+``LoopScopeMismatchWarning`` in pytest's warnings summary, pointing at the fixture, and as the
+record ``loopguard.loop_scope_mismatch`` (structlog and ``LOOPGUARD_LOG_FILE``).
 pytest-asyncio older than 0.23 has a single ``event_loop`` and no loop scopes: nothing to
 compare.  The plugin object is registered only when loopguard is active.
 """
