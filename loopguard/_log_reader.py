@@ -9,6 +9,7 @@ wrong type.  Records are read one at a time: memory does not grow with the file.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import sys
 from collections.abc import Iterable, Iterator
@@ -46,8 +47,9 @@ class Kind:
     # Records without a cause (LG104, LG105, LG106): one explanation for the code.
     explanation: Optional[tuple[str, str]] = None
 
-    @property
+    @functools.cached_property
     def required(self) -> tuple[str, ...]:
+        """The fields without which a record is bad input."""
         return ("code", *self.site, *((self.url,) if self.url else ()), "action")
 
 
@@ -118,10 +120,9 @@ KINDS: dict[str, Kind] = {
     ),
 }
 
-_STRING = (str,)
-_INTEGER = (int,)
-# The type of each field the report reads; every one of them may also be null, but action.
-FIELD_TYPES: dict[str, tuple[type, ...]] = {
+# The type of each field the report reads; null is allowed too (action is checked apart: a
+# string, never null).
+FIELD_TYPES: dict[str, type] = {
     **dict.fromkeys(
         (
             "code",
@@ -139,9 +140,9 @@ FIELD_TYPES: dict[str, tuple[type, ...]] = {
             "test_loop_scope",
             "value",
         ),
-        _STRING,
+        str,
     ),
-    **dict.fromkeys(("pid", "owner_loop_id", "current_loop_id"), _INTEGER),
+    **dict.fromkeys(("pid", "owner_loop_id", "current_loop_id"), int),
 }
 _TYPE_NAMES = {str: "a string", int: "an integer"}
 
@@ -163,11 +164,11 @@ def _bad_fields(record: dict[str, Any]) -> list[str]:
     """A phrase for each field of the wrong type: ``pid is a list (expected an integer or
     null)``."""
     bad = []
-    for field, types in FIELD_TYPES.items():
+    for field, expected in FIELD_TYPES.items():
         value = record.get(field)
         # bool is an int to isinstance(), not to the records.
-        if value is not None and (not isinstance(value, types) or isinstance(value, bool)):
-            bad.append(f"{field} is {_json_type(value)} (expected {_TYPE_NAMES[types[0]]} or null)")
+        if value is not None and (not isinstance(value, expected) or isinstance(value, bool)):
+            bad.append(f"{field} is {_json_type(value)} (expected {_TYPE_NAMES[expected]} or null)")
     action = record.get("action", "")
     if not isinstance(action, str):
         bad.append(f"action is {_json_type(action)} (expected a string)")
