@@ -408,14 +408,13 @@ def ref_cli() -> str:
         for action in arguments:
             values = ", ".join(f"`{c}`" for c in action.choices) if action.choices else ""
             default = f"`{action.default}`" if action.default is not None else ""
-            meaning = re.sub(r"^- ", "`-` ", action.help or "")
+            meaning = (action.help or "").replace('"-"', "`-`")
             rows.append(f"| `{_cli_name(action)}` | {values} | {default} | {meaning} |")
         description = "\n\n".join(_paragraphs(sub.description))
-        epilog = "\n\n".join(_paragraphs(sub.epilog))
         out += [f"### `loopguard {name}`", "", f"```text\n{usage}\n```", ""]
         out += [_rst_to_md(description), "", *rows, ""]
-        if epilog:
-            out += [_rst_to_md(epilog.replace("exit status:", "Exit status:", 1)), ""]
+        for paragraph in _paragraphs(sub.epilog):  # "exit status: ..." -> "Exit status: ..."
+            out += [_rst_to_md(paragraph[:1].upper() + paragraph[1:]), ""]
     return "\n".join(out).rstrip()
 
 
@@ -479,24 +478,25 @@ def ref_autoload() -> str:
 
 
 def ref_causes() -> str:
-    from loopguard._report import CAUSES
+    from loopguard._causes import ENGINE
 
     rows = ["| `cause` | likely cause (as the message says it) | fix (as the message says it) |"]
     rows.append("|---|---|---|")
-    for key, (cause, fix) in CAUSES.items():
+    for key, (cause, fix) in ENGINE.items():
         rows.append(f"| `{key}` | {cause} | {fix} |")
     return "\n".join(rows)
 
 
 def ref_asyncpg_causes() -> str:
-    from loopguard._report import ASYNCPG_CAUSES
+    from loopguard._causes import ASYNCPG_CONNECTION, ASYNCPG_POOL
 
     rows = [
         "| `cause` | for | likely cause (as the message says it) | fix (as the message says it) |"
     ]
     rows.append("|---|---|---|---|")
-    for (kind, key), (cause, fix) in ASYNCPG_CAUSES.items():
-        rows.append(f"| `{key}` | {kind} | {cause} | {fix} |")
+    for kind, causes in (("pool", ASYNCPG_POOL), ("connection", ASYNCPG_CONNECTION)):
+        for key, (cause, fix) in causes.items():
+            rows.append(f"| `{key}` | {kind} | {cause} | {fix} |")
     return "\n".join(rows)
 
 

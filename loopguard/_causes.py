@@ -204,6 +204,30 @@ def standard_causes(noun: str, release: str) -> dict[str, Cause]:
     }
 
 
+# Codes whose records carry no ``cause``: one explanation for the code.
+EXPLANATIONS = {
+    "LG104": Cause(
+        "the engine was disposed on an event loop other than the one its pooled connections "
+        "belong to, or outside any loop: their loop could not close them, so loopguard closed "
+        "their sockets directly.",
+        "dispose the engine on the loop that used it, before that loop ends (`await "
+        "engine.dispose()` at the end of the asyncio.run() job, or in the teardown of a fixture "
+        "on the tests' loop).",
+    ),
+    "LG105": Cause(
+        "an async fixture hands what it yields, bound to its pytest-asyncio loop, to tests "
+        "that run on another loop scope: their first use of it fails.",
+        "run the tests on the fixture's loop (@pytest.mark.asyncio(loop_scope=...) on them, or "
+        "asyncio_default_test_loop_scope), or give the fixture the tests' loop scope.",
+    ),
+    "LG106": Cause(
+        "an event loop closed while the engine's pool still held connections bound to it: "
+        "they can never be closed properly (a connection leak).",
+        "`await engine.dispose()` before the loop ends: at the end of the asyncio.run() job, or "
+        "in the teardown of a fixture on the tests' loop.",
+    ),
+}
+
 # resource (as records name it) -> its causes; integrations add theirs with ``register``.
 _BY_RESOURCE: dict[str, dict[str, Cause]] = {
     "SQLAlchemy AsyncEngine": ENGINE,

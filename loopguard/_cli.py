@@ -6,118 +6,124 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import itertools
 import json
 import os
 import sys
 import textwrap
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Optional
 
-from . import _run
+from . import __version__, _run
+from ._causes import causes_for
 from ._errors import docs_link
-from ._log import EVENT_LOOP_MISMATCH, SCHEMA_VERSION
-from ._report import ASYNCPG_CAUSES, CAUSES
+from ._log_reader import Entry, Inputs
 
 PROG = "loopguard"
-GROUP_BY = ("code", "created_at", "created_in", "url")
-REQUIRED = (*GROUP_BY, "action")
-MAX_BAD_LINES = 10  # per file: a wrong file (a plain-text log) must not flood stderr
 MAX_SHOWN = 3  # loops and binding tests listed per engine in table and markdown
 PROSE = ("cause", "fix")  # the table wraps these details at 100 columns
 COLUMNS = ("#", "count", "actions", "code", "created")
 DETAILS = ("engine", "first test", "last test", "bound during", "loops", "cause", "fix", "docs")
 CODE_CELLS = ("created", "engine", "first test", "last test", "bound during")
+REPORT_DESCRIPTION = """\
+Summarise the records loopguard writes to LOOPGUARD_LOG_FILE (JSON lines), one group per
+code and engine (or pool, or pytest fixture for LG105): where it was created, its URL, how
+many records and of which action, the tests and loops involved, the cause and the fix."""
 REPORT_EPILOG = """\
+actions: raised (LG101, LG103 in raise mode), warned (LG101, LG103 in warn mode; LG102,
+LG105), released (LG104), reported (LG106). --fail-on raise counts the raised records, warn
+counts every record, whatever its action.
+
 exit status: 2 when some input is bad (a file that cannot be read, a line that is not a JSON
-object, a loopguard record without its key fields), after reporting every record that could
-be read; otherwise 1 when a record reaches --fail-on; otherwise 0. Lines of other events are
-ignored. Records of a newer schema (a newer loopguard wrote them) are reported with the
-fields this loopguard knows."""
+object, a loopguard record without its key fields or with a field of the wrong type), after
+reporting every record that could be read; otherwise 1 when a record reaches --fail-on;
+otherwise 0. Lines of other events are ignored. Records of a newer schema (a newer loopguard
+wrote them) are reported with the fields this loopguard knows."""
 
 
 def _say(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-def _text(value: Any) -> Optional[str]:
-    return None if value is None else str(value)
+def _some(items: Iterable[str], total: int) -> str:
+    """The first MAX_SHOWN of ``total`` items, and how many more there are."""
+    more = f", ... (+{total - MAX_SHOWN} more)" if total > MAX_SHOWN else ""
+    return ", ".join(itertools.islice(items, MAX_SHOWN)) + more
 
 
-def _add_unique(values: list[Any], value: Any) -> None:
-    if value not in values:
-        values.append(value)
-
-
-def _some(items: list[str]) -> str:
-    more = f", ... (+{len(items) - MAX_SHOWN} more)" if len(items) > MAX_SHOWN else ""
-    return ", ".join(items[:MAX_SHOWN]) + more
-
-
-def _cause(key: str, resource: Optional[str] = None) -> dict[str, Optional[str]]:
-    """A cause key with its text and fix; both None for a key this loopguard does not know.
-
-    Raw asyncpg records (LG103) explain the same keys for a pool or a connection.
-    """
-    if resource and resource.startswith("asyncpg"):
-        kind = "pool" if resource.endswith("Pool") else "connection"
-        text, fix = ASYNCPG_CAUSES.get((kind, key)) or (None, None)
-    else:
-        text, fix = CAUSES.get(key) or (None, None)
+def _cause(key: Optional[str], resource: Optional[str] = None) -> dict[str, Optional[str]]:
+    """A cause key with its text and fix, worded for the resource (an engine, an asyncpg pool
+    or connection, ...); both None for a key this loopguard does not know."""
+    cause = causes_for(resource or "").get(key or "")
+    text, fix = cause if cause is not None else (None, None)
     return {"cause": key, "text": text, "fix": fix}
 
 
-@dataclasses.dataclass
 class Group:
-    """The records of one engine: same code, creation site and URL, in file order."""
+    """The records of one engine: same event, code, creation site and URL, in file order.
 
-    code: Optional[str]
-    created_at: Optional[str]
-    created_in: Optional[str]
-    url: Optional[str]
-    count: int = 0
-    actions: dict[str, int] = dataclasses.field(default_factory=dict)
-    first_test: Optional[str] = None
-    last_test: Optional[str] = None
-    bound_during: list[Optional[str]] = dataclasses.field(default_factory=list)
-    loops: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    causes: list[str] = dataclasses.field(default_factory=list)
+    Repeated values (binding tests, loops, causes) are kept once, in insertion-ordered dicts:
+    adding a record costs the same whatever the number of records before it.
+    """
 
-    def __post_init__(self) -> None:
-        self._resource: Optional[str] = None  # what the causes are about; not reported
+    def __init__(self, first: Entry) -> None:
+        self.kind = first.kind
+        self.code, self.created_at, self.created_in, self.url = first.key[1:]
+        self.resource: Optional[str] = None
+        self.count = 0
+        self.actions: dict[str, int] = {}
+        self.first_test: Optional[str] = None
+        self.last_test: Optional[str] = None
+        self.bound_during: dict[Optional[str], None] = {}
+        self.loops: dict[tuple[Any, ...], None] = {}
+        self.causes: dict[str, None] = {}
 
-    def add(self, record: dict[str, Any]) -> None:
-        self._resource = self._resource or _text(record.get("resource"))
+    def add(self, entry: Entry) -> None:
+        self.resource = self.resource or entry.resource
         self.count += 1
-        action = str(record["action"])
-        self.actions[action] = self.actions.get(action, 0) + 1
-        test = _text(record.get("used_during"))
-        if test:
-            self.first_test = self.first_test or test
-            self.last_test = test
-        _add_unique(self.bound_during, _text(record.get("bound_during")))
-        _add_unique(
-            self.loops, {k: record.get(k) for k in ("pid", "owner_loop_id", "current_loop_id")}
-        )
-        if record.get("cause") is not None:
-            _add_unique(self.causes, str(record["cause"]))
+        self.actions[entry.action] = self.actions.get(entry.action, 0) + 1
+        if entry.test:
+            self.first_test = self.first_test or entry.test
+            self.last_test = entry.test
+        for bound in entry.bound:
+            self.bound_during[bound] = None
+        self.loops[entry.loop] = None
+        if entry.cause is not None:
+            self.causes[entry.cause] = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "causes": self._explained_causes()}
+        fields = self.kind.loop_fields
+        return {
+            "code": self.code,
+            "created_at": self.created_at,
+            "created_in": self.created_in,
+            "url": self.url,
+            "resource": self.resource,
+            "count": self.count,
+            "actions": self.actions,
+            "first_test": self.first_test,
+            "last_test": self.last_test,
+            "bound_during": list(self.bound_during),
+            "loops": [dict(zip(fields, loop)) for loop in self.loops],
+            "causes": self._explained_causes(),
+        }
 
     def _explained_causes(self) -> list[dict[str, Optional[str]]]:
-        return [_cause(key, self._resource) for key in self.causes]
+        if not self.causes and self.kind.explanation:
+            text, fix = self.kind.explanation
+            return [{"cause": None, "text": text, "fix": fix}]
+        return [_cause(key, self.resource) for key in self.causes]
 
     def cells(self, number: int) -> dict[str, str]:
         """The group as display text, by column name."""
         # Loop ids are counted per process: name the process when the records come from several.
-        several = len({loop["pid"] for loop in self.loops}) > 1
-        moves = [
-            (f"pid {loop['pid']}: " if several else "")
-            + f"#{loop['owner_loop_id']}->#{loop['current_loop_id']}"
+        several = len({loop[0] for loop in self.loops}) > 1
+        moves = (
+            (f"pid {loop[0]}: " if several else "") + self.kind.loop_text(*loop)
             for loop in self.loops
-        ]
+        )
+        bound = (b or "outside any test" for b in self.bound_during)
         causes = self._explained_causes()
         created = f"{self.created_at} in {self.created_in}"
         return {
@@ -126,83 +132,29 @@ class Group:
             "actions": ", ".join(f"{n} {action}" for action, n in self.actions.items()),
             "code": self.code or "?",
             "created": created if self.created_at else "creation site unknown",
-            "engine": self.url or "?",
+            "engine": self.url or self.resource or "?",
             "first test": self.first_test or "-",
             "last test": self.last_test or "-",
-            "bound during": _some([b or "outside any test" for b in self.bound_during]),
-            "loops": _some(moves),
-            "cause": "; ".join(f"{c['cause']}: {c['text'] or 'unknown cause'}" for c in causes),
+            "bound during": _some(bound, len(self.bound_during)) or "-",
+            "loops": _some(moves, len(self.loops)),
+            "cause": "; ".join(
+                f"{c['cause']}: {c['text'] or 'unknown cause'}" if c["cause"] else str(c["text"])
+                for c in causes
+            ),
             "fix": " / ".join(filter(None, (c["fix"] for c in causes))) or "see the docs",
             "docs": docs_link(self.code or "?"),
         }
 
 
-class Inputs:
-    """Reads loopguard records from files (``-`` is stdin); reports bad input on stderr."""
-
-    def __init__(self) -> None:
-        self.bad = False
-
-    def problem(self, message: str) -> None:
-        self.bad = True
-        _say(message)
-
-    def records(self, paths: Iterable[str]) -> Iterator[dict[str, Any]]:
-        for path in paths:
-            name = "<stdin>" if path == "-" else path
-            try:
-                if path == "-":
-                    yield from self._parse(name, sys.stdin)
-                else:
-                    with open(path, encoding="utf-8", errors="replace") as lines:
-                        yield from self._parse(name, lines)
-            except OSError as exc:
-                self.problem(f"{PROG} report: cannot read {name}: {exc.strerror or exc}")
-
-    def _parse(self, name: str, lines: Iterable[str]) -> Iterator[dict[str, Any]]:
-        bad_lines = 0
-        newer: set[int] = set()
-        for number, line in enumerate(lines, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                record = json.loads(line)
-                reason = "" if isinstance(record, dict) else f"found {type(record).__name__}"
-            except (ValueError, RecursionError) as exc:
-                reason = str(exc)
-            if reason:
-                bad_lines += 1
-                if bad_lines <= MAX_BAD_LINES:
-                    self.problem(f"{name}:{number}: not a JSON object ({reason})")
-                continue
-            if record.get("event") != EVENT_LOOP_MISMATCH:
-                continue  # the application's own records may share the stream
-            schema = record.get("schema")
-            if isinstance(schema, int) and schema > SCHEMA_VERSION and schema not in newer:
-                newer.add(schema)
-                _say(
-                    f"{name}:{number}: schema {schema}: written by a newer loopguard (this one "
-                    f"reads schema {SCHEMA_VERSION}); reporting the fields it knows"
-                )
-            missing = [key for key in REQUIRED if key not in record]
-            if missing:
-                self.problem(f"{name}:{number}: loopguard record without {', '.join(missing)}")
-                continue
-            yield record
-        if bad_lines > MAX_BAD_LINES:
-            _say(f"{name}: {bad_lines - MAX_BAD_LINES} more lines that are not JSON objects")
-
-
-def group_records(records: Iterable[dict[str, Any]]) -> list[Group]:
+def group_records(entries: Iterable[Entry]) -> list[Group]:
+    """Groups by code (LG101 first), each code's groups in the order they first appear."""
     groups: dict[tuple[Optional[str], ...], Group] = {}
-    for record in records:
-        code, created_at, created_in, url = (_text(record[k]) for k in GROUP_BY)
-        key = (code, created_at, created_in, url)
-        if key not in groups:
-            groups[key] = Group(code, created_at, created_in, url)
-        groups[key].add(record)
-    return list(groups.values())
+    for entry in entries:
+        group = groups.get(entry.key)
+        if group is None:
+            group = groups[entry.key] = Group(entry)
+        group.add(entry)
+    return sorted(groups.values(), key=lambda group: (group.code is None, group.code or ""))
 
 
 def render_table(groups: list[Group]) -> str:
@@ -251,9 +203,10 @@ def summary(groups: list[Group]) -> str:
 
 def report(args: argparse.Namespace) -> int:
     inputs = Inputs()
-    groups = group_records(inputs.records(args.logfiles))
+    groups = group_records(inputs.entries(args.logfiles))
     if args.format == "json":
-        print(json.dumps([g.as_dict() for g in groups], indent=2))
+        json.dump([g.as_dict() for g in groups], sys.stdout, indent=2)  # written in chunks
+        print()
     if not groups:
         # Keep stdout parseable in json format.
         print("no loopguard records", file=sys.stderr if args.format == "json" else sys.stdout)
@@ -272,18 +225,23 @@ def report(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="loopguard command line tools.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     report_parser = commands.add_parser(
         "report",
         help="summarise LOOPGUARD_LOG_FILE records by engine",
-        description="Summarise loopguard.loop_mismatch records (the JSON lines written to\n"
-        "LOOPGUARD_LOG_FILE) by engine: code, creation site and URL.",
+        description=REPORT_DESCRIPTION,
         epilog=REPORT_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     report_parser.set_defaults(run=report)
     _run.add_parser(commands)
-    report_parser.add_argument("logfiles", nargs="+", metavar="LOGFILE", help="- reads stdin")
+    report_parser.add_argument(
+        "logfiles",
+        nargs="+",
+        metavar="LOGFILE",
+        help='a JSON-lines file written through LOOPGUARD_LOG_FILE; "-" reads standard input',
+    )
     report_parser.add_argument(
         "--format",
         choices=("table", "json", "markdown"),
@@ -295,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("warn", "raise", "never"),
         default="raise",
         help="exit 1 when a record is at this level: warn (any record), raise (a raised "
-        "record; the default) or never",
+        "record; the default) or never (see actions below)",
     )
     return parser
 

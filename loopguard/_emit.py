@@ -6,6 +6,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+from ._codes import CODES
 from ._errors import LoopMismatchError
 from ._log import app_log, report_sink_failure
 from ._record import Record
@@ -13,18 +14,24 @@ from ._state import STATE
 
 
 def emit(record: Record) -> None:
-    """Send one record to structlog, the JSON-lines file and the plugin's listeners.
+    """Send one record to structlog, the JSON-lines file and the plugin's listeners."""
+    emit_fields(record.log_fields())
+
+
+def emit_fields(fields: dict[str, Any], listeners: bool = True) -> None:
+    """Send the logged fields of one record (its ``code`` and ``action`` among them) to
+    structlog, the JSON-lines file and (``listeners``) the pytest plugin's summary.
 
     Each sink's failure is contained on its own (reported once on stderr): the others still
     get the record, and the caller goes on to raise or warn as if nothing had failed.
     """
-    fields = record.log_fields()
-    level, event = record.level, record.event
+    code = CODES[fields["code"]]
+    level, event = code.level(fields["action"]), code.event
     app_log(level, event, **fields)
     sink = STATE.sink
     if sink is not None:
         sink.emit(level, event, fields)
-    for listener in list(STATE.listeners):
+    for listener in list(STATE.listeners) if listeners else ():
         try:
             listener({"event": event, **fields})
         except Exception as exc:

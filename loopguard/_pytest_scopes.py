@@ -23,7 +23,8 @@ the notes).  This module finds the mismatch before any test body runs:
   NullPool engine, which crosses loops legitimately.
 
 Each (fixture, fixture loop scope, test loop scope) is reported once, as a
-``LoopScopeMismatchWarning`` in pytest's warnings summary, pointing at the fixture.
+``LoopScopeMismatchWarning`` in pytest's warnings summary, pointing at the fixture, and as the
+record ``loopguard.loop_scope_mismatch`` (structlog and ``LOOPGUARD_LOG_FILE``).
 pytest-asyncio older than 0.23 has a single ``event_loop`` and no loop scopes: nothing to
 compare.  The plugin object is registered only when loopguard is active.
 """
@@ -40,12 +41,11 @@ from typing import Any, NamedTuple, Optional
 import pytest
 
 from . import _context, _sites
+from ._emit import emit_fields
 from ._errors import LoopScopeMismatchWarning, docs_link
-from ._log import app_log
 from ._pytest_loops import SCOPES, SUPPORTED, fixture_wrapper, name_loop_fixture
 
 LG105 = "LG105"
-EVENT_LOOP_SCOPE_MISMATCH = "loopguard.loop_scope_mismatch"
 # asyncio_default_fixture_loop_scope's value for "the fixture's own scope" (recent 1.x).
 _MATCH_FIXTURE_SCOPE = "fixture-scope"
 _MAX_LISTED_TESTS = 3
@@ -374,18 +374,20 @@ class LoopScopeCheck:
         fixture_at = f"{_sites.display_path(site[0], _context.rootdir)}:{site[1]}" if site else None
         tests = self._tests.get(use.key) or [item.nodeid]
         message = format_message(use, bound, tests, fixture_at, self._version)
-        app_log(
-            "warning",
-            EVENT_LOOP_SCOPE_MISMATCH,
-            code=LG105,
-            fixture=use.fixturedef.argname,
-            fixture_at=fixture_at,
-            fixture_loop_scope=use.fixture.scope,
-            test_loop_scope=use.test.scope,
-            value=bound,
-            used_during=_context.current_test(),
-            tests=len(tests),
-        )
+        record: dict[str, Any] = {
+            "code": LG105,
+            "action": "warned",
+            "fixture": use.fixturedef.argname,
+            "fixture_at": fixture_at,
+            "fixture_loop_scope": use.fixture.scope,
+            "test_loop_scope": use.test.scope,
+            "value": bound,
+            "used_during": _context.current_test(),
+            "tests": len(tests),
+        }
+        # Also to LOOPGUARD_LOG_FILE, for `loopguard report`; the plugin's own summary is
+        # about engines and pools, and the warnings summary shows this one already.
+        emit_fields(record, listeners=False)
         warning = LoopScopeMismatchWarning(message)
         if site is not None:
             warnings.warn_explicit(warning, LoopScopeMismatchWarning, site[0], site[1])

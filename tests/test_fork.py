@@ -66,7 +66,8 @@ PROGRAM = textwrap.dedent(
     async def main():
         global pool
         if KIND == "pool":
-            pool = await asyncpg.create_pool(os.environ["LOOPGUARD_TEST_DSN"], min_size=1, max_size=1)
+            dsn = os.environ["LOOPGUARD_TEST_DSN"]
+            pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
         before = await (pid_via_engine() if KIND == "engine" else pid_via_pool())
         read_end, write_end = os.pipe()
         child = os.fork()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import textwrap
 from pathlib import Path
 from types import SimpleNamespace
@@ -191,6 +192,38 @@ def test_scenario2_a_failing_structlog_processor_changes_nothing_but_one_line(
         "loopguard: the structlog logger 'loopguard' failed (ValueError: this processor fails "
         "on purpose); records it cannot take are dropped (said once per process)."
     ]
+
+
+@needs_loop_scope
+def test_scenario2_record_reaches_the_log_file(
+    pytester: pytest.Pytester, db_url: str, run: RunPytest
+) -> None:
+    """LOOPGUARD_LOG_FILE gets the LG105 record too (for ``loopguard report``), with the
+    fields of the structlog record, before the first LG101 record; the plugin's terminal
+    summary stays about engines."""
+    engine_suite(pytester.path)
+    log_file = pytester.path / "loopguard.jsonl"
+    result = run("--loopguard", "--tb=no", env={"LOOPGUARD_LOG_FILE": str(log_file)})
+    result.assert_outcomes(failed=2, warnings=1)
+    records = [json.loads(line) for line in log_file.read_text().splitlines()]
+    assert [r["code"] for r in records] == ["LG105", "LG101", "LG101"]
+    scope_record = records[0]
+    assert {k: v for k, v in scope_record.items() if k not in ("pid", "timestamp")} == {
+        "schema": 1,
+        "code": "LG105",
+        "action": "warned",
+        "fixture": "engine",
+        "fixture_at": f"conftest.py:{ENGINE_LINE}",
+        "fixture_loop_scope": "session",
+        "test_loop_scope": "function",
+        "value": "a pooled SQLAlchemy AsyncEngine (AsyncAdaptedQueuePool)",
+        "used_during": f"{T_ONE} (setup)",
+        "tests": 2,
+        "event": "loopguard.loop_scope_mismatch",
+        "level": "warning",
+    }
+    result.stdout.fnmatch_lines(["*= loopguard =*", "2 event-loop mismatches from 1 engine:"])
+    assert "LG105" not in output(result).split("= loopguard =")[1]
 
 
 @needs_loop_scope

@@ -1,23 +1,36 @@
-"""``loopguard report``: summarising LOOPGUARD_LOG_FILE records, run as a real command.
+"""The ``loopguard`` command: ``report`` (summarising LOOPGUARD_LOG_FILE records), ``--version``,
+the help texts and ``loopguard run``'s errors, run as a real command.
 
-Every test runs the command in a subprocess, both as ``python -m loopguard`` and as the
-installed ``loopguard`` console script.  The records are written by hand in the shape of real
-ones (copied from a run of examples/cached_engine), so no database is needed.
+The tests run the command in a subprocess, both as ``python -m loopguard`` and as the
+installed ``loopguard`` console script.  Most records are written by hand in the shape of real
+ones (copied from a run of the docs' examples), so no database is needed; the log of
+``real_log`` is written by loopguard itself, running the docs' examples against the real
+server.  The timing and memory tests call the command in this process, to measure it alone.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
+import os
+import re
+import shutil
 import subprocess
 import sys
 import sysconfig
+import time
+import tracemalloc
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import pytest
+from pgserver import sqlalchemy_url
+from test_docs import EXAMPLES, needs_documented_stack
 
+import loopguard
+from loopguard._causes import ASYNCPG_CONNECTION, ASYNCPG_POOL, ENGINE
 from loopguard._log import SCHEMA_VERSION
-from loopguard._report import CAUSES
 
 Run = Callable[..., "subprocess.CompletedProcess[str]"]
 
@@ -27,6 +40,7 @@ JSON_KEYS = [
     "created_at",
     "created_in",
     "url",
+    "resource",
     "count",
     "actions",
     "first_test",
@@ -65,6 +79,40 @@ def record(**overrides: Any) -> dict[str, Any]:
         fields.update(level="warning", released=1, sockets_closed=1)
     fields.update(overrides)
     return fields
+
+
+def lg104(**overrides: Any) -> dict[str, Any]:
+    """A dispose on a foreign loop (LG104), as loopguard writes it."""
+    fields = record(
+        code="LG104",
+        action="released",
+        event="loopguard.dispose_on_foreign_loop",
+        level="warning",
+        released=1,
+        sockets_closed=1,
+    )
+    del fields["cause"]
+    fields.update(overrides)
+    return fields
+
+
+def lg106(**overrides: Any) -> dict[str, Any]:
+    """A loop closed with connections still pooled (LG106), as loopguard writes it."""
+    fields = record(
+        code="LG106",
+        action="reported",
+        event="loopguard.loop_closed_with_connections",
+        level="warning",
+        current_loop_id=1,
+        owner_loop_closed=False,
+        held=1,
+    )
+    del fields["cause"]
+    fields.update(overrides)
+    return fields
+
+
+RECORD_OF_ACTION = {"raised": record, "warned": record, "released": lg104, "reported": lg106}
 
 
 def used_by(test: str, current_loop_id: int, **overrides: Any) -> dict[str, Any]:
@@ -143,7 +191,7 @@ def test_groups_records_by_engine_and_counts_them(run: Run, tmp_path: Path) -> N
         {"pid": 7641, "owner_loop_id": 1, "current_loop_id": n} for n in (2, 3, 4)
     ]
     assert first["causes"] == [
-        {"cause": key, "text": CAUSES[key][0], "fix": CAUSES[key][1]}
+        {"cause": key, "text": ENGINE[key].text, "fix": ENGINE[key].fix}
         for key in ("closed-loop-test", "idle-loop-test")
     ]
 
@@ -187,8 +235,8 @@ def test_table_is_the_default_format(run: Run, tmp_path: Path) -> None:
     assert f"    engine:       {URL}" in lines
     assert "    docs:         docs/errors.md#lg101" in lines
     flat = " ".join(result.stdout.split())
-    assert f"cause: closed-loop-test: {CAUSES['closed-loop-test'][0]}" in flat
-    assert f"fix: {CAUSES['closed-loop-test'][1]}" in flat
+    assert f"cause: closed-loop-test: {ENGINE['closed-loop-test'].text}" in flat
+    assert f"fix: {ENGINE['closed-loop-test'].fix}" in flat
     # Cause and fix are wrapped at 100 columns; a URL is never cut.
     assert max(len(line) for line in lines if not line.startswith("    engine:")) <= 100
     assert result.returncode == 1
@@ -247,13 +295,20 @@ def test_markdown_is_a_github_table(run: Run, tmp_path: Path) -> None:
         ("warn", ["warned", "warned"], 2),
         ("warn", ["raised", "warned"], 2),
         ("never", ["raised", "warned"], 0),
+        # LG104 (released) and LG106 (reported) are warnings: only --fail-on warn counts them.
+        (None, ["released", "reported"], 0),
+        ("raise", ["reported", "raised", "released"], 1),
+        ("warn", ["released", "reported", "reported"], 3),
+        ("never", ["released", "reported"], 0),
     ],
 )
 def test_fail_on(
     run: Run, tmp_path: Path, fail_on: Optional[str], actions: list[str], failing: int
 ) -> None:
-    """Exit 1 only when records reach --fail-on (default raise: a raised one); never gives 0."""
-    write_log(tmp_path / "log.jsonl", *(record(action=action) for action in actions))
+    """Exit 1 only when records reach --fail-on (default raise: a raised one; warn: any record,
+    whatever its action); never gives 0."""
+    records = (RECORD_OF_ACTION[action](action=action) for action in actions)
+    write_log(tmp_path / "log.jsonl", *records)
     option = ["--fail-on", fail_on] if fail_on else []
     result = run("report", *option, "log.jsonl")
     assert result.returncode == (1 if failing else 0), result.stderr
@@ -433,7 +488,6 @@ def test_closed_pipe_is_not_a_traceback(tmp_path: Path) -> None:
 def test_asyncpg_records_are_explained_as_pools_and_connections(run: Run, tmp_path: Path) -> None:
     """LG103 records (raw asyncpg) get the pool/connection wording of their cause and fix, not
     the SQLAlchemy engine's."""
-    from loopguard._report import ASYNCPG_CAUSES
 
     pool = record(
         code="LG103",
@@ -459,18 +513,315 @@ def test_asyncpg_records_are_explained_as_pools_and_connections(run: Run, tmp_pa
         [
             {
                 "cause": "closed-loop-run",
-                "text": ASYNCPG_CAUSES[("pool", "closed-loop-run")][0],
-                "fix": ASYNCPG_CAUSES[("pool", "closed-loop-run")][1],
+                "text": ASYNCPG_POOL["closed-loop-run"].text,
+                "fix": ASYNCPG_POOL["closed-loop-run"].fix,
             }
         ],
         [
             {
                 "cause": "outside-loop",
-                "text": ASYNCPG_CAUSES[("connection", "outside-loop")][0],
-                "fix": ASYNCPG_CAUSES[("connection", "outside-loop")][1],
+                "text": ASYNCPG_CONNECTION["outside-loop"].text,
+                "fix": ASYNCPG_CONNECTION["outside-loop"].fix,
             }
         ],
     ]
     table = run("report", "log.jsonl").stdout
     assert "await engine.dispose()" not in table
     assert "create the pool inside each job" in table
+
+
+# -- every code, from real runs ---------------------------------------------------------------
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    """This run's environment without loopguard's and pytest's settings, plus ``extra``."""
+    drop = ("LOOPGUARD", "PYTEST_ADDOPTS", "PYTEST_CURRENT_TEST")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+    return {**env, **extra}
+
+
+@pytest.fixture(scope="module")
+def real_log(pg_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A log file written by loopguard itself: the docs' examples run against the real server,
+    one after the other, all appending to one LOOPGUARD_LOG_FILE (every code, LG101 to LG106)."""
+    workdir = tmp_path_factory.mktemp("examples")
+    log = workdir / "loopguard.jsonl"
+    for name in ("pytest.ini", *(a for _, args in EXAMPLE_RUNS for a in args if ".py" in a)):
+        shutil.copy(EXAMPLES / name, workdir)
+    env = _clean_env(DATABASE_URL=sqlalchemy_url(pg_dsn), LOOPGUARD_LOG_FILE=str(log))
+    for loopguard_env, args in EXAMPLE_RUNS:
+        subprocess.run(
+            [sys.executable, *args],
+            cwd=workdir,
+            env={**env, **({"LOOPGUARD": loopguard_env} if loopguard_env else {})},
+            capture_output=True,
+            timeout=120,
+        )
+    return log
+
+
+PYTEST = ("-m", "pytest", "-p", "no:cacheprovider", "-q")
+# (LOOPGUARD, python's arguments) of each run, and what it logs.
+EXAMPLE_RUNS = [
+    ("", (*PYTEST, "lg101_cached_bug.py", "--loopguard")),  # LG106, LG101 x2
+    ("", (*PYTEST, "lg101_session_bug.py", "--loopguard")),  # LG105, LG101 x2
+    ("1", ("lg102_outside_loop_bug.py",)),  # LG102, then LG103 raised
+    ("warn", ("lg103_global_pool_bug.py",)),  # LG103 warned
+    ("1", ("lg104_dispose_bug.py",)),  # LG106, then LG104
+    ("1", ("lg106_leak_bug.py",)),  # LG106
+]
+
+
+@needs_documented_stack
+def test_every_code_gets_its_rows(run: Run, real_log: Path) -> None:
+    """Every record of a real log is counted, whatever its event (LG101 to LG106): the groups'
+    counts add up to the file's lines, each code's actions are its records' actions, and
+    each group has its code's creation site, loops, cause and fix."""
+    records = [json.loads(line) for line in real_log.read_text().splitlines()]
+    groups, result = report_json(run, str(real_log))
+    assert result.returncode == 1, result.stderr
+    assert sum(g["count"] for g in groups) == len(records)
+    logged = Counter((r["code"], r["action"]) for r in records)
+    reported = Counter[tuple[str, str]]()
+    for group in groups:
+        reported.update({(group["code"], a): n for a, n in group["actions"].items()})
+    assert reported == logged
+    codes = [g["code"] for g in groups]
+    assert codes == sorted(codes)  # grouped by code: LG101 first
+    assert set(codes) == {"LG101", "LG102", "LG103", "LG104", "LG105", "LG106"}
+    by_code = {(g["code"], g["created_at"]): g for g in groups}
+
+    scopes = by_code["LG105", "lg101_session_bug.py:11"]
+    assert scopes["created_in"] == "engine"  # the fixture
+    assert scopes["url"] is None
+    assert scopes["resource"] == "a pooled SQLAlchemy AsyncEngine (AsyncAdaptedQueuePool)"
+    assert scopes["first_test"] == "lg101_session_bug.py::test_first (setup)"
+    assert [(loop["fixture_loop_scope"], loop["test_loop_scope"]) for loop in scopes["loops"]] == [
+        ("session", "function")
+    ]
+    assert scopes["causes"][0]["cause"] is None
+    assert "another loop scope" in str(scopes["causes"][0]["text"])
+
+    outside = by_code["LG102", "lg102_outside_loop_bug.py:11"]
+    assert outside["actions"] == {"warned": 1}
+    assert [list(loop) for loop in outside["loops"]] == [["pid", "owner_loop_id"]]
+    assert outside["bound_during"] == []
+    assert outside["causes"] == [
+        {
+            "cause": "outside-loop",
+            "text": ASYNCPG_POOL["outside-loop"].text,
+            "fix": ASYNCPG_POOL["outside-loop"].fix,
+        }
+    ]
+    dispose = by_code["LG104", "lg104_dispose_bug.py:9"]
+    assert dispose["actions"] == {"released": 1}
+    assert [(loop["owner_loop_id"], loop["current_loop_id"]) for loop in dispose["loops"]] == [
+        (1, 2)
+    ]
+    assert "disposed on an event loop other than" in str(dispose["causes"][0]["text"])
+    leaks = by_code["LG106", "lg101_cached_bug.py:13"]
+    assert leaks["actions"] == {"reported": 1}
+    assert "loop closed while the engine's pool" in str(leaks["causes"][0]["text"])
+
+    table = run("report", str(real_log)).stdout.splitlines()
+    assert table[0].startswith(f"{len(records)} loopguard records (")
+    assert "[7] LG105 lg101_session_bug.py:11 in engine" in table
+    assert "    engine:       a pooled SQLAlchemy AsyncEngine (AsyncAdaptedQueuePool)" in table
+    assert "    loops:        session loop scope->function" in table
+    assert "    loops:        #1, captured at create_pool()" in table
+    assert "    loops:        #1->#2" in table
+    assert "    docs:         docs/errors.md#lg104" in table
+
+
+# -- bad field types ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["table", "json"])
+def test_field_of_the_wrong_type_is_a_bad_line(run: Run, tmp_path: Path, fmt: str) -> None:
+    """A list or an object where a string or a number belongs: the line is reported with its
+    number and skipped, the other records are reported, exit 2; never a traceback."""
+    write_log(
+        tmp_path / "log.jsonl",
+        used_by("test_a", 2),
+        record(pid=[7641]),
+        record(created_at={"file": "db.py", "line": 12}, used_during=["t"]),
+        record(action=None, owner_loop_id=True),
+        lg106(code=["LG106"]),
+        used_by("test_b", 3),
+    )
+    result = run("report", "--format", fmt, "log.jsonl")
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "log.jsonl:2: loopguard record with bad fields: pid is a list (expected an integer or "
+        "null)",
+        "log.jsonl:3: loopguard record with bad fields: created_at is an object (expected a "
+        "string or null); used_during is a list (expected a string or null)",
+        "log.jsonl:4: loopguard record with bad fields: owner_loop_id is a boolean (expected an "
+        "integer or null); action is null (expected a string)",
+        "log.jsonl:5: loopguard record with bad fields: code is a list (expected a string or null)",
+        "loopguard report: 2 record(s) at or above --fail-on=raise",
+    ]
+    if fmt == "json":
+        assert [g["count"] for g in json.loads(result.stdout)] == [2]
+    else:
+        assert result.stdout.startswith("2 loopguard records (2 raised) from 1 engine\n")
+
+
+def test_missing_and_bad_fields_together(run: Run, tmp_path: Path) -> None:
+    """One line, one message: what is missing, then what is of the wrong type."""
+    incomplete = record(url=42)
+    del incomplete["action"]
+    write_log(tmp_path / "log.jsonl", incomplete)
+    result = run("report", "log.jsonl")
+    assert result.returncode == 2
+    assert result.stderr == (
+        "log.jsonl:1: loopguard record without action, and with bad fields: url is a number "
+        "(expected a string or null)\n"
+    )
+
+
+# -- one engine, many records --------------------------------------------------------------------
+
+
+def _one_engine(path: Path, records: int, distinct: bool = True) -> Path:
+    """A log of one engine used by ``records`` tests, each on its own loop (``distinct``), or
+    the same record over and over."""
+    lines = (
+        used_by(f"test_{n}" if distinct else "test_x", n + 2 if distinct else 2)
+        for n in range(records)
+    )
+    return write_log(path, *lines)
+
+
+def _report_cpu_seconds(path: Path) -> float:
+    """CPU time of one ``loopguard report`` of ``path``, in this process: a subprocess would
+    add its start-up, and wall time the other processes of a busy machine."""
+    from loopguard import _cli
+
+    start = time.process_time()
+    assert _cli.main(["report", "--fail-on", "never", str(path)]) == 0
+    return time.process_time() - start
+
+
+def test_time_grows_linearly_with_the_records_of_one_engine(tmp_path: Path) -> None:
+    """One engine used by 2,000 tests, then 20,000: ten times the records take about ten times
+    the time (quadratic: a hundred times), compared in CPU time with a generous bound, the
+    smaller run's best of three against the larger's best of up to three tries."""
+    small = _one_engine(tmp_path / "small.jsonl", 2_000)
+    large = _one_engine(tmp_path / "large.jsonl", 20_000)
+    small_seconds = min(_report_cpu_seconds(small) for _ in range(3))
+    ratios = []
+    for _ in range(3):
+        ratios.append(_report_cpu_seconds(large) / small_seconds)
+        if ratios[-1] < 25:
+            break
+    assert min(ratios) < 25, f"20,000 records took {ratios} times as long as 2,000"
+
+
+def test_memory_grows_with_distinct_values_not_records(tmp_path: Path) -> None:
+    """The same record 1,000 or 10,000 times: the report reads one line at a time and keeps
+    each repeated value once, so its peak memory does not grow with the file (keeping the
+    records would take more than the file's size)."""
+    from loopguard import _cli
+
+    peaks, sizes = [], []
+    for records in (1_000, 10_000):
+        path = _one_engine(tmp_path / f"{records}.jsonl", records, distinct=False)
+        sizes.append(path.stat().st_size)
+        tracemalloc.start()
+        try:
+            assert _cli.main(["report", "--format", "json", "--fail-on", "never", str(path)]) == 0
+            peaks.append(tracemalloc.get_traced_memory()[1])
+        finally:
+            tracemalloc.stop()
+    assert peaks[1] < 3 * peaks[0], (peaks, sizes)
+    assert peaks[1] < sizes[1] / 20, (peaks, sizes)
+
+
+# -- the command itself: --version, help, loopguard run's errors --------------------------------
+
+
+def test_version(run: Run) -> None:
+    """``loopguard --version`` prints the installed distribution's version."""
+    result = run("--version")
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout == f"loopguard {importlib.metadata.version('asyncio-loopguard')}\n"
+    assert result.stdout == f"loopguard {loopguard.__version__}\n"
+
+
+@pytest.mark.parametrize("args", [["--help"], ["report", "--help"], ["run", "--help"]])
+def test_help_is_plain_text(run: Run, args: list[str]) -> None:
+    """Help texts read well in a terminal: no reST markup (``code``, :role:`name`)."""
+    result = run(*args)
+    assert result.returncode == 0
+    assert "``" not in result.stdout
+    assert not re.search(r":\w+:`", result.stdout)
+
+
+def test_report_help_says_what_dash_means(run: Run) -> None:
+    result = run("report", "--help")
+    assert '"-" reads standard input' in " ".join(result.stdout.split())
+
+
+def test_run_help_describes_the_command(run: Run) -> None:
+    text = " ".join(run("run", "--help").stdout.split())
+    assert "Run a program with loopguard active, without changing its code." in text
+    assert "Scripts (app.py) and modules (-m pkg) run in this process" in text
+    assert "exit status: the program's own" in text
+
+
+# loopguard run installs loopguard (SQLAlchemy's and asyncpg's imports): the installed command
+# only, the way users run it.
+console_script_only = pytest.mark.parametrize("run", ["console script"], indirect=True)
+
+
+@console_script_only
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        (["missing.py"], "cannot run 'missing.py': No such file or directory"),
+        (["-m", "missing_module"], "cannot run -m missing_module: No module named missing_module"),
+        (["-m", "pkg"], "cannot run -m pkg: No module named pkg.__main__; 'pkg' is a package"),
+    ],
+)
+def test_run_target_not_found_is_one_line(
+    run: Run, tmp_path: Path, target: list[str], message: str
+) -> None:
+    """A script or module that does not exist: one line naming it, exit status 2."""
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").touch()
+    result = run("run", "--", *target)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"loopguard run: {message}")
+    assert len(result.stderr.splitlines()) == 1
+
+
+PROGRAM_ERRORS = {
+    # What a program raises itself keeps its traceback, even when it is the same exception
+    # type as "not found".
+    "value_error.py": "def main():\n    raise ValueError('boom')\n\n\nmain()\n",
+    "file_not_found.py": "open('no-such-file.txt')\n",
+    "import_error.py": "import no_such_dependency  # noqa\n",
+    "syntax_error.py": "def (\n",
+}
+
+
+@console_script_only
+@pytest.mark.parametrize("how", ["script", "module"])
+@pytest.mark.parametrize("name", sorted(PROGRAM_ERRORS))
+def test_run_program_error_is_reported_as_python_would(
+    run: Run, tmp_path: Path, name: str, how: str
+) -> None:
+    """A script (or -m module) that raises: its own traceback, from its own first frame, as
+    ``python app.py`` prints it, and exit status 1."""
+    (tmp_path / name).write_text(PROGRAM_ERRORS[name])
+    target = [name] if how == "script" else ["-m", name[:-3]]
+    result = run("run", "--", *target)
+    python = subprocess.run(
+        [sys.executable, name], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert (result.returncode, python.returncode) == (1, 1)
+    # python names the script by its absolute path; runpy by the path it was given.
+    assert result.stderr.replace(str(tmp_path / name), name) == python.stderr.replace(
+        str(tmp_path / name), name
+    )
