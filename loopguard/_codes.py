@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import NamedTuple, Optional
 
-from ._causes import Cause, causes_for
+from ._causes import PRIMITIVE_NOUNS, Cause, causes_for
 from ._errors import (
     LoopguardWarning,
     LoopMismatchWarning,
@@ -63,6 +63,28 @@ CREATION_FIELDS = (
 # Objects registered with loopguard.track(): a name where a database has its URL.
 OBJECT_FIELDS = tuple(
     "name" if field == "url" else field for field in MISMATCH_FIELDS if field != "pool_class"
+)
+# LG111: asyncio's own primitives.  ``name`` is a subclass's name (asyncpg's pool queue),
+# ``created_by`` the library whose code created it, ``healed`` what warn mode did.
+PRIMITIVE_FIELDS = (
+    "code",
+    "action",
+    "resource",
+    "operation",
+    "name",
+    "created_at",
+    "created_in",
+    "created_during",
+    "created_by",
+    "bound_during",
+    "bound_at",
+    "used_at",
+    "used_during",
+    "owner_loop_id",
+    "owner_loop_closed",
+    "current_loop_id",
+    "cause",
+    "healed",
 )
 # Records about a pool's connections rather than a use of it (LG104, LG106).
 POOL_EVENT_FIELDS = (
@@ -183,10 +205,25 @@ CODES: dict[str, Code] = {
             OBJECT_FIELDS,
             (),
         ),
+        Code(
+            "LG111",
+            "an asyncio Lock, Event, Condition, Semaphore, Queue or Barrier used on an event loop "
+            "other than the one asyncio bound it to",
+            EVENT_LOOP_MISMATCH,
+            LoopMismatchWarning,
+            True,
+            PRIMITIVE_FIELDS,
+            tuple(PRIMITIVE_NOUNS),
+        ),
     )
 }
 
 EVENTS = {code.event for code in CODES.values()}
+
+
+def primitive_noun(resource: Optional[str]) -> Optional[str]:
+    """ "lock", "queue", ... for an asyncio primitive (summaries count them so); else None."""
+    return PRIMITIVE_NOUNS.get(resource or "")
 
 
 def docs_link(code: str) -> str:
