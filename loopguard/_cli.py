@@ -17,6 +17,7 @@ from typing import Any, Optional
 
 from . import __version__, _run
 from ._causes import causes_for
+from ._codes import primitive_noun
 from ._errors import docs_link
 from ._log_reader import Entry, Inputs
 
@@ -196,9 +197,11 @@ def summary(groups: list[Group]) -> str:
     total, actions = sum(g.count for g in groups), Counter[str]()
     for group in groups:
         actions.update(group.actions)
-    engines = f"{len(groups)} engine{'s' * (len(groups) != 1)}"
+    # asyncio primitives are counted as what they are (LG111), everything else as engines.
+    nouns = Counter(primitive_noun(g.resource) or "engine" for g in groups)
+    sources = " and ".join(f"{n} {noun}{'s' * (n != 1)}" for noun, n in nouns.items())
     done = ", ".join(f"{n} {action}" for action, n in actions.items())
-    return f"{total} loopguard record{'s' * (total != 1)} ({done}) from {engines}"
+    return f"{total} loopguard record{'s' * (total != 1)} ({done}) from {sources}"
 
 
 def report(args: argparse.Namespace) -> int:

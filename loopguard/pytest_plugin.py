@@ -16,6 +16,7 @@ from typing import Any, NamedTuple, Optional
 import pytest
 
 from . import _autoload, _config, _context, _install, _log
+from ._codes import primitive_noun
 from ._errors import ConfigError
 from ._log import EVENT_LOOP_MISMATCH
 from ._state import STATE
@@ -204,14 +205,18 @@ class _Collector:
         for record in self.records:
             if (record.get("event") == EVENT_LOOP_MISMATCH) is not mismatches:
                 continue
-            what = record.get("url") or record.get("name")  # an engine's URL, an object's name
+            # An engine's URL, an object's name, or what an asyncio primitive is.
+            what = record.get("url") or record.get("name") or record.get("resource")
             key = (record["code"], record.get("created_at"), record.get("created_in"), what)
             grouped[key].append(record)
         return grouped
 
 
 def _noun(resource: Any) -> str:
-    """What the summary counts: engines, pools, connections, or other objects."""
+    """What the summary counts: engines, pools, connections, locks, queues..., or objects."""
+    primitive = primitive_noun(resource)
+    if primitive is not None:
+        return primitive
     text = str(resource or "")
     for noun in ("engine", "pool", "connection"):
         if text.lower().endswith(noun):
