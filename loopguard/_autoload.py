@@ -16,7 +16,7 @@ from typing import List
 
 from . import _after_import
 
-TRIGGERS = ("sqlalchemy.ext.asyncio", "asyncpg")
+TRIGGERS = ("sqlalchemy.ext.asyncio", "asyncpg", "asyncio")
 
 activated = False  # True once the hook has installed loopguard
 _hooks: List[_after_import.AfterImport] = []

@@ -267,7 +267,7 @@ def test_repr_of_the_state_says_what_is_guarded() -> None:
     loopguard.install("warn")
     assert repr(_state.STATE) == (
         "<loopguard state: mode='warn' (from install() argument), "
-        "guarding=['sqlalchemy', 'asyncpg'], skipped={}, log_file=None>"
+        "guarding=['sqlalchemy', 'asyncpg', 'asyncio'], skipped={}, log_file=None>"
     )
 
 
@@ -302,33 +302,51 @@ def _sanitized_python(
     )
 
 
-def test_without_sqlalchemy_import_works_and_install_refuses_clearly(tmp_path: Path) -> None:
-    """No SQLAlchemy: `import loopguard` works; install() says what is missing, installs nothing."""
+def test_without_sqlalchemy_or_asyncpg_install_guards_asyncio_primitives(tmp_path: Path) -> None:
+    """No SQLAlchemy, no asyncpg: `import loopguard` works; install() guards asyncio's own
+    primitives (LG111) and says why the database integrations are skipped."""
     result = _sanitized_python(
         tmp_path,
         ["structlog"],
         """
+        import asyncio
         import loopguard
+        from loopguard._state import STATE
         try:
             import sqlalchemy
         except ImportError:
             pass
         else:
             raise SystemExit("sqlalchemy should not be importable here")
+        loopguard.install()
+        print("GUARDING:", STATE.enabled)
+        for name, why in STATE.skipped.items():
+            print("SKIPPED:", name, why)
+        lock = asyncio.Lock()
+
+        async def contend():
+            async def hold():
+                async with lock:
+                    await asyncio.sleep(0.01)
+            await asyncio.gather(hold(), hold())
+
+        asyncio.run(contend())
         try:
-            loopguard.install()
-        except loopguard.MissingDependencyError as exc:
-            print("ERROR:", exc)
-            print("IMPORTERROR:", isinstance(exc, ImportError))
+            asyncio.run(contend())
+        except loopguard.LoopMismatchError as exc:
+            print("RAISED:", exc.code, exc.resource)
+        loopguard.uninstall()
         print("INSTALLED:", loopguard.is_installed())
         """,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
-        "ERROR: loopguard has nothing to guard: sqlalchemy: SQLAlchemy is not installed "
-        "(No module named 'sqlalchemy'); pip install 'sqlalchemy[asyncio]'; "
-        "asyncpg: asyncpg is not installed (No module named 'asyncpg'); pip install asyncpg.",
-        "IMPORTERROR: True",
+        "GUARDING: ['asyncio']",
+        "SKIPPED: sqlalchemy SQLAlchemy is not installed (No module named 'sqlalchemy'); "
+        "pip install 'sqlalchemy[asyncio]'",
+        "SKIPPED: asyncpg asyncpg is not installed (No module named 'asyncpg'); "
+        "pip install asyncpg",
+        "RAISED: LG111 asyncio.Lock",
         "INSTALLED: False",
     ]
 
