@@ -471,6 +471,36 @@ def test_a_subclass_is_named_and_created_where_it_was_instantiated(
     assert str(error).startswith(f"asyncio.Semaphore ({__name__}.Limiter) used on event loop #")
 
 
+class Signal(asyncio.Condition):
+    """A subclass of Condition whose own __init__ makes the Condition's Lock."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+
+@pytest.mark.usefixtures("_guard")
+def test_the_lock_of_a_condition_subclass_is_reported_as_that_subclass(
+    import_time_loop: Optional[asyncio.AbstractEventLoop],
+) -> None:
+    signal = Signal()  # signal created
+
+    async def enter_twice() -> None:
+        async def hold() -> None:
+            async with signal:
+                await asyncio.sleep(0)
+
+        await asyncio.gather(hold(), hold())
+
+    if not LEGACY:
+        asyncio.run(enter_twice())
+    with pytest.raises(loopguard.LoopMismatchError) as excinfo:
+        asyncio.run(enter_twice())
+    error = excinfo.value
+    assert (error.resource, error.record["name"]) == ("asyncio.Condition", f"{__name__}.Signal")
+    assert error.record["operation"] == "Lock.acquire"
+    assert error.created_at == f"{HERE}:{marker_line(__file__, 'signal created')}"
+
+
 FAKE_LIBRARY = """\
 import asyncio
 
@@ -785,18 +815,17 @@ def test_off_means_nothing_is_patched(tmp_path: Path) -> None:
 
 
 @pytest.mark.usefixtures("_guard", "import_time_loop")
-def test_primitives_are_held_weakly_and_the_table_stays_bounded() -> None:
+def test_primitives_are_held_weakly_and_forgotten_when_they_die() -> None:
     gc.collect()
     before = _primitive_facts.tracked()
     locks = [asyncio.Lock() for _ in range(1000)]
-    assert _primitive_facts.tracked() == before + 1000
-    del locks
-    gc.collect()
-    assert _primitive_facts.tracked() == before
+    conditions = [asyncio.Condition() for _ in range(1000)]  # and their own locks
+    assert _primitive_facts.tracked() == before + 3000
+    del locks, conditions
+    assert _primitive_facts.tracked() == before  # at once, with no collection
     for _ in range(20_000):
         asyncio.Event()
-    live = _primitive_facts.tracked()
-    assert len(_primitive_facts._entries) <= max(_primitive_facts._MIN_SWEEP, 2 * live) + 1
+    assert _primitive_facts.tracked() == before
 
 
 # == pytest: a module-level lock shared by tests on pytest-asyncio's loops ====================

@@ -124,14 +124,10 @@ def _classify(filename: str) -> int:
     return kind
 
 
-def _is_method_of(frame: FrameType, objects: list[Any]) -> bool:
-    """``frame`` runs a method of one of ``objects`` (a subclass's ``__init__`` calling
-    ``super().__init__()``)."""
+def _is_method_of(frame: FrameType, obj: Any) -> bool:
+    """``frame`` runs a method of ``obj`` (a subclass's ``__init__`` calling ``super()``)."""
     code = frame.f_code
-    if not code.co_argcount:
-        return False
-    first = frame.f_locals.get(code.co_varnames[0])
-    return any(first is obj for obj in objects)
+    return bool(code.co_argcount) and frame.f_locals.get(code.co_varnames[0]) is obj
 
 
 def _next_frame(frame: FrameType, hopped: bool) -> tuple[Optional[FrameType], bool]:
@@ -142,31 +138,31 @@ def _next_frame(frame: FrameType, hopped: bool) -> tuple[Optional[FrameType], bo
     return back, hopped
 
 
-def _creation_walk(
-    frame: Optional[FrameType], obj: Any, owner_inits: frozenset[CodeType]
-) -> tuple[Any, ...]:
+def _creation_walk(frame: Optional[FrameType], obj: Any) -> tuple[Any, ...]:
     """The creation facts when the constructor's caller is not simply the user's code."""
     by: Optional[tuple[str, CodeType, int]] = None
-    owner: Optional[tuple[str, Optional[str]]] = None
-    selves = [obj]  # the new primitive, and the one asyncio creates it for
+    owner: Optional[type] = None  # the class asyncio creates it for (a Condition's Lock)
+    owner_frame: Optional[FrameType] = None
     subclassed = type(obj) not in BASES
     hopped = False
     for _ in range(MAX_FRAMES):
-        if frame is None or frame.f_code in _loop_runners:
+        if frame is None or id(frame.f_code) in _loop_runners:
             break
         code = frame.f_code
         kind = _kinds.get(code.co_filename)
         if kind is None:
             kind = _classify(code.co_filename)
-        if code in owner_inits:  # asyncio's Condition/Queue/Barrier creating it for itself
-            outer = frame.f_locals.get("self")
-            if isinstance(outer, GUARDED) and outer is not obj:
-                owner = describe(outer)  # the outermost one wins: a Barrier's Condition's Lock
-                selves.append(outer)
-                subclassed = subclassed or type(outer) not in BASES
-        elif subclassed and _is_method_of(frame, selves):
+        if id(code) in _owner_inits:
+            owner, owner_frame = _owner_inits[id(code)], frame  # the outermost one wins
+        elif subclassed and _is_method_of(frame, obj):
             pass  # a subclass's own __init__: the line that created the object counts
         elif kind == _USER:
+            if owner_frame is not None and code.co_name == "__init__":
+                outer = owner_frame.f_locals.get("self")  # f_locals: only in this rare case
+                if _is_method_of(frame, outer):
+                    owner = type(outer)  # a subclass of Condition, calling super().__init__()
+                    frame, hopped = _next_frame(frame, hopped)
+                    continue
             return (code, frame.f_lasti, _test_now(), running_loop() is not None, by, owner)
         elif kind == _LIBRARY and by is None:
             by = (str(frame.f_globals.get("__name__")), code, frame.f_lasti)
@@ -179,7 +175,7 @@ def user_frame(frame: Optional[FrameType]) -> Optional[FrameType]:
     within the task: not the line that runs the event loop."""
     hopped = False
     for _ in range(MAX_FRAMES):
-        if frame is None or frame.f_code in _loop_runners:
+        if frame is None or id(frame.f_code) in _loop_runners:
             return None
         kind = _kinds.get(frame.f_code.co_filename)
         if kind is None:
@@ -190,82 +186,85 @@ def user_frame(frame: Optional[FrameType]) -> Optional[FrameType]:
     return None
 
 
-# -- the table --------------------------------------------------------------------------------
-
-# id(primitive) -> [weak reference, creation, binding, loops warned about]
-#   creation: (code, lasti, raw test, loop running?, (module, code, lasti) of the library
-#              that created it or None, (resource, name) of the primitive it belongs to or None)
-#   binding:  (code, lasti, raw test, how) where asyncio bound it (FIRST_WAIT) or warn mode
-#             moved it (MOVED); None: at creation (3.9) or unknown (before install()).
-_REF, _CREATED, _BOUND, _WARNED = range(4)
-_MIN_SWEEP = 1024
-_entries: dict[int, list[Any]] = {}
-_sweep_at = _MIN_SWEEP
-_owner_inits: frozenset[CodeType] = frozenset()
+# -- the tables -------------------------------------------------------------------------------
+# Keyed by a weak reference to the primitive whose callback is the table's own ``pop`` (a C
+# function: no Python code runs when a primitive dies, and no sweep is needed).  A look-up
+# uses ``weakref.ref(obj)``, which equals that key while the primitive lives.
+#
+# CREATED: (code, lasti, raw test, loop running?, library, owner) where the primitive was
+#   created; ``library``: (module, code, lasti) of the library code that created it, or None;
+#   ``owner``: the class of the primitive asyncio created it for (a Condition's Lock), or None.
+# BOUND: (code, lasti, raw test, how) where asyncio bound it (FIRST_WAIT) or warn mode moved
+#   it (MOVED); absent: at creation (3.9) or before install().
+# WARNED: warn mode, the loops it was reported on.
+CREATED: dict[Any, tuple[Any, ...]] = {}
+BOUND: dict[Any, tuple[Any, ...]] = {}
+WARNED: dict[Any, set[int]] = {}
+# Code objects are compared by id(): hash(code) hashes its constants, nested code included.
+# id(constructor code) -> the class of asyncio's that creates primitives of its own there.
+_owner_inits: dict[int, type] = {}
 # Where a task's frames end: the event loop running callbacks.  A walk that reaches them has
 # found no user code in the task (a task running asyncio's own coroutine, barrier.wait()).
-_loop_runners: frozenset[CodeType] = frozenset()
+_loop_runners: frozenset[int] = frozenset()
 
 
-def _sweep() -> None:
-    """Forget the primitives that have been collected."""
-    global _sweep_at
-    for key, entry in list(_entries.items()):
-        if entry[_REF]() is None and _entries.get(key) is entry:
-            del _entries[key]
-    _sweep_at = max(_MIN_SWEEP, 2 * len(_entries))
+def _store(table: dict[Any, Any], obj: Any, value: Any) -> None:
+    """``table[obj] = value``; an existing key is kept (with its callback)."""
+    table[_weakref(obj, table.pop)] = value
 
 
-def created(obj: Any) -> None:
-    """Record where ``obj`` is being created; called by the constructor wrappers, whose
-    caller is frame 2."""
+def _keyable(cls: Any) -> bool:
+    """Instances hash and compare by identity: a weak reference to one can be a key."""
+    return cls.__hash__ is object.__hash__ and cls.__eq__ is object.__eq__
+
+
+def created_elsewhere(obj: Any, frame: FrameType) -> None:
+    """The constructor's caller (``frame``) is not simply the user's code: a library, asyncio
+    (a Condition's own Lock), a subclass's ``__init__``.  Called by the constructor wrappers
+    (``_primitives``)."""
     try:
-        _created(obj, _getframe(2))
+        owner = _owner_inits.get(id(frame.f_code))
+        if owner is not None and type(obj) in BASES:
+            # asyncio's Condition/Queue/Barrier creating it for itself, called by its wrapper
+            # (``_primitives``), called by...: the user's code, most of the time.
+            caller = frame.f_back.f_back if frame.f_back is not None else None
+            if caller is not None and _kinds.get(caller.f_code.co_filename) == _USER:
+                test, in_loop = _test_now(), running_loop() is not None
+                creation = (caller.f_code, caller.f_lasti, test, in_loop, None, owner)
+                _store(CREATED, obj, creation)
+                return
+        if type(obj) not in BASES and not _keyable(type(obj)):
+            return  # a subclass with an equality of its own cannot key the table: untracked
+        _store(CREATED, obj, _creation_walk(frame, obj))
     except Exception as exc:  # never fail the user's asyncio.Lock()
         report_once("recording where an asyncio primitive was created", exc, "it goes untracked")
 
 
-def _created(obj: Any, frame: FrameType) -> None:
-    code = frame.f_code
-    if _kinds.get(code.co_filename) == _USER and type(obj) in BASES:
-        creation: tuple[Any, ...] = (
-            code,
-            frame.f_lasti,
-            _env_get(_TEST_KEY) if _context.in_pytest else None,
-            running_loop() is not None,
-            None,
-            None,
-        )
-    else:
-        creation = _creation_walk(frame, obj, _owner_inits)
-    _entries[id(obj)] = [_weakref(obj), creation, None, None]
-    if len(_entries) > _sweep_at:
-        _sweep()
-
-
-def _entry(obj: Any) -> list[Any]:
-    """``obj``'s entry; one without a creation site if it was created before install()."""
-    key = id(obj)
-    entry = _entries.get(key)
-    if entry is None or entry[_REF]() is not obj:
-        entry = _entries[key] = [_weakref(obj), None, None, None]
-    return entry
+def _get(table: dict[Any, Any], obj: Any) -> Any:
+    cls = type(obj)
+    return table.get(_weakref(obj)) if cls in BASES or _keyable(cls) else None
 
 
 def bound(obj: Any, frame: Optional[FrameType], how: str) -> None:
     """asyncio bound ``obj`` to the running loop (``how``) while ``frame`` (asyncio's method
     that needed the loop) ran: keep the user's line and the test."""
-    found = user_frame(frame)
-    spot = (found.f_code, found.f_lasti) if found is not None else (None, 0)
-    _entry(obj)[_BOUND] = (*spot, _test_now(), how)
+    try:
+        if _keyable(type(obj)):
+            found = user_frame(frame)
+            spot = (found.f_code, found.f_lasti) if found is not None else (None, 0)
+            _store(BOUND, obj, (*spot, _test_now(), how))
+    except Exception as exc:  # never fail asyncio's own call
+        report_once("recording where an asyncio primitive was bound", exc, "it is not said")
 
 
 def first_warning(obj: Any, loop: Any) -> bool:
     """Warn mode: True the first time ``obj`` is reported on ``loop``."""
-    entry = _entry(obj)
-    warned = entry[_WARNED]
+    if not _keyable(type(obj)):
+        return True
+    warned = WARNED.get(_weakref(obj))
     if warned is None:
-        warned = entry[_WARNED] = set()
+        warned = set()
+        _store(WARNED, obj, warned)
     number = loop_id(loop)
     if number in warned:
         return False
@@ -273,32 +272,37 @@ def first_warning(obj: Any, loop: Any) -> bool:
     return True
 
 
-def set_codes(owner_inits: frozenset[CodeType], loop_runners: frozenset[CodeType]) -> None:
-    """The code of asyncio's constructors that create primitives of their own, and of the
-    event loop's methods that run tasks."""
+def set_codes(owner_inits: dict[CodeType, type], loop_runners: list[CodeType]) -> None:
+    """The code of asyncio's constructors that create primitives of their own (and their
+    classes), and of the event loop's methods that run tasks (asyncio's code, which lives as
+    long as the process)."""
     global _owner_inits, _loop_runners
-    _owner_inits, _loop_runners = owner_inits, loop_runners
+    _owner_inits = {id(code): cls for code, cls in owner_inits.items()}
+    _loop_runners = frozenset(map(id, loop_runners))
+
+
+def reset() -> None:
+    """install(): files are classified afresh (libraries may have been installed since)."""
+    _kinds.clear()
 
 
 def clear() -> None:
-    """Forget everything (install() starts afresh: libraries may have been imported since)."""
-    global _sweep_at
-    _entries.clear()
-    _kinds.clear()
-    _sweep_at = _MIN_SWEEP
+    """uninstall(): forget every primitive.  New tables: the old ones empty themselves as their
+    primitives die (their keys' callbacks are the old tables' ``pop``)."""
+    global CREATED, BOUND, WARNED
+    CREATED, BOUND, WARNED = {}, {}, {}
 
 
 def tracked() -> int:
-    """How many live primitives have an entry."""
-    return sum(1 for entry in list(_entries.values()) if entry[_REF]() is not None)
+    """How many live primitives have a creation site."""
+    return len(CREATED)
 
 
 # -- words, for a report ----------------------------------------------------------------------
 
 
-def describe(obj: Any) -> tuple[str, Optional[str]]:
+def describe(cls: type) -> tuple[str, Optional[str]]:
     """The resource (the asyncio class) and, for a subclass defined elsewhere, its name."""
-    cls = type(obj)
     base = next((c for c in cls.__mro__ if c in RESOURCES), None)
     if base is None:
         return f"{cls.__module__}.{cls.__qualname__}", None
@@ -353,17 +357,15 @@ def mismatch_record(
 ) -> Record:
     """The record of ``obj``, bound to ``owner``, used on ``loop`` by asyncio's method running
     in ``frame``."""
-    entry = _entry(obj)
-    creation = entry[_CREATED]
-    binding = entry[_BOUND]
-    resource, name = describe(obj)
+    creation, binding = _get(CREATED, obj), _get(BOUND, obj)
+    resource, name = describe(type(obj))
     created_site = created_during = created_by = in_loop = None
     if creation is not None:
-        code, lasti, test, in_loop, by, inner_of = creation
+        code, lasti, test, in_loop, by, outer = creation
         created_site, created_during = _site(code, lasti), _test_name(test)
         created_by = _library_line(by)
-        if inner_of is not None:
-            resource, name = inner_of
+        if outer is not None:  # created by asyncio for another primitive: reported as that
+            resource, name = describe(outer)
     how: Optional[str] = None
     bound_site = bound_during = None
     if binding is not None:

@@ -42,12 +42,14 @@ from __future__ import annotations
 import asyncio
 import inspect
 import sys
+import weakref
 from types import FrameType
 from typing import Any, Callable, Optional
 
+from .. import _context
 from .._emit import raise_record, warn_record
 from .._log import report_once
-from .._loops import LoopRef, current_loop
+from .._loops import LoopRef, current_loop, running_loop
 from .._state import STATE
 from . import _primitive_facts as facts
 from ._base import Integration, Patch
@@ -60,8 +62,33 @@ _CONSTRUCTED = ("locks:Lock", "locks:Event", "locks:Condition", "locks:Semaphore
 # -- constructors -----------------------------------------------------------------------------
 
 
+# The constructor wrapper, compiled with the exact signature of asyncio's constructor: a
+# ``*args, **kwargs`` wrapper costs as much again as everything else it does.  When the
+# caller is the user's code (one dict look-up says so), the creation is recorded right here:
+# a call to a function would cost as much as the recording itself.  Anything else (a library,
+# asyncio itself, a subclass's ``__init__``) goes to ``facts.created_elsewhere()``.
+_INIT_SOURCE = """\
+def __init__({params}):
+    _original({args})
+    frame = _getframe(1)
+    code = frame.f_code
+    if _kinds_get(code.co_filename) == _USER and type({self}) in _BASES:
+        creation = (
+            code,
+            frame.f_lasti,
+            _env_get(_TEST_KEY) if _context.in_pytest else None,
+            _running() is not None,
+            None,
+            None,
+        )
+        _CREATED[_ref({self}, _forget)] = creation
+    else:
+        _created_elsewhere({self}, frame)
+"""
+
+
 def _make_init(original: Callable[..., None]) -> Callable[..., None]:
-    """``original`` followed by ``facts.created(self)``, with ``original``'s signature."""
+    """``original`` followed by the recording of the new primitive's creation."""
     try:
         parameters = list(inspect.signature(original).parameters.values())
     except (TypeError, ValueError):
@@ -69,7 +96,21 @@ def _make_init(original: Callable[..., None]) -> Callable[..., None]:
     simple = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     if not parameters or any(p.kind not in simple for p in parameters):
         return _generic_init(original)
-    namespace: dict[str, Any] = {"_original": original, "_created": facts.created}
+    namespace: dict[str, Any] = {
+        "_original": original,
+        "_getframe": sys._getframe,
+        "_kinds_get": facts._kinds.get,
+        "_USER": facts._USER,
+        "_BASES": facts.BASES,
+        "_CREATED": facts.CREATED,
+        "_ref": weakref.ref,
+        "_forget": facts.CREATED.pop,
+        "_env_get": facts._env_get,
+        "_TEST_KEY": facts._TEST_KEY,
+        "_context": _context,
+        "_running": running_loop,
+        "_created_elsewhere": facts.created_elsewhere,
+    }
     head, call = [], []
     for number, parameter in enumerate(parameters):
         text = parameter.name
@@ -84,19 +125,17 @@ def _make_init(original: Callable[..., None]) -> Callable[..., None]:
             call.append(parameter.name)
         head.append(text)
     self_name = parameters[0].name
-    source = (
-        f"def __init__({', '.join(head)}):\n"
-        f"    _original({', '.join(call)})\n"
-        f"    _created({self_name})\n"
-    )
+    source = _INIT_SOURCE.format(params=", ".join(head), args=", ".join(call), self=self_name)
     exec(compile(source, f"<loopguard: {original.__qualname__}>", "exec"), namespace)
     return namespace["__init__"]  # type: ignore[no-any-return]
 
 
 def _generic_init(original: Callable[..., None]) -> Callable[..., None]:
+    """For a constructor whose signature the compiled wrapper cannot copy."""
+
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         original(self, *args, **kwargs)
-        facts.created(self)
+        facts.created_elsewhere(self, _getframe(1))  # the walk finds the user's code as well
 
     return __init__
 
@@ -133,8 +172,10 @@ class _LoopSlot:
 
     __loopguard_wrapped__ = True  # found by the scans for loopguard's patches
 
-    def __init__(self, waiters: frozenset[Any]) -> None:
-        self.waiters = waiters  # code of the methods that create a future of the loop
+    def __init__(self, waiters: list[Any]) -> None:
+        # The methods that create a future of the loop: their code, by id() (hash(code)
+        # hashes all its constants); asyncio's own, alive as long as the process.
+        self.waiters = frozenset(map(id, waiters))
 
     def __get__(self, obj: Any, cls: Optional[type] = None) -> Any:
         __tracebackhide__ = True
@@ -145,7 +186,7 @@ class _LoopSlot:
         loop = current_loop(owner)
         if loop is not owner and loop is not None:
             caller = _getframe(1)
-            if caller.f_code in self.waiters and _mismatch(obj, owner, loop, caller):
+            if id(caller.f_code) in self.waiters and _mismatch(obj, owner, loop, caller):
                 obj.__dict__["_loop"] = owner = loop  # warn mode, safe: moved to this loop
                 facts.bound(obj, caller, facts.MOVED)
         return owner
@@ -194,9 +235,8 @@ def _movable(obj: Any, owner: Any) -> bool:
     """Safe to move to another loop: its loop does not run, and nothing waits on it."""
     if LoopRef(owner).state() == "running":
         return False
-    attributes = vars(obj)
     for name in _WAITER_LISTS:
-        waiters = attributes.get(name)
+        waiters = getattr(obj, name, None)
         if waiters and any(not waiter.done() for waiter in waiters):
             return False
     return True
@@ -209,13 +249,14 @@ def _original(function: Any) -> Any:
     return getattr(function, "__wrapped__", function)
 
 
-def _owner_inits() -> frozenset[Any]:
-    """The constructors asyncio runs that create primitives of their own."""
+def _owner_inits() -> dict[Any, type]:
+    """The constructors asyncio runs that create primitives of their own (a Condition's
+    Lock, a Queue's Event for join(), a Barrier's Condition), by class."""
     classes = [asyncio.Condition, asyncio.Queue, getattr(asyncio, "Barrier", None)]
-    return frozenset(_original(cls.__init__).__code__ for cls in classes if cls is not None)
+    return {_original(cls.__init__).__code__: cls for cls in classes if cls is not None}
 
 
-def _loop_runners() -> frozenset[Any]:
+def _loop_runners() -> list[Any]:
     """asyncio's functions that run a loop's callbacks and tasks (uvloop's are not Python)."""
     import asyncio.events
 
@@ -226,10 +267,10 @@ def _loop_runners() -> frozenset[Any]:
         asyncio.run,
         getattr(asyncio, "Runner", None) and asyncio.Runner.run,
     ]
-    return frozenset(_original(f).__code__ for f in functions if f)
+    return [_original(f).__code__ for f in functions if f]
 
 
-def _waiting_methods() -> frozenset[Any]:
+def _waiting_methods() -> list[Any]:
     """Python 3.9: asyncio's methods that read ``_loop`` to wait."""
     methods = [
         asyncio.Lock.acquire,
@@ -239,7 +280,7 @@ def _waiting_methods() -> frozenset[Any]:
         asyncio.Queue.get,
         asyncio.Queue.put,
     ]
-    return frozenset(method.__code__ for method in methods)
+    return [method.__code__ for method in methods]
 
 
 def _patch_table() -> tuple[Patch, ...]:
@@ -265,7 +306,7 @@ class AsyncioPrimitivesIntegration(Integration):
         self._slots: list[type] = []
 
     def setup(self) -> None:
-        facts.clear()
+        facts.reset()
         facts.set_codes(_owner_inits(), _loop_runners())
         if facts.LEGACY:
             slot = _LoopSlot(_waiting_methods())
