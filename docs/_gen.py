@@ -148,6 +148,20 @@ RUNS: dict[str, Run] = {
     ),
     "lg104_guarded": Run("LOOPGUARD=1 python lg104_dispose_bug.py", _RECORD),
     "lg104_fix": Run("LOOPGUARD=1 python -X dev lg104_fix_dispose_in_loop.py", (r"^(.*)$",)),
+    "lg111_raw": Run(
+        "python lg111_module_lock_bug.py 2>&1 | grep -E '^(job [0-9]+:|[a-zA-Z._]+Error: )'",
+        (r"^(job \d+: .*)$", r"^(RuntimeError: <asyncio\.locks\.Lock object at) ", r"(> is bound .*)$"),
+    ),
+    "lg111_guarded": Run("LOOPGUARD=1 python lg111_module_lock_bug.py 2>&1 | tail -n 8", _MESSAGE),
+    "lg111_warn": Run(
+        "LOOPGUARD=warn python lg111_module_lock_bug.py 2>&1 | grep -E '^job|LoopMismatchWarning: '",
+        (r"^(job \d+: .*)$", *_MESSAGE),
+    ),
+    "lg111_fix": Run("LOOPGUARD=1 python -X dev lg111_fix_lock_per_job.py", (r"^(.*)$",)),
+    "lg111_tests_raw": Run(f"{_ERRORS} lg111_tests_bug.py", _FAILED + _OUTCOME),
+    "lg111_tests_guarded": Run(
+        f"{_ERRORS} lg111_tests_bug.py --loopguard", _MESSAGE + _SUMMARY + _OUTCOME
+    ),
     "fix_header": Run(
         "pytest -p no:cacheprovider lg101_cached_fix_fixture.py --loopguard",
         (r"^(loopguard: .*)$", *_OUTCOME),
@@ -487,6 +501,24 @@ def ref_causes() -> str:
     return "\n".join(rows)
 
 
+def ref_primitive_causes() -> str:
+    """LG111's causes, worded for a lock (the other primitives get their own noun)."""
+    from loopguard._causes import primitive_causes
+
+    rows = ["| `cause` | likely cause (as the message says it) | fix (as the message says it) |"]
+    rows.append("|---|---|---|")
+    for key, (cause, fix) in primitive_causes("lock").items():
+        rows.append(f"| `{key}` | {cause} | {fix} |")
+    return "\n".join(rows)
+
+
+def ref_primitives_hooks() -> str:
+    """The asyncio primitives integration's module docstring: what it patches and why."""
+    from loopguard.integrations import _primitives
+
+    return _docstring_md(_primitives.__doc__)
+
+
 def ref_asyncpg_causes() -> str:
     from loopguard._causes import ASYNCPG_CONNECTION, ASYNCPG_POOL
 
@@ -508,6 +540,8 @@ REFERENCE: dict[str, Callable[[], str]] = {
     "cli": ref_cli,
     "causes": ref_causes,
     "asyncpg_causes": ref_asyncpg_causes,
+    "primitive_causes": ref_primitive_causes,
+    "primitives_hooks": ref_primitives_hooks,
     "hooks": ref_hooks,
     "asyncpg_hooks": ref_asyncpg_hooks,
     "loop_scopes": ref_loop_scopes,

@@ -221,27 +221,39 @@ def test_every_output_block_names_a_command_and_every_command_is_shown() -> None
 # -- the examples ---------------------------------------------------------------------------
 
 
+# asyncio's own error for a primitive used on another loop (3.9: the future of its loop).
+ASYNCIO_PRIMITIVE_ERROR = re.compile(
+    r"RuntimeError: <asyncio\.locks\.\w+ object at 0x\w+.*> is bound to a different event loop"
+    r"|RuntimeError: Task <.*attached to a different loop"
+)
+# What each pytest-style bug shows without loopguard, and must not show with it.
+RAW_ERRORS = {"LG101": ASYNCPG_ERRORS, "LG111": ASYNCIO_PRIMITIVE_ERROR}
+
+
 @needs_documented_stack
 @pytest.mark.parametrize("name", PYTEST_BUGS)
 def test_pytest_bug_fails_with_loop_mismatch_under_loopguard(name: str, run_example) -> None:
-    """The failing pattern fails with LoopMismatchError (LG101) and nothing from asyncpg."""
+    """The failing pattern fails with LoopMismatchError (its code: LG101, LG111) and none of
+    the errors it shows without loopguard."""
+    code = _code(name)
     result = run_example(name, "--loopguard")
     outcomes = result.parseoutcomes()
     assert outcomes.get("failed", 0) >= 1, outcomes
     text = _output(result)
     assert "loopguard.LoopMismatchError" in text
-    assert f"(Background on this error at: {docs_link('LG101')}, code LG101)" in text
-    assert not ASYNCPG_ERRORS.search(text)
+    assert f"(Background on this error at: {docs_link(code)}, code {code})" in text
+    assert not RAW_ERRORS[code].search(text)
 
 
 @needs_documented_stack
 @pytest.mark.parametrize("name", PYTEST_BUGS)
 def test_pytest_bug_fails_inside_asyncpg_without_loopguard(name: str, run_example) -> None:
-    """Without loopguard the same pattern fails with asyncpg's different-loop error."""
+    """Without loopguard the same pattern fails with asyncpg's different-loop error (LG111:
+    asyncio's own, for the primitive)."""
     result = run_example(name)
     assert result.parseoutcomes().get("failed", 0) >= 1
     text = _output(result)
-    assert ASYNCPG_ERRORS.search(text)
+    assert RAW_ERRORS[_code(name)].search(text)
     assert "LoopMismatch" not in text
 
 
@@ -283,12 +295,13 @@ RAW_SYMPTOMS = {
     "LG103": f"InterfaceError: .*{ASYNCPG_BUSY}$",
     "LG104": "^Exception closing connection <",
     "LG106": "ResourceWarning: unclosed connection <asyncpg",
+    "LG111": ASYNCIO_PRIMITIVE_ERROR.pattern,
 }
 
 
 # Script bugs that loopguard stops with LoopMismatchError in raise mode (the others are
 # reported with a record and run to their end).
-STOPPED = {"LG101", "LG102", "LG103"}
+STOPPED = {"LG101", "LG102", "LG103", "LG111"}
 
 
 @needs_documented_stack
@@ -310,6 +323,8 @@ def test_script_bug_is_reported_under_loopguard(
             assert codes == ["LG102", "LG103"]
             assert ": PoolCreatedOutsideLoopWarning: asyncpg Pool created" in done.stderr
             assert "result:" not in done.stdout
+        elif _code(name) == "LG111" and sys.version_info < (3, 10):
+            assert done.stdout == ""  # 3.9 bound the lock at import: job 1 fails already
         else:
             assert done.stdout.startswith("job 1: 1\n")
     else:  # a record only: the program runs to its end
@@ -396,6 +411,59 @@ def test_output_shown_is_what_the_command_prints(name: str, fresh_outputs) -> No
     assert gen.essentials(name, outputs[name]) == shown, f"stale output: run {RECAPTURE}"
 
 
+# A library (a directory named site-packages) whose client makes its own lock, and a program
+# that builds the client at import time: LG111 names the library's line as created_by.
+LIBRARY_CLIENT = """\
+import asyncio
+
+
+class Client:
+    def __init__(self):
+        self.lock = asyncio.Lock()
+
+    async def call(self):
+        async with self.lock:
+            await asyncio.sleep(0.01)
+"""
+LIBRARY_PROGRAM = """\
+import asyncio
+
+import cacheclient
+
+client = cacheclient.Client()
+
+
+async def job():
+    await asyncio.gather(client.call(), client.call())
+
+
+if __name__ == "__main__":
+    asyncio.run(job())
+    asyncio.run(job())
+"""
+
+
+def _run_library_lock_script(tmp_path: Path, log: Path) -> None:
+    library = tmp_path / "lib" / "site-packages" / "cacheclient"
+    library.mkdir(parents=True)
+    (library / "__init__.py").write_text(LIBRARY_CLIENT)
+    (tmp_path / "library_program.py").write_text(LIBRARY_PROGRAM)
+    done = subprocess.run(
+        [sys.executable, "library_program.py"],
+        cwd=tmp_path,
+        env={
+            **os.environ,
+            "PYTHONPATH": str(library.parent),
+            "LOOPGUARD": "1",
+            "LOOPGUARD_LOG_FILE": str(log),
+        },  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "loopguard.LoopMismatchError: asyncio.Lock used on event loop" in done.stderr
+
+
 def _documented_fields() -> list[str]:
     text = (DOCS / "logs.md").read_text(encoding="utf-8")
     table = text.split("The fields of a record:", 1)[1].split("\n## ", 1)[0]
@@ -407,8 +475,8 @@ def test_log_fields_table_lists_exactly_the_fields_of_real_records(
     fresh_outputs, run_example, database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The fields table of logs.md names every field of real records: LG101 raised and warned
-    (also by a pytest-xdist worker), LG102, LG103 raised and warned, LG104 and LG106, as
-    written to the JSON-lines file."""
+    (also by a pytest-xdist worker), LG102, LG103 raised and warned, LG104, LG106, LG111
+    raised (a library's lock) and warned, as written to the JSON-lines file."""
     _, workdir = fresh_outputs
     warned_log = tmp_path / "warned.jsonl"
     monkeypatch.setenv("LOOPGUARD_LOG_FILE", str(warned_log))
@@ -422,8 +490,10 @@ def test_log_fields_table_lists_exactly_the_fields_of_real_records(
         ("lg104_dispose_bug.py", "1"),
         ("lg102_outside_loop_bug.py", "1"),
         ("lg103_global_pool_bug.py", "warn"),
+        ("lg111_module_lock_bug.py", "warn"),
     ):
         _run_script(name, tmp_path, LOOPGUARD=mode, LOOPGUARD_LOG_FILE=str(script_log))
+    _run_library_lock_script(tmp_path, script_log)
     xdist_records = _records(xdist_log)
     assert xdist_records and all(r["worker"] == "gw0" for r in xdist_records)
     records = [
@@ -435,6 +505,6 @@ def test_log_fields_table_lists_exactly_the_fields_of_real_records(
     actions = {(r["code"], r["action"]) for r in records}
     assert {("LG101", "raised"), ("LG101", "warned"), ("LG104", "released")} <= actions
     assert {("LG102", "warned"), ("LG103", "raised"), ("LG103", "warned")} <= actions
-    assert ("LG106", "reported") in actions
+    assert {("LG106", "reported"), ("LG111", "warned"), ("LG111", "raised")} <= actions
     fields = set().union(*records)
     assert sorted(_documented_fields()) == sorted(fields)
