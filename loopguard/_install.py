@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
 from typing import Optional
 
-from . import _config, _registry, _sites
+from . import _activation, _config, _registry, _sites
+from ._activation import Activation
 from ._errors import LoopguardWarning, MissingDependencyError
 from ._guards import Guards
 from ._log import JsonLinesSink
@@ -17,28 +19,47 @@ _applying = False  # integrations import their libraries, which may re-enter via
 
 
 def install(mode: Optional[str] = None, *, log_file: Optional[str] = None) -> None:
-    """Start guarding; idempotent (a second call only updates the mode and log file).
+    """Start guarding; idempotent: a second call updates the mode (when given) and log file.
 
     Args:
-        mode: ``"raise"`` (default) or ``"warn"``. Wins over the ``LOOPGUARD`` environment
-            variable; without it, ``LOOPGUARD=0`` makes this call a no-op.
+        mode: ``"raise"`` (the default) or ``"warn"``, in any spelling ``LOOPGUARD`` accepts;
+            ``"off"`` makes the call do nothing. Wins over the ``LOOPGUARD`` environment
+            variable. Without it, the call follows ``LOOPGUARD`` (``LOOPGUARD=0``: a no-op)
+            or an explicit off of the pytest run, and keeps the mode of an installation in
+            place.
         log_file: append JSON-lines records to this file (default: ``LOOPGUARD_LOG_FILE``).
 
     Raises:
         loopguard.ConfigError: unknown mode or ``LOOPGUARD`` value.
         loopguard.MissingDependencyError: none of the guarded libraries can be used.
     """
-    settings = _config.resolve(mode, log_file)
-    if settings.mode is None:
-        return
+    caller = sys._getframe(1)
+    activation = _activation.for_install(mode, (caller.f_code.co_filename, caller.f_lineno))
+    if activation.mode is not None:
+        apply(activation, log_file, keep_installed=mode is None)
+
+
+def apply(
+    activation: Activation, log_file: Optional[str] = None, *, keep_installed: bool = False
+) -> None:
+    """Install for ``activation``, or switch an installation to its mode.
+
+    ``keep_installed``: an installation in place keeps its mode and source (a bare
+    ``install()``, the start-up hook); only the log file follows the settings.
+    """
+    if activation.mode is None:
+        raise ValueError(f"cannot install for an activation that is off: {activation}")
+    setting = _config.log_file_setting(log_file)
     with STATE.lock:
         if _applying:
             return
-        if not STATE.installed:
+        was_installed = STATE.installed
+        if not was_installed:
             _apply_integrations()
-        _set_log_file(settings.log_file)
-        STATE.mode = settings.mode
-        STATE.mode_source = settings.mode_source
+        _set_log_file(setting.path if setting else None)
+        if not (keep_installed and was_installed):
+            STATE.activation = activation
+            STATE.mode = activation.mode
 
 
 def _apply_integrations() -> None:
@@ -101,7 +122,7 @@ def uninstall() -> None:
             _registry.clear_all()
             _set_log_file(None)
             STATE.mode = None
-            STATE.mode_source = ""
+            STATE.activation = None
             STATE.enabled = []
             STATE.skipped = {}
 

@@ -46,9 +46,10 @@ def run(args: argparse.Namespace) -> int:
     # Children started by the program (workers, subprocesses) are guarded too.
     os.environ[MODE_ENV] = args.mode
     if target[0] == "-m" or _is_script(target[0]):
-        import loopguard
+        from . import _activation, _autoload, _install
 
-        loopguard.install(args.mode)
+        _autoload.hand_over()  # LOOPGUARD set before: its start-up hook must not act as well
+        _install.apply(_activation.for_run(args.mode))
         if target[0] == "-m":
             sys.argv = [target[1], *target[2:]]
             runpy.run_module(target[1], run_name="__main__", alter_sys=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import site
 import subprocess
 import sys
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import pytest
 from pgserver import sqlalchemy_url
+
+REPO = Path(__file__).resolve().parent.parent
 
 # A task runner in miniature: a module-level engine, one asyncio.run() per job.
 APP = textwrap.dedent(
@@ -133,6 +136,18 @@ def test_hook_imports_nothing_when_off(tmp_path: Path, pg_dsn: str, value: str) 
     assert result.stdout.strip() == "[]", result.stderr
 
 
+def test_the_start_up_line_knows_every_off_spelling() -> None:
+    """The .pth line decides "off" itself so that it imports nothing then; the resolver has
+    the final word on every other value, so the two lists of off spellings must agree."""
+    from loopguard import _config
+
+    line = (REPO / "asyncio_loopguard.pth").read_text()
+    quoted = re.search(r"not in \(([^)]*)\)", line)
+    assert quoted is not None, line
+    spellings = {text.strip().strip('"') for text in quoted.group(1).split(",")}
+    assert spellings == {"", *_config.OFF_TEXT}
+
+
 def test_hook_waits_for_a_guarded_library(tmp_path: Path, pg_dsn: str) -> None:
     """LOOPGUARD=1 in a process that never imports SQLAlchemy: nothing is installed or imported
     beyond loopguard itself (pip, linters and other tools pay almost nothing)."""
@@ -154,7 +169,7 @@ def test_hook_reports_a_bad_value_and_the_program_still_runs(app: Path, pg_dsn: 
 
 
 def test_pytest_cli_off_beats_the_start_up_hook(pytester: pytest.Pytester, pg_env: str) -> None:
-    """LOOPGUARD=1 starts the hook, but `pytest --loopguard=off` wins (CLI > env)."""
+    """LOOPGUARD=1 starts the hook, but `pytest --loopguard-mode=off` wins (CLI > env)."""
     pytester.makepyfile(
         """
         import loopguard
@@ -166,7 +181,7 @@ def test_pytest_cli_off_beats_the_start_up_hook(pytester: pytest.Pytester, pg_en
     )
     os.environ["LOOPGUARD"] = "1"
     try:
-        result = pytester.runpytest_subprocess("--loopguard=off", "-p", "no:cacheprovider")
+        result = pytester.runpytest_subprocess("--loopguard-mode=off", "-p", "no:cacheprovider")
     finally:
         del os.environ["LOOPGUARD"]
     result.assert_outcomes(passed=1)

@@ -9,7 +9,7 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import pytest
 import structlog
@@ -120,13 +120,51 @@ def test_uninstall_when_not_installed_warns_and_changes_nothing() -> None:
     assert _patched_slots() == before
 
 
-def test_unknown_mode_argument_is_a_clear_error() -> None:
-    """install('loud') names the valid modes and installs nothing."""
+def _next_line() -> str:
+    """``tests/test_install.py:N`` of the caller's next line (where install() is called)."""
+    return f"tests/test_install.py:{sys._getframe(1).f_lineno + 1}"
+
+
+@pytest.mark.parametrize("value", ["loud", "", 1, True])
+def test_unknown_mode_argument_is_a_clear_error(value: Any) -> None:
+    """install('loud') names the call, the valid values, and installs nothing."""
     with pytest.raises(loopguard.ConfigError) as excinfo:
-        loopguard.install("loud")
-    assert excinfo.value.args == ("Unknown loopguard mode 'loud'. Valid modes: raise, warn.",)
+        where = _next_line()
+        loopguard.install(value)
+    assert excinfo.value.args == (
+        f"Invalid loopguard mode {value!r} from install() at {where}. "
+        "Valid values: 1, true, on, raise, warn, 0, false, off.",
+    )
     assert isinstance(excinfo.value, ValueError)
     assert not loopguard.is_installed()
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("RAISE", "raise"), (" Warn ", "warn"), ("1", "raise"), ("on", "raise"), ("off", None)],
+)
+def test_mode_argument_takes_the_spellings_of_the_environment_variable(
+    monkeypatch: pytest.MonkeyPatch, value: str, expected: Optional[str]
+) -> None:
+    """install("RAISE") is install("raise"); install("off") does nothing, whatever LOOPGUARD
+    says (an explicit argument wins over the environment)."""
+    monkeypatch.setenv("LOOPGUARD", "warn" if expected is None else "0")
+    before = _patched_slots()
+    loopguard.install(value)
+    assert loopguard.mode() == expected
+    if expected is None:
+        assert _patched_slots() == before
+
+
+def test_a_bare_install_keeps_the_mode_in_effect(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bare install() while installed (a library's, or conftest.py's under --loopguard-mode)
+    neither resets the mode to the default nor takes over who installed it."""
+    loopguard.install("warn")
+    installed_by = _state.STATE.activation
+    monkeypatch.setenv("LOOPGUARD", "raise")
+    loopguard.install()
+    assert loopguard.mode() == "warn"
+    assert _state.STATE.activation is installed_by
 
 
 @pytest.mark.parametrize("value", ["maybe", "yes", "2", "raise!"])
@@ -226,13 +264,22 @@ def test_failure_during_install_leaves_nothing_half_installed(
     assert _patched_slots() == before
 
 
-def test_repr_of_the_state_says_what_is_guarded() -> None:
+def test_repr_of_the_state_says_what_is_guarded(monkeypatch: pytest.MonkeyPatch) -> None:
     """The state's repr is what a user sees when debugging: mode, source, integrations."""
     assert repr(_state.STATE) == "<loopguard state: not installed>"
+    where = _next_line()
     loopguard.install("warn")
     assert repr(_state.STATE) == (
-        "<loopguard state: mode='warn' (from install() argument), "
+        f"<loopguard state: mode='warn' (from install() at {where}), "
         "guarding=['sqlalchemy', 'asyncpg'], skipped={}, log_file=None>"
+    )
+    loopguard.uninstall()
+    monkeypatch.setenv("LOOPGUARD", "warn")
+    where = _next_line()
+    loopguard.install()
+    assert repr(_state.STATE).startswith(
+        f"<loopguard state: mode='warn' (from install() at {where}, "
+        "mode from the LOOPGUARD environment variable), "
     )
 
 

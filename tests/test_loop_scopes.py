@@ -182,7 +182,7 @@ def test_scenario2_warn_mode_warns_once_before_the_healing_warnings(
     """Warn mode: the same single LoopScopeMismatchWarning, then the run-time guard heals the
     engine onto each test's loop with a LoopMismatchWarning each, and both tests pass."""
     engine_suite(pytester.path)
-    result = run("--loopguard=warn")
+    result = run("--loopguard-mode=warn")
     result.assert_outcomes(passed=2, warnings=3)
     result.stdout.fnmatch_lines(SCENARIO2_WARNING)
     text = output(result)

@@ -10,6 +10,7 @@ Nothing is mocked: the loops are pytest-asyncio's, the errors are asyncpg's or l
 from __future__ import annotations
 
 import json
+import sys
 import textwrap
 from pathlib import Path
 from typing import Callable, Optional
@@ -260,11 +261,11 @@ def test_scenario1_raise_mode_explains_each_failure_and_summarises(
 def test_scenario1_warn_mode_heals_and_warns(cached_engine_suite: Path, run: RunPytest) -> None:
     """Warn mode: all three tests pass; two LoopMismatchWarnings point at the tests' own lines;
     the summary section counts them as warned."""
-    result = run("--loopguard=warn")
+    result = run("--loopguard-mode=warn")
     result.assert_outcomes(passed=3, warnings=2)
     result.stdout.fnmatch_lines(
         [
-            "loopguard: mode=warn (from the --loopguard option), guarding sqlalchemy, asyncpg",
+            "loopguard: mode=warn (from the --loopguard-mode option), guarding sqlalchemy, asyncpg",
             "*warnings summary*",
             T_LIST,
             "*tests/test_users.py:*: LoopMismatchWarning: SQLAlchemy AsyncEngine used on event "
@@ -450,7 +451,7 @@ def test_scenario2_warn_mode_lets_the_tests_pass(
     """Warn mode: both tests pass, each with a LoopMismatchWarning, after the LG105 warning
     about the fixture's wider loop scope (once, at the first test's setup)."""
     session_fixture_suite(pytester.path, None)
-    result = run("--loopguard=warn")
+    result = run("--loopguard-mode=warn")
     result.assert_outcomes(passed=2, errors=0, warnings=3)
     result.stdout.fnmatch_lines(
         [
@@ -471,7 +472,7 @@ def test_scenario2_warn_mode_session_teardown_dispose_is_clean(
     session loop must then not hit a connection of a closed test loop ("Exception closing
     connection ... Event loop is closed" logged by SQLAlchemy's pool)."""
     session_fixture_suite(pytester.path, None)
-    result = run("--loopguard=warn", *UNCAPTURED)
+    result = run("--loopguard-mode=warn", *UNCAPTURED)
     result.assert_outcomes(passed=2, errors=0)
     stderr = result.stderr.str()
     assert "Exception closing connection" not in stderr
@@ -808,23 +809,36 @@ def mode_suite(root: Path, ini_mode: Optional[str] = None) -> None:
 
 
 OPTION = "the --loopguard option"
+MODE_OPTION = "the --loopguard-mode option"
 ENV = "the LOOPGUARD environment variable"
 INI = "the asyncio_loopguard ini option"
 MODE_CASES = [
     # id, command line, environment, ini value, mode in effect, where it came from
     ("default-off", [], {}, None, None, None),
-    ("cli-bare-is-raise", ["--loopguard"], {}, None, "raise", OPTION),
-    ("cli-warn", ["--loopguard=warn"], {}, None, "warn", OPTION),
-    ("cli-off", ["--loopguard=off"], {}, None, None, None),
+    ("cli-flag-is-raise", ["--loopguard"], {}, None, "raise", OPTION),
+    # A flag takes no value: the path after it stays a path (it was swallowed as the mode).
+    ("cli-flag-before-path", ["--loopguard", "test_mode.py"], {}, None, "raise", OPTION),
+    ("cli-warn", ["--loopguard-mode=warn"], {}, None, "warn", MODE_OPTION),
+    ("cli-mode-spelling", ["--loopguard-mode", "RAISE"], {}, None, "raise", MODE_OPTION),
+    ("cli-flag-and-mode", ["--loopguard", "--loopguard-mode=warn"], {}, None, "warn", MODE_OPTION),
+    ("cli-off", ["--loopguard-mode=off"], {}, None, None, None),
     ("env-1", [], {"LOOPGUARD": "1"}, None, "raise", ENV),
     ("env-spelling", [], {"LOOPGUARD": " TRUE "}, None, "raise", ENV),
     ("env-warn", [], {"LOOPGUARD": "warn"}, None, "warn", ENV),
     ("env-0", [], {"LOOPGUARD": "0"}, None, None, None),
     ("ini-raise", [], {}, "raise", "raise", INI),
     ("ini-warn", [], {}, "warn", "warn", INI),
-    ("cli-beats-env", ["--loopguard=raise"], {"LOOPGUARD": "warn"}, None, "raise", OPTION),
-    ("cli-off-beats-env", ["--loopguard=off"], {"LOOPGUARD": "1"}, None, None, None),
-    ("cli-beats-ini", ["--loopguard=warn"], {}, "raise", "warn", OPTION),
+    ("cli-flag-beats-env", ["--loopguard"], {"LOOPGUARD": "warn"}, None, "raise", OPTION),
+    (
+        "cli-beats-env",
+        ["--loopguard-mode=raise"],
+        {"LOOPGUARD": "warn"},
+        None,
+        "raise",
+        MODE_OPTION,
+    ),
+    ("cli-off-beats-env", ["--loopguard-mode=off"], {"LOOPGUARD": "1"}, None, None, None),
+    ("cli-beats-ini", ["--loopguard-mode=warn"], {}, "raise", "warn", MODE_OPTION),
     ("env-beats-ini", [], {"LOOPGUARD": "warn"}, "raise", "warn", ENV),
     ("env-off-beats-ini", [], {"LOOPGUARD": "false"}, "on", None, None),
     ("empty-env-is-unset", [], {"LOOPGUARD": ""}, "warn", "warn", INI),
@@ -871,17 +885,12 @@ def test_mode_source_precedence_header_and_patches(
 
 
 BAD_VALUE_CASES = [
-    ("cli", ["--loopguard=bogus"], {}, None, f"'bogus' from {OPTION}"),
+    ("cli", ["--loopguard-mode=bogus"], {}, None, f"'bogus' from {MODE_OPTION}"),
+    ("cli-empty", ["--loopguard-mode="], {}, None, f"'' from {MODE_OPTION}"),
     ("env", [], {"LOOPGUARD": "maybe"}, None, f"'maybe' from {ENV}"),
     ("ini", [], {}, "nope", f"'nope' from {INI}"),
-    # argparse's nargs="?": a bare --loopguard takes the next word as its value.
-    (
-        "cli-bare-before-path",
-        ["--loopguard", "test_mode.py"],
-        {},
-        None,
-        f"'test_mode.py' from {OPTION}",
-    ),
+    # Every setting is checked, also one that another setting overrides.
+    ("ini-under-env", [], {"LOOPGUARD": "1"}, "nope", f"'nope' from {INI}"),
 ]
 
 
@@ -903,25 +912,80 @@ def test_invalid_mode_is_a_usage_error_naming_its_source(
     mode_suite(pytester.path, ini_mode)
     result = run(*args, env={**env, "EXPECTED_LOOPGUARD_MODE": ""})
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    # A path swallowed by the bare option gets a hint on how to write it.
-    bare_path = args[1] if args[:1] == ["--loopguard"] and len(args) == 2 else None
-    suffix = (
-        f" {bare_path!r} is a path: write --loopguard=MODE, or put --loopguard after the paths."
-        if bare_path
-        else ""
-    )
-    result.stderr.fnmatch_lines([f"ERROR: Invalid loopguard mode {what}. {VALID}{suffix}"])
+    result.stderr.fnmatch_lines([f"ERROR: Invalid loopguard mode {what}. {VALID}"])
     assert "Traceback" not in result.stderr.str()
     result.stdout.no_fnmatch_line("collected*")
+
+
+def test_the_flag_with_mode_off_is_a_usage_error(pytester: pytest.Pytester, run: RunPytest) -> None:
+    """--loopguard (on) and --loopguard-mode=off contradict each other: a one-line usage error."""
+    mode_suite(pytester.path)
+    result = run("--loopguard", "--loopguard-mode=off", env={"EXPECTED_LOOPGUARD_MODE": ""})
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["ERROR: --loopguard turns loopguard on and --loopguard-mode=off turns it off: give one."]
+    )
+    assert "Traceback" not in result.stderr.str()
 
 
 def test_invalid_env_mode_with_a_valid_cli_mode_is_a_usage_error(
     pytester: pytest.Pytester, run: RunPytest
 ) -> None:
-    """--loopguard=raise wins over LOOPGUARD, but a typo in LOOPGUARD must still end as a clean
+    """--loopguard wins over LOOPGUARD, but a typo in LOOPGUARD must still end as a clean
     usage error (install() validates the variable even when unused), not as a traceback."""
     mode_suite(pytester.path)
-    result = run("--loopguard=raise", env={"LOOPGUARD": "maybe", "EXPECTED_LOOPGUARD_MODE": ""})
+    result = run("--loopguard", env={"LOOPGUARD": "maybe", "EXPECTED_LOOPGUARD_MODE": ""})
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"ERROR: Invalid loopguard mode 'maybe' from {ENV}. {VALID}"])
     assert "Traceback" not in result.stderr.str()
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "ini_mode"),
+    [
+        (["--loopguard-mode=off"], {"LOOPGUARD": "1"}, None),
+        ([], {}, "off"),
+        ([], {"LOOPGUARD": "0"}, None),
+    ],
+    ids=["cli-off", "ini-off", "env-0"],
+)
+def test_an_explicit_off_also_turns_off_a_bare_install_in_conftest(
+    pytester: pytest.Pytester,
+    run: RunPytest,
+    args: list[str],
+    env: dict[str, str],
+    ini_mode: Optional[str],
+) -> None:
+    """`pytest --loopguard-mode=off` (or the ini option's off, like LOOPGUARD=0) is off for
+    the whole run: a bare loopguard.install() in conftest.py does nothing either."""
+    mode_suite(pytester.path, ini_mode)
+    conftest = pytester.path / "conftest.py"
+    conftest.write_text(conftest.read_text() + "\nloopguard.install()\n")
+    result = run(*args, env={**env, "EXPECTED_LOOPGUARD_MODE": ""})
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["loopguard: off"])
+
+
+@pytest.mark.parametrize(
+    ("args", "header"),
+    [
+        ([], "loopguard: mode=warn (from loopguard run), guarding sqlalchemy, asyncpg"),
+        (["--loopguard"], "loopguard: mode=raise (from the --loopguard option), guarding *"),
+    ],
+    ids=["run-wins-over-its-env", "command-line-wins"],
+)
+def test_pytest_under_loopguard_run_says_who_installed_it(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, args: list[str], header: str
+) -> None:
+    """`loopguard run --mode warn -- -m pytest`: the run installs loopguard in-process and sets
+    LOOPGUARD for children; the header names `loopguard run`, not the variable it set, and
+    only pytest's command line overrides it.  The session leaves it installed as it found it."""
+    mode_suite(pytester.path)
+    monkeypatch.setenv("EXPECTED_LOOPGUARD_MODE", "raise" if args else "warn")
+    monkeypatch.delenv("PYTEST_CURRENT_TEST", raising=False)
+    command = [sys.executable, "-m", "loopguard", "run", "--mode", "warn", "--", "-m", "pytest"]
+    result = pytester.run(*command, "-p", "no:cacheprovider", *args, timeout=120)
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([header])
+    after = json.loads((pytester.path / "after_run.json").read_text())
+    assert after == {"installed": True, "wrapped": True}

@@ -114,7 +114,7 @@ def test_every_worker_guards_and_the_controller_summarises_all_of_them(
 
 def test_warn_mode_under_xdist_heals_on_every_worker(two_file_suite: Path, run: RunPytest) -> None:
     """-n 2, warn mode: every test passes; the summary on the controller counts four warned."""
-    result = run("-n", "2", "--dist", "loadfile", "--loopguard=warn")
+    result = run("-n", "2", "--dist", "loadfile", "--loopguard-mode=warn")
     result.assert_outcomes(passed=6)
     result.stdout.fnmatch_lines(
         [
