@@ -35,7 +35,7 @@ def hand_over() -> None:
 def _install_now() -> None:
     _remove_finder()
     from . import _activation, _install
-    from ._errors import LoopguardError
+    from ._errors import ConfigError, MissingDependencyError
     from ._state import STATE
 
     if STATE.installed:  # installed by a setting that wins (--loopguard, install())
@@ -43,10 +43,15 @@ def _install_now() -> None:
     try:
         activation = _activation.for_startup_hook()
         if activation.mode is not None:
-            # keep_installed: an install() that came first (explicit or not) stays as it is.
-            _install.apply(activation, keep_installed=True)
-    except LoopguardError as exc:
-        # A .pth hook cannot stop the program; say clearly why it runs unguarded.
+            _install.apply(activation, keep_installed=True)  # installed meanwhile: left as is
+    except ConfigError as exc:
+        # A bad setting never leaves the program silently unguarded: it stops here, where
+        # loopguard would have installed, with one line and no traceback (SystemExit leaves
+        # the import statement and ends the program with this status).
+        print(f"loopguard: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except MissingDependencyError as exc:
+        # Not a setting to fix: the variable must not break the program.
         print(f"loopguard: not installed: {exc}", file=sys.stderr)
 
 

@@ -20,7 +20,7 @@ class LoopguardError(Exception):
 
 
 class ConfigError(LoopguardError, ValueError):
-    """A mode or environment value loopguard does not understand."""
+    """A mode or environment value loopguard does not understand, or a log file it cannot open."""
 
 
 class MissingDependencyError(LoopguardError, ImportError):

@@ -8,13 +8,14 @@ from typing import Optional
 
 from . import _activation, _config, _registry, _sites
 from ._activation import Activation
-from ._errors import LoopguardWarning, MissingDependencyError
+from ._errors import ConfigError, LoopguardWarning, MissingDependencyError
 from ._guards import Guards
 from ._log import JsonLinesSink
 from ._state import STATE
 from .integrations import all_integrations
 
 _guards: Optional[Guards] = None
+NOTHING_TO_GUARD = "loopguard has nothing to guard: "
 _applying = False  # integrations import their libraries, which may re-enter via _autoload
 
 
@@ -30,7 +31,8 @@ def install(mode: Optional[str] = None, *, log_file: Optional[str] = None) -> No
         log_file: append JSON-lines records to this file (default: ``LOOPGUARD_LOG_FILE``).
 
     Raises:
-        loopguard.ConfigError: unknown mode or ``LOOPGUARD`` value.
+        loopguard.ConfigError: unknown mode or ``LOOPGUARD`` value, or a log file that
+            cannot be opened; nothing is patched then.
         loopguard.MissingDependencyError: none of the guarded libraries can be used.
     """
     caller = sys._getframe(1)
@@ -54,9 +56,20 @@ def apply(
         if _applying:
             return
         was_installed = STATE.installed
-        if not was_installed:
-            _apply_integrations()
-        _set_log_file(setting.path if setting else None)
+        current = STATE.sink
+        # Opened before anything is patched: a bad path leaves nothing half-installed.
+        sink = current if _same_file(current, setting) else _open_sink(setting)
+        try:
+            if not was_installed:
+                _apply_integrations()
+        except BaseException:
+            if sink is not None and sink is not current:
+                sink.close()
+            raise
+        if sink is not current:
+            STATE.sink = sink
+            if current is not None:
+                current.close()
         if not (keep_installed and was_installed):
             STATE.activation = activation
             STATE.mode = activation.mode
@@ -79,7 +92,7 @@ def _apply_each_integration() -> None:
         guards.start(all_integrations())
         if not guards.names():
             reasons = "; ".join(f"{name}: {why}" for name, why in guards.skipped.items())
-            msg = f"loopguard has nothing to guard: {reasons}."
+            msg = f"{NOTHING_TO_GUARD}{reasons}."
             raise MissingDependencyError(msg)
     except BaseException:
         # Nothing half-installed: undo whatever the integrations that did start had done.
@@ -90,11 +103,24 @@ def _apply_each_integration() -> None:
     STATE.skipped = guards.skipped
 
 
-def _set_log_file(path: Optional[str]) -> None:
-    current = STATE.sink
-    if current is not None and current.path == path:
-        return
-    STATE.sink = JsonLinesSink(path) if path else None
+def _same_file(sink: Optional[JsonLinesSink], setting: Optional[_config.LogFile]) -> bool:
+    return (sink.path if sink else None) == (setting.path if setting else None)
+
+
+def _open_sink(setting: Optional[_config.LogFile]) -> Optional[JsonLinesSink]:
+    if setting is None:
+        return None
+    try:
+        return JsonLinesSink(setting.path)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        path, source = setting
+        msg = f"Cannot open the loopguard log file {path!r} from {source}: {reason}."
+        raise ConfigError(msg) from None
+
+
+def _close_sink() -> None:
+    current, STATE.sink = STATE.sink, None
     if current is not None:
         current.close()
 
@@ -120,7 +146,7 @@ def uninstall() -> None:
         finally:
             _guards = None
             _registry.clear_all()
-            _set_log_file(None)
+            _close_sink()
             STATE.mode = None
             STATE.activation = None
             STATE.enabled = []

@@ -15,6 +15,7 @@ import sys
 from typing import Any
 
 from ._config import MODE_ENV, MODES
+from ._errors import LoopguardError
 
 USAGE = "loopguard run [--mode raise|warn] -- SCRIPT.py|-m MODULE|COMMAND [ARGS...]"
 
@@ -49,7 +50,11 @@ def run(args: argparse.Namespace) -> int:
         from . import _activation, _autoload, _install
 
         _autoload.hand_over()  # LOOPGUARD set before: its start-up hook must not act as well
-        _install.apply(_activation.for_run(args.mode))
+        try:
+            _install.apply(_activation.for_run(args.mode))
+        except LoopguardError as exc:  # a bad LOOPGUARD_LOG_FILE, nothing to guard
+            print(f"loopguard run: {exc}", file=sys.stderr)
+            return 2
         if target[0] == "-m":
             sys.argv = [target[1], *target[2:]]
             runpy.run_module(target[1], run_name="__main__", alter_sys=True)

@@ -18,7 +18,7 @@ import pytest
 
 from . import _activation, _autoload, _context, _install
 from ._activation import Activation
-from ._errors import ConfigError
+from ._errors import ConfigError, MissingDependencyError
 from ._log import EVENT_LOOP_MISMATCH
 from ._state import STATE
 
@@ -32,6 +32,7 @@ class _Session:
         self.found = STATE.activation  # installed before the session, by whom: put back at the end
         self.collector: Optional[_Collector] = None  # set while the session guards
         self.previous_off: Optional[Activation] = None  # an outer session's (pytester in-process)
+        self.nothing_to_guard: Optional[str] = None  # the header when it could not install
 
 
 _session_key = pytest.StashKey[_Session]()
@@ -89,7 +90,21 @@ def _start(config: pytest.Config, activation: Activation) -> None:
     found = session.found
     explicit_before = found is not None and found.entry in (_activation.INSTALL, _activation.RUN)
     command_line = activation.source in (_activation.FLAG, _activation.MODE_OPTION)
-    _install.apply(activation, keep_installed=explicit_before and not command_line)
+    try:
+        _install.apply(activation, keep_installed=explicit_before and not command_line)
+    except ConfigError as exc:  # a log file that cannot be opened
+        raise pytest.UsageError(str(exc)) from None
+    except MissingDependencyError as exc:
+        # Asked for on the command line: a mistake to report.  Through LOOPGUARD (exported for
+        # a whole CI) or the ini option: a suite that uses neither library runs as usual.
+        reasons = str(exc).replace(_install.NOTHING_TO_GUARD, "", 1)
+        if command_line:
+            msg = f"{activation.source} asks for loopguard, but it has nothing to guard: {reasons}"
+            raise pytest.UsageError(msg) from None
+        session.nothing_to_guard = (
+            f"loopguard: off, nothing to guard ({activation.source} asks for it): {reasons}"
+        )
+        return
     _guard(config, session)
 
 
@@ -185,6 +200,9 @@ def _collector(config: pytest.Config) -> Optional[_Collector]:
 
 
 def pytest_report_header(config: pytest.Config) -> str:
+    session = config.stash.get(_session_key, None)
+    if session is not None and session.nothing_to_guard is not None:
+        return session.nothing_to_guard
     activation = STATE.activation
     if _collector(config) is None or activation is None:
         return "loopguard: off"

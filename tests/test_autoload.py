@@ -158,14 +158,97 @@ def test_hook_waits_for_a_guarded_library(tmp_path: Path, pg_dsn: str) -> None:
     assert installed == "False"
 
 
-def test_hook_reports_a_bad_value_and_the_program_still_runs(app: Path, pg_dsn: str) -> None:
-    """LOOPGUARD=bogus: one clear line on stderr; the program runs unguarded."""
-    result = _run([sys.executable, str(app)], app.parent, pg_dsn, LOOPGUARD="bogus")
-    assert (
-        "loopguard: not installed: Invalid loopguard mode 'bogus' from the LOOPGUARD "
-        "environment variable. Valid values: 1, true, on, raise, warn, 0, false, off."
-    ) in result.stderr
-    assert _jobs(result) == ["job 1: ok", "job 2: builtins.RuntimeError"]
+BAD_SETTINGS = [
+    # id, environment, the one line on stderr (the log file's path is the app's directory)
+    (
+        "bad-mode",
+        {"LOOPGUARD": "yes"},
+        "loopguard: Invalid loopguard mode 'yes' from the LOOPGUARD environment variable. "
+        "Valid values: 1, true, on, raise, warn, 0, false, off.",
+    ),
+    (
+        "log-file-is-a-directory",
+        {"LOOPGUARD": "1", "LOOPGUARD_LOG_FILE": "{dir}"},
+        "loopguard: Cannot open the loopguard log file '{dir}' from the LOOPGUARD_LOG_FILE "
+        "environment variable: Is a directory.",
+    ),
+    (
+        "log-file-in-a-missing-directory",
+        {"LOOPGUARD": "warn", "LOOPGUARD_LOG_FILE": "{dir}/missing/lg.jsonl"},
+        "loopguard: Cannot open the loopguard log file '{dir}/missing/lg.jsonl' from the "
+        "LOOPGUARD_LOG_FILE environment variable: No such file or directory.",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("env", "line"), [case[1:] for case in BAD_SETTINGS], ids=[case[0] for case in BAD_SETTINGS]
+)
+def test_hook_stops_the_program_on_a_bad_setting(
+    app: Path, pg_dsn: str, env: dict[str, str], line: str
+) -> None:
+    """A bad LOOPGUARD or LOOPGUARD_LOG_FILE: one line naming the variable and its value, and
+    the program stops with status 2 where loopguard would install (app.py's import of
+    SQLAlchemy), before any job runs; never a traceback, never silently unguarded."""
+    env = {name: value.format(dir=app.parent) for name, value in env.items()}
+    result = _run([sys.executable, str(app)], app.parent, pg_dsn, **env)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [line.format(dir=app.parent)]
+    assert _jobs(result) == []
+
+
+def test_hook_says_nothing_when_nothing_is_guarded(tmp_path: Path, pg_dsn: str) -> None:
+    """A program that never imports SQLAlchemy or asyncpg: loopguard never installs, so a bad
+    setting does not stop it (pip or a linter inheriting the variable)."""
+    result = _run([sys.executable, "-c", "print('done')"], tmp_path, pg_dsn, LOOPGUARD="yes")
+    assert (result.returncode, result.stdout, result.stderr) == (0, "done\n", "")
+
+
+def test_hook_stops_pytest_when_a_plugin_imports_sqlalchemy_first(
+    pytester: pytest.Pytester, pg_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under pytest the hook can fire before loopguard's plugin decides: a plugin given with
+    -p that imports SQLAlchemy.  Same rule: one line, status 2, no traceback."""
+    pytester.makepyfile(early_plugin="import sqlalchemy.ext.asyncio\n")
+    pytester.makepyfile("def test_never_runs():\n    pass\n")
+    monkeypatch.setenv("LOOPGUARD", "yes")
+    monkeypatch.setenv("PYTHONPATH", str(pytester.path))
+    result = pytester.runpytest_subprocess("-p", "early_plugin", "-p", "no:cacheprovider")
+    assert result.ret == 2
+    assert result.stderr.lines == [BAD_SETTINGS[0][2]]
+    assert "Traceback" not in result.stdout.str()
+
+
+def test_pytest_with_a_bad_log_file_is_a_usage_error(
+    pytester: pytest.Pytester, pg_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LOOPGUARD=1 pytest with a log file that cannot be opened: pytest's one-line usage error
+    (the plugin decides under pytest), before any test runs."""
+    pytester.makepyfile("import sqlalchemy.ext.asyncio\n\ndef test_never_runs():\n    pass\n")
+    monkeypatch.setenv("LOOPGUARD", "1")
+    monkeypatch.setenv("LOOPGUARD_LOG_FILE", str(pytester.path))
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            f"ERROR: Cannot open the loopguard log file '{pytester.path}' from the "
+            "LOOPGUARD_LOG_FILE environment variable: Is a directory."
+        ]
+    )
+    assert "Traceback" not in result.stderr.str()
+    result.stdout.no_fnmatch_line("collected*")
+
+
+def test_run_command_with_a_bad_log_file(app: Path, pg_dsn: str) -> None:
+    """loopguard run -- app.py with a log file that cannot be opened: one line, status 2."""
+    command = [sys.executable, "-m", "loopguard", "run", "--", str(app)]
+    result = _run(command, app.parent, pg_dsn, LOOPGUARD_LOG_FILE=str(app.parent))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"loopguard run: Cannot open the loopguard log file '{app.parent}' from the "
+        "LOOPGUARD_LOG_FILE environment variable: Is a directory."
+    ]
+    assert _jobs(result) == []
 
 
 def test_pytest_cli_off_beats_the_start_up_hook(pytester: pytest.Pytester, pg_env: str) -> None:
