@@ -796,13 +796,19 @@ MODE_TESTS_PY = """
 """
 
 
-def mode_suite(root: Path, ini_mode: Optional[str] = None) -> None:
+def mode_suite(
+    root: Path, ini_mode: Optional[str] = None, *ini_extra: str, conftest_install: bool = False
+) -> None:
+    """A suite whose one test checks the mode in effect (EXPECTED_LOOPGUARD_MODE) and whose
+    conftest.py records, after the run, whether loopguard is still installed;
+    ``conftest_install``: conftest.py also calls loopguard.install()."""
     extra = [f"asyncio_loopguard = {ini_mode}"] if ini_mode is not None else []
+    conftest = MODE_CONFTEST_PY + ("\n    loopguard.install()\n" if conftest_install else "")
     write(
         root,
         {
-            "pytest.ini": ini(*extra),
-            "conftest.py": MODE_CONFTEST_PY,
+            "pytest.ini": ini(*extra, *ini_extra),
+            "conftest.py": conftest,
             "test_mode.py": MODE_TESTS_PY,
         },
     )
@@ -958,9 +964,7 @@ def test_an_explicit_off_also_turns_off_a_bare_install_in_conftest(
 ) -> None:
     """`pytest --loopguard-mode=off` (or the ini option's off, like LOOPGUARD=0) is off for
     the whole run: a bare loopguard.install() in conftest.py does nothing either."""
-    mode_suite(pytester.path, ini_mode)
-    conftest = pytester.path / "conftest.py"
-    conftest.write_text(conftest.read_text() + "\nloopguard.install()\n")
+    mode_suite(pytester.path, ini_mode, conftest_install=True)
     result = run(*args, env={**env, "EXPECTED_LOOPGUARD_MODE": ""})
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["loopguard: off"])
@@ -989,3 +993,64 @@ def test_pytest_under_loopguard_run_says_who_installed_it(
     result.stdout.fnmatch_lines([header])
     after = json.loads((pytester.path / "after_run.json").read_text())
     assert after == {"installed": True, "wrapped": True}
+
+
+AUTOLOAD_OFF = {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+RUN_PYTEST = [sys.executable, "-m", "loopguard", "run", "--", "-m", "pytest"]
+WARNINGS_AS_ERRORS_CASES = [
+    # id, command (None: pytest), arguments, environment, ini mode, install() in conftest.py
+    ("env", None, [], {"LOOPGUARD": "1"}, None, False),
+    ("flag", None, ["--loopguard"], {}, None, False),
+    ("ini", None, [], {}, "raise", False),
+    ("conftest-install", None, [], {}, None, True),
+    ("env-and-conftest-install", None, [], {"LOOPGUARD": "1"}, None, True),
+    ("p-entry-point-name", None, ["-p", "asyncio_loopguard"], {"LOOPGUARD": "1"}, None, False),
+    (
+        "p-entry-point-name-without-autoload",
+        None,
+        ["-p", "asyncio_loopguard", "-p", "asyncio", "--loopguard"],
+        AUTOLOAD_OFF,
+        None,
+        False,
+    ),
+    (
+        "p-module-without-autoload",
+        None,
+        ["-p", "loopguard.pytest_plugin", "-p", "asyncio", "--loopguard"],
+        {**AUTOLOAD_OFF, "LOOPGUARD": "1"},
+        None,
+        False,
+    ),
+    ("loopguard-run", RUN_PYTEST, [], {}, None, False),
+]
+
+
+@pytest.mark.parametrize(
+    ("command", "args", "env", "ini_mode", "conftest_install"),
+    [case[1:] for case in WARNINGS_AS_ERRORS_CASES],
+    ids=[case[0] for case in WARNINGS_AS_ERRORS_CASES],
+)
+def test_no_warning_of_its_own_under_filterwarnings_error(
+    pytester: pytest.Pytester,
+    monkeypatch: pytest.MonkeyPatch,
+    command: Optional[list[str]],
+    args: list[str],
+    env: dict[str, str],
+    ini_mode: Optional[str],
+    conftest_install: bool,
+) -> None:
+    """A project whose ini says `filterwarnings = error` (loopguard's own does) runs normally
+    under every activation: the start-up hook imports loopguard before pytest marks the
+    plugin's package for assertion rewriting, which must not warn (issue 11.1)."""
+    mode_suite(pytester.path, ini_mode, "filterwarnings = error", conftest_install=conftest_install)
+    for name, value in {**env, "EXPECTED_LOOPGUARD_MODE": "raise"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("PYTEST_CURRENT_TEST", raising=False)
+    pytest_args = ["-p", "no:cacheprovider", *args]
+    if command is None:
+        result = pytester.runpytest_subprocess(*pytest_args, timeout=120)
+    else:
+        result = pytester.run(*command, *pytest_args, timeout=120)
+    assert "PytestAssertRewriteWarning" not in output(result)
+    assert result.ret == pytest.ExitCode.OK, output(result)
+    result.assert_outcomes(passed=1, warnings=0)
