@@ -2,9 +2,11 @@
 
 Mode precedence: ``--loopguard`` (raise) or ``--loopguard-mode=MODE`` > ``LOOPGUARD``
 environment variable > ini option ``asyncio_loopguard``.  Installs before conftest files are
-imported, so module-level engines created by them get a creation site.  The session leaves
-loopguard as it found it: installed by ``loopguard run`` or the start-up hook before pytest
-started, it stays installed.  Off: every hook returns at once and nothing is patched.
+imported, so module-level engines created by them get a creation site.  A
+``loopguard.install()`` in ``conftest.py`` (or a test module's body) gets the same header,
+summary and loop-scope checks.  The session leaves loopguard as it found it: installed by
+``loopguard run`` or the start-up hook before pytest started, it stays installed.  Off: every
+hook returns at once and nothing is patched.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class _Session:
         self.collector: Optional[_Collector] = None  # set while the session guards
         self.previous_off: Optional[Activation] = None  # an outer session's (pytester in-process)
         self.nothing_to_guard: Optional[str] = None  # the header when it could not install
+        self.header: Optional[str] = None  # the status the header printed
 
 
 _session_key = pytest.StashKey[_Session]()
@@ -126,6 +129,14 @@ def _guard(config: pytest.Config, session: _Session) -> None:
     _pytest_scopes.register(config)
 
 
+def _adopt(config: pytest.Config) -> None:
+    """loopguard.install() ran after the session started (conftest.py, a test module's body):
+    the session guards from here on as if its settings had asked for it."""
+    session = config.stash.get(_session_key, None)
+    if session is not None and session.collector is None and STATE.installed:
+        _guard(config, session)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_load_initial_conftests(
     early_config: pytest.Config, parser: pytest.Parser, args: list[str]
@@ -144,6 +155,12 @@ def pytest_configure(config: pytest.Config) -> None:
         # Reached when the plugin was loaded after the early hook (e.g. ``-p``).
         flag, mode_option = config.getoption("loopguard"), config.getoption("loopguard_mode")
         _start(config, _resolve(config, flag, mode_option))
+    _adopt(config)  # the initial conftest.py files have been imported
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
+    # A conftest.py further down, or a test module's body, may call loopguard.install().
+    _adopt(item.config)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -199,7 +216,8 @@ def _collector(config: pytest.Config) -> Optional[_Collector]:
     return session.collector if session is not None else None
 
 
-def pytest_report_header(config: pytest.Config) -> str:
+def _status(config: pytest.Config) -> str:
+    """The header line: off, or the mode, who asked for it and what is guarded."""
     session = config.stash.get(_session_key, None)
     if session is not None and session.nothing_to_guard is not None:
         return session.nothing_to_guard
@@ -208,6 +226,22 @@ def pytest_report_header(config: pytest.Config) -> str:
         return "loopguard: off"
     guarding = ", ".join(STATE.enabled) or "nothing"
     return f"loopguard: mode={STATE.mode} (from {activation.describe()}), guarding {guarding}"
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    session = config.stash.get(_session_key, None)
+    status = _status(config)
+    if session is not None:
+        session.header = status
+    return status
+
+
+def pytest_report_collectionfinish(config: pytest.Config) -> list[str]:
+    # loopguard.install() in a conftest.py further down or a test module's body ran after
+    # the header was printed: say so once collection is done.
+    session = config.stash.get(_session_key, None)
+    status = _status(config)
+    return [status] if session is not None and session.header not in (None, status) else []
 
 
 class _Collector:

@@ -199,24 +199,37 @@ def test_scenario1_without_loopguard_fails_deep_inside_asyncpg(
     assert "LoopMismatchError" not in output(result)
 
 
+INSTALL_CONFTEST_PY = """
+    import loopguard
+
+    loopguard.install()
+"""
+INSTALL_SOURCE = f"install() at conftest.py:{line_of(INSTALL_CONFTEST_PY, 'loopguard.install()')}"
+
+
 @pytest.mark.parametrize(
-    ("args", "env", "source"),
+    ("args", "env", "conftest", "source"),
     [
-        (["--loopguard"], {}, "the --loopguard option"),
-        ([], {"LOOPGUARD": "1"}, "the LOOPGUARD environment variable"),
+        (["--loopguard"], {}, None, "the --loopguard option"),
+        ([], {"LOOPGUARD": "1"}, None, "the LOOPGUARD environment variable"),
+        ([], {}, INSTALL_CONFTEST_PY, INSTALL_SOURCE),
     ],
-    ids=["cli", "env"],
+    ids=["cli", "env", "conftest-install"],
 )
 def test_scenario1_raise_mode_explains_each_failure_and_summarises(
     cached_engine_suite: Path,
     run: RunPytest,
     args: list[str],
     env: dict[str, str],
+    conftest: Optional[str],
     source: str,
 ) -> None:
     """Raise mode: tests 2 and 3 fail with LoopMismatchError naming the creation site, the
     binding and the using test and the closed loop; the summary groups both under one engine;
-    asyncpg never gets to raise anything."""
+    asyncpg never gets to raise anything.  A loopguard.install() in conftest.py gives all of
+    --loopguard's output, its header naming the line."""
+    if conftest is not None:
+        write(cached_engine_suite, {"conftest.py": conftest})
     result = run("--tb=short", *args, env=env)
     result.assert_outcomes(passed=1, failed=2, errors=0)
     site = f"src/configs/db.py:{CACHED_DB_LINE}"
@@ -797,13 +810,14 @@ MODE_TESTS_PY = """
 
 
 def mode_suite(
-    root: Path, ini_mode: Optional[str] = None, *ini_extra: str, conftest_install: bool = False
-) -> None:
+    root: Path, ini_mode: Optional[str] = None, *ini_extra: str, install: Optional[str] = None
+) -> str:
     """A suite whose one test checks the mode in effect (EXPECTED_LOOPGUARD_MODE) and whose
-    conftest.py records, after the run, whether loopguard is still installed;
-    ``conftest_install``: conftest.py also calls loopguard.install()."""
+    conftest.py records, after the run, whether loopguard is still installed.  ``install``:
+    a call such as ``loopguard.install()`` at the end of conftest.py; returns its
+    ``conftest.py:LINE``."""
     extra = [f"asyncio_loopguard = {ini_mode}"] if ini_mode is not None else []
-    conftest = MODE_CONFTEST_PY + ("\n    loopguard.install()\n" if conftest_install else "")
+    conftest = MODE_CONFTEST_PY + (f"\n    {install}\n" if install else "")
     write(
         root,
         {
@@ -812,6 +826,7 @@ def mode_suite(
             "test_mode.py": MODE_TESTS_PY,
         },
     )
+    return f"conftest.py:{line_of(conftest, install)}" if install else ""
 
 
 OPTION = "the --loopguard option"
@@ -964,7 +979,7 @@ def test_an_explicit_off_also_turns_off_a_bare_install_in_conftest(
 ) -> None:
     """`pytest --loopguard-mode=off` (or the ini option's off, like LOOPGUARD=0) is off for
     the whole run: a bare loopguard.install() in conftest.py does nothing either."""
-    mode_suite(pytester.path, ini_mode, conftest_install=True)
+    mode_suite(pytester.path, ini_mode, install="loopguard.install()")
     result = run(*args, env={**env, "EXPECTED_LOOPGUARD_MODE": ""})
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["loopguard: off"])
@@ -993,6 +1008,74 @@ def test_pytest_under_loopguard_run_says_who_installed_it(
     result.stdout.fnmatch_lines([header])
     after = json.loads((pytester.path / "after_run.json").read_text())
     assert after == {"installed": True, "wrapped": True}
+
+
+CONFTEST_INSTALL_CASES = [
+    # id, the call in conftest.py, command line, mode in effect, where it came from
+    ("bare", "loopguard.install()", [], "raise", "install() at {site}"),
+    (
+        "explicit-beats-cli-off",
+        'loopguard.install("warn")',
+        ["--loopguard-mode=off"],
+        "warn",
+        "install() at {site}",
+    ),
+    (
+        "bare-keeps-the-cli-mode",
+        "loopguard.install()",
+        ["--loopguard-mode=warn"],
+        "warn",
+        MODE_OPTION,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("call", "args", "mode", "source"),
+    [case[1:] for case in CONFTEST_INSTALL_CASES],
+    ids=[case[0] for case in CONFTEST_INSTALL_CASES],
+)
+def test_install_in_conftest_is_named_in_the_header_and_undone_at_the_end(
+    pytester: pytest.Pytester, run: RunPytest, call: str, args: list[str], mode: str, source: str
+) -> None:
+    """loopguard.install() in conftest.py: the header names its line (or the option that had
+    installed loopguard already: a bare install() keeps that mode); the session uninstalls
+    at its end what it did not find installed."""
+    site = mode_suite(pytester.path, install=call)
+    result = run(*args, env={"EXPECTED_LOOPGUARD_MODE": mode})
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        [f"loopguard: mode={mode} (from {source.format(site=site)}), guarding sqlalchemy, asyncpg"]
+    )
+    after = json.loads((pytester.path / "after_run.json").read_text())
+    assert after == {"installed": False, "wrapped": False}
+
+
+def test_install_in_a_conftest_further_down_is_reported_after_collection(
+    cached_engine_suite: Path, run: RunPytest
+) -> None:
+    """late/conftest.py is imported during collection (pytest imports conftest.py files of
+    the rootdir and its test* directories first), after the header: the status line follows
+    the collection count, and the summary is there as with --loopguard."""
+    (cached_engine_suite / "tests" / "test_users.py").unlink()
+    write(cached_engine_suite, {"late/conftest.py": INSTALL_CONFTEST_PY})
+    write(cached_engine_suite, {"late/test_users.py": CACHED_TESTS_PY})
+    site = f"late/conftest.py:{line_of(INSTALL_CONFTEST_PY, 'loopguard.install()')}"
+    result = run("--tb=no")
+    result.assert_outcomes(passed=1, failed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "loopguard: off",
+            "collected 3 items",
+            f"loopguard: mode=raise (from install() at {site}), guarding sqlalchemy, asyncpg",
+            "*= loopguard =*",
+            "2 event-loop mismatches from 1 engine:",
+            f"  LG101 src/configs/db.py:{CACHED_DB_LINE} in get_async_engine  *",
+            "    used on another loop by 2 test(s):",
+            "      late/test_users.py::test_list_users",
+            "      late/test_users.py::test_delete_user",
+        ]
+    )
 
 
 AUTOLOAD_OFF = {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
@@ -1042,7 +1125,8 @@ def test_no_warning_of_its_own_under_filterwarnings_error(
     """A project whose ini says `filterwarnings = error` (loopguard's own does) runs normally
     under every activation: the start-up hook imports loopguard before pytest marks the
     plugin's package for assertion rewriting, which must not warn (issue 11.1)."""
-    mode_suite(pytester.path, ini_mode, "filterwarnings = error", conftest_install=conftest_install)
+    install = "loopguard.install()" if conftest_install else None
+    mode_suite(pytester.path, ini_mode, "filterwarnings = error", install=install)
     for name, value in {**env, "EXPECTED_LOOPGUARD_MODE": "raise"}.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("PYTEST_CURRENT_TEST", raising=False)
