@@ -99,7 +99,7 @@ RUNS: dict[str, Run] = {
         f"{_ERRORS} lg101_cached_bug.py --loopguard", _MESSAGE + _SUMMARY + _OUTCOME
     ),
     "cached_bug_warn": Run(
-        f"{_PYTEST} lg101_cached_bug.py --loopguard=warn", _MESSAGE + _SUMMARY + _OUTCOME
+        f"{_PYTEST} lg101_cached_bug.py --loopguard-mode=warn", _MESSAGE + _SUMMARY + _OUTCOME
     ),
     "session_bug_raw": Run(f"{_ERRORS} lg101_session_bug.py", _FAILED + _OUTCOME),
     "session_bug_guarded": Run(
@@ -305,9 +305,8 @@ def ref_pytest() -> str:
     pytest_plugin.pytest_addoption(parser)  # type: ignore[arg-type]
     rows = ["| setting | where | help |", "|---|---|---|"]
     for names, attrs in parser.options:
-        optional = attrs.get("nargs") == "?"
-        metavar = attrs.get("metavar", "VALUE")
-        shown = f"{names[0]}[={metavar}]" if optional else f"{names[0]} {metavar}"
+        flag = attrs.get("action") == "store_true"
+        shown = names[0] if flag else f"{names[0]}={attrs.get('metavar', 'VALUE')}"
         rows.append(f"| `{shown}` | command line | {attrs['help']} |")
     for name, help_text, _default in parser.inis:
         where = "ini file (`pytest.ini`, `[tool.pytest.ini_options]`, ...)"

@@ -18,7 +18,6 @@ from . import _after_import
 
 TRIGGERS = ("sqlalchemy.ext.asyncio", "asyncpg")
 
-activated = False  # True once the hook has installed loopguard
 _hooks: List[_after_import.AfterImport] = []
 
 
@@ -28,34 +27,32 @@ def _remove_finder() -> None:
     _hooks.clear()
 
 
-def stand_down() -> None:
-    """A higher-precedence setting (pytest's --loopguard=off) overrides LOOPGUARD."""
-    global activated
+def hand_over() -> None:
+    """The pytest plugin or ``loopguard run`` decides from now on: stop waiting."""
     _remove_finder()
-    if activated:
-        import loopguard
-
-        activated = False
-        if loopguard.is_installed():
-            loopguard.uninstall()
 
 
 def _install_now() -> None:
-    global activated
     _remove_finder()
-    if activated:
-        return
-    import loopguard
+    from . import _activation, _install
+    from ._errors import ConfigError, MissingDependencyError
+    from ._state import STATE
 
-    if loopguard.is_installed():  # installed by a setting that wins (--loopguard, install())
+    if STATE.installed:  # installed by a setting that wins (--loopguard, install())
         return
     try:
-        loopguard.install()
-    except loopguard.LoopguardError as exc:
-        # A .pth hook cannot stop the program; say clearly why it runs unguarded.
+        activation = _activation.for_startup_hook()
+        if activation.mode is not None:
+            _install.apply(activation, keep_installed=True)  # installed meanwhile: left as is
+    except ConfigError as exc:
+        # A bad setting never leaves the program silently unguarded: it stops here, where
+        # loopguard would have installed, with one line and no traceback (SystemExit leaves
+        # the import statement and ends the program with this status).
+        print(f"loopguard: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except MissingDependencyError as exc:
+        # Not a setting to fix: the variable must not break the program.
         print(f"loopguard: not installed: {exc}", file=sys.stderr)
-        return
-    activated = loopguard.is_installed()
 
 
 def _on_trigger(module: ModuleType) -> None:

@@ -1406,7 +1406,7 @@ def test_pytest_suite_with_a_module_global_pool(
     (pytester.path / "app" / "db.py").write_text(APP_DB.lstrip("\n"))
     (pytester.path / "tests").mkdir()
     (pytester.path / "tests" / "test_app.py").write_text(APP_TESTS.lstrip("\n"))
-    args = [] if plugin_mode == "off" else [f"--loopguard={plugin_mode}"]
+    args = [] if plugin_mode == "off" else [f"--loopguard-mode={plugin_mode}"]
     result = pytester.runpytest_subprocess(
         "-p", "no:cacheprovider", "--tb=short", *args, timeout=120
     )

@@ -259,8 +259,8 @@ def test_pytest_fix_passes_under_loopguard(name: str, run_example) -> None:
 
 @needs_documented_stack
 def test_warn_mode_lets_the_cached_bug_pass_with_a_warning_per_misuse(run_example) -> None:
-    """--loopguard=warn: the cached-engine bug passes, with one LoopMismatchWarning per misuse."""
-    result = run_example("lg101_cached_bug.py", "--loopguard=warn")
+    """--loopguard-mode=warn: the cached-engine bug passes, one LoopMismatchWarning per misuse."""
+    result = run_example("lg101_cached_bug.py", "--loopguard-mode=warn")
     result.assert_outcomes(passed=3, warnings=2)
     assert _output(result).count("LoopMismatchWarning: ") == 2
 
@@ -412,7 +412,9 @@ def test_log_fields_table_lists_exactly_the_fields_of_real_records(
     _, workdir = fresh_outputs
     warned_log = tmp_path / "warned.jsonl"
     monkeypatch.setenv("LOOPGUARD_LOG_FILE", str(warned_log))
-    run_example("lg101_cached_bug.py", "--loopguard=warn").assert_outcomes(passed=3, warnings=2)
+    run_example("lg101_cached_bug.py", "--loopguard-mode=warn").assert_outcomes(
+        passed=3, warnings=2
+    )
     xdist_log = tmp_path / "xdist.jsonl"
     monkeypatch.setenv("LOOPGUARD_LOG_FILE", str(xdist_log))
     run_example("lg101_cached_bug.py", "--loopguard", "-n", "1").assert_outcomes(passed=1, failed=2)
