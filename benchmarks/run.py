@@ -1315,7 +1315,7 @@ def section_memory(report: Report, url: str, quick: bool) -> None:
                         total = _settle()
                         snapshot = tracemalloc.take_snapshot().filter_traces(not_tracemalloc)
                         lg = _lg_bytes(snapshot)
-                        tracked = len(lg_sqlalchemy._pools) + len(lg_sqlalchemy._engines)
+                        tracked = len(lg_sqlalchemy.POOLS) + len(lg_sqlalchemy.ENGINES)
                         objects = loopguard_objects()
                         curve.append((i, total, lg, tracked, len(snapshot.traces), objects))
                         if i == every:
