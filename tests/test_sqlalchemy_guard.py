@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import gc
 import json
+import logging
 import os
 import pickle
 import sys
@@ -43,6 +44,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 from sqlalchemy.orm import sessionmaker
 from sqlalchemy.pool import NullPool, QueuePool
+from teststack import SQLALCHEMY
 
 import loopguard
 from loopguard._context import loop_id
@@ -1165,4 +1167,75 @@ def test_dispose_on_a_new_loop_after_the_owner_loop_closed_is_clean(
         gc.collect()
     assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []
     assert [r.getMessage() for r in caplog.records if r.levelno >= 40] == []
+    assert asyncio.run(_wait_backends_gone(pg_dsn, [pid]))
+
+
+# -- a connection never given back, collected after its loop closed (issue 11.10) ------------
+
+
+class _Messages(logging.Handler):
+    """Keeps the messages of the records it gets, and not the records: a record's exc_info
+    would keep the failed call's frames alive (with SQLAlchemy 1.4, the coroutine its failed
+    reset never awaited, which warns when it finally goes, in some later test)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def _sqlalchemy_errors() -> Iterator[list[str]]:
+    """The messages SQLAlchemy logs at ERROR in the block (kept from the root's handlers)."""
+    logger = logging.getLogger("sqlalchemy")
+    handler, propagate, level = _Messages(), logger.propagate, logger.level
+    logger.addHandler(handler)
+    logger.propagate = False
+    logger.setLevel(logging.ERROR)
+    try:
+        yield handler.messages
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+        logger.setLevel(level)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_connection_left_checked_out_on_a_closed_loop_is_closed_when_collected(
+    url: str, pg_dsn: str, engines: list[AsyncEngine], mode: str
+) -> None:
+    """A connection still checked out when its loop closed: when the collector takes it,
+    SQLAlchemy closes or terminates it, which needs that closed loop.  loopguard closes its
+    socket instead: SQLAlchemy logs no "Exception terminating/closing connection" traceback
+    (formatted inside a collection, it breaks an ast.parse() running at that moment on CPython
+    3.11.0 to 3.11.7: pytest's INTERNALERROR of issue 11.10), no ResourceWarning follows and the
+    backend goes away.  SQLAlchemy 2's own warning about the connection not given back stays."""
+    engine = create_async_engine(url)
+    engines.append(engine)
+    held: list[Any] = []
+
+    async def check_out_and_keep() -> int:
+        conn = await engine.connect()
+        held.append(conn)
+        return int((await conn.execute(text("select pg_backend_pid()"))).scalar_one())
+
+    with structlog.testing.capture_logs() as logs:
+        pid = asyncio.run(check_out_and_keep())
+    assert [entry["code"] for entry in _only(logs, LEAK_EVENT)] == ["LG106"]
+    pool = engine.sync_engine.pool
+    assert pool.checkedout() == 1  # precondition: its loop is closed, it is still out
+
+    with _sqlalchemy_errors() as errors, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        held.clear()
+        gc.collect()  # SQLAlchemy's finalizer closes the connection
+        gc.collect()  # and what its failures left in reference cycles goes, warning here
+    assert pool.checkedout() == 0
+    closing = ("Exception closing", "Exception terminating")
+    assert [message for message in errors if message.startswith(closing)] == []
+    assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []
+    if SQLALCHEMY >= (2, 0):  # 1.4 logs a failed reset instead ("Exception during reset")
+        assert any("non-checked-in connection" in str(w.message) for w in caught)
     assert asyncio.run(_wait_backends_gone(pg_dsn, [pid]))

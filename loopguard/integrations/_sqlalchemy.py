@@ -13,6 +13,12 @@ Where it hooks, and why each hook is the one it is:
 - ``QueuePool.dispose`` (patched): closing a connection is I/O on its loop; for idle
   connections of another loop (closed, or not the running one) the sockets are closed
   directly instead, so dispose() neither logs "Event loop is closed" nor leaks them.
+- ``QueuePool._close_connection`` (patched): every close and terminate of a pooled connection
+  passes through it (dispose, invalidation, recycle, and the garbage collector's cleanup of a
+  connection never given back).  For a connection whose loop is closed that can only fail
+  ("Event loop is closed", logged with a traceback, socket left open), so its socket is closed
+  directly instead.  A traceback formatted while the collector runs inside an ``ast.parse()``
+  (pytest rendering a failure) breaks that parse on CPython 3.11.0 to 3.11.7.
 - ``engine_disposed`` (event): ``dispose()`` builds a new pool, which starts unbound.
 """
 
@@ -320,6 +326,11 @@ def _release_record(pool: Any, record: Any, count_overflow: bool = True) -> bool
         pool._dec_overflow()
     if dbapi_connection is None:
         return False
+    return _close_without_loop(dbapi_connection)
+
+
+def _close_without_loop(dbapi_connection: Any) -> bool:
+    """Close a DBAPI connection's socket without its loop; True if a socket was closed."""
     driver_connection = getattr(dbapi_connection, "driver_connection", dbapi_connection)
     try:
         return _release.close_without_loop(driver_connection)
@@ -331,6 +342,19 @@ def _release_record(pool: Any, record: Any, count_overflow: bool = True) -> bool
             error=f"{type(exc).__name__}: {exc}",
         )
         return False
+
+
+def _make_close_connection(original: Callable[..., None]) -> Callable[..., None]:
+    def _close_connection(self: Any, connection: Any, *args: Any, **kwargs: Any) -> None:
+        loop = _driver_loop(connection)
+        if loop is None or not loop.is_closed():
+            return original(self, connection, *args, **kwargs)
+        # Closing or terminating it would need its loop, which is closed: SQLAlchemy would
+        # log "Event loop is closed" with a traceback and leave the socket open.
+        _close_without_loop(connection)
+        return None
+
+    return _close_connection
 
 
 def _release_idle_connections(pool: Any, loop: Any) -> tuple[int, int]:
@@ -568,6 +592,7 @@ class SQLAlchemyIntegration:
         _guarded_pool_class = QueuePool
         patches.wrap(QueuePool, "_do_get", _make_guarded_do_get)
         patches.wrap(QueuePool, "dispose", _make_guarded_dispose)
+        patches.wrap(QueuePool, "_close_connection", _make_close_connection)
         self._uvloop_hook = _wrap_loop_close(patches)
         patches.wrap(AsyncEngine, "__init__", _make_tracking_init)
         # Listening on the Engine class sets Engine._has_events = True, which sends every
