@@ -1080,6 +1080,42 @@ def test_pool_with_only_invalidated_connections_moves_silently(
     assert pid_b != pid_a
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_record_reconnected_on_a_new_loop_is_judged_by_its_new_connection(
+    url: str, engines: list[AsyncEngine], mode: str, log_file: Path
+) -> None:
+    """SQLAlchemy reconnects a pool's connection record in place (after an invalidation, a
+    recycle) and clears the record's ``info`` then; loopguard keeps its facts elsewhere and
+    tells a new DBAPI connection by its id and by the record's ``starttime``.  The id alone is
+    not enough: CPython may give the new connection the freed one's address, and the facts of
+    the old connection (loop A, closed) would then be taken for the new one's (loop B): a false
+    LG101.  That id reuse is put in place here by hand, the one thing this test arranges."""
+    engine = create_async_engine(url, pool_size=1)
+    engines.append(engine)
+    pool = engine.sync_engine.pool
+
+    async def use_and_invalidate() -> int:
+        async with engine.connect() as conn:
+            pid = (await conn.execute(text("select pg_backend_pid()"))).scalar_one()
+            await conn.invalidate()
+        return int(pid)
+
+    async def twice() -> list[int]:
+        first = await _pid(engine)  # the record reconnects, on this loop
+        [record] = _sqlalchemy._queued_records(pool)
+        facts = _sqlalchemy._connections[id(record)]  # still the old connection's (loop A)
+        assert facts.loop() is not asyncio.get_running_loop()
+        facts.dbapi_id = id(record.dbapi_connection)  # as if the new one got the old address
+        second = await _pid(engine)
+        await engine.dispose()  # on its loop, before it closes
+        return [first, second]
+
+    with silence_checked(log_file):
+        pid_a = asyncio.run(use_and_invalidate())
+        pids_b = asyncio.run(twice())
+    assert pids_b[0] == pids_b[1] != pid_a
+
+
 # -- a connection poisoned while checked out ------------------------------------------------
 
 

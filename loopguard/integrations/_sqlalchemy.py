@@ -19,7 +19,14 @@ Where it hooks, and why each hook is the one it is:
   ("Event loop is closed", logged with a traceback, socket left open), so its socket is closed
   directly instead.  A traceback formatted while the collector runs inside an ``ast.parse()``
   (pytest rendering a failure) breaks that parse on CPython 3.11.0 to 3.11.7.
-- ``engine_disposed`` (event): ``dispose()`` builds a new pool, which starts unbound.
+- ``QueuePool.recreate`` (patched): ``Engine.dispose()`` replaces the pool with
+  ``pool.recreate()``; the new pool starts unbound.  (Not the ``engine_disposed`` event: a
+  listener shows in every engine's ``dispatch``, and one on the ``Engine`` class switches on
+  event dispatch for every connection of every engine.)
+
+loopguard's facts live in tables of its own, keyed by ``id()`` of the pool or connection record
+and emptied by a weak reference when that object goes: the ``info`` dicts, the pool's and the
+records' attributes, the engines' event listeners stay exactly the application's.
 """
 
 from __future__ import annotations
@@ -51,7 +58,6 @@ from . import DidNotEnable
 # 1.4.24 is the first release with ConnectionRecord.dbapi_connection and the adapted
 # connections' driver_connection, which the guard reads; older releases are refused.
 MIN_VERSION = (1, 4, 24)
-_CONN_KEY = "loopguard"
 _get_ident = threading.get_ident
 
 
@@ -96,21 +102,28 @@ class EngineInfo:
 
 
 class ConnectionInfo:
-    """Stored in the connection record's ``info``: the loop of this DBAPI connection."""
+    """The loop of one DBAPI connection of a pool, kept in ``_connections`` for its record.
 
-    __slots__ = ("loop", "dbapi_id", "opened_during", "opened_at")
+    ``dbapi_id`` and ``started`` (the record's ``starttime``) tell whether the record still
+    holds that connection: SQLAlchemy clears ``record.info`` when it reconnects, but not this.
+    """
+
+    __slots__ = ("loop", "dbapi_id", "started", "opened_during", "opened_at", "record_ref")
 
     def __init__(
         self,
         loop: _context.LoopRef,
         dbapi_id: int,
+        started: Any,
         opened_during: Optional[str],
         opened_at: Optional[_sites.Site],
     ) -> None:
         self.loop = loop
         self.dbapi_id = dbapi_id
+        self.started = started
         self.opened_during = opened_during
         self.opened_at = opened_at
+        self.record_ref: Optional[weakref.ref[Any]] = None  # drops the entry with the record
 
     def __repr__(self) -> str:
         return f"<ConnectionInfo on {self.loop.describe()}, opened {self.opened_during}>"
@@ -119,21 +132,27 @@ class ConnectionInfo:
 class PoolState:
     """Which loop one pool belongs to: its first connection's, until dispose() or healing."""
 
-    __slots__ = ("engine", "binding", "heals")
+    __slots__ = ("engine", "binding", "heals", "pool_ref")
 
     def __init__(self, engine: EngineInfo) -> None:
         self.engine = engine
         self.binding: Optional[ConnectionInfo] = None  # the first connection's facts
         self.heals = 0
+        self.pool_ref: Optional[weakref.ref[Any]] = None  # drops the entry with the pool
 
     def __repr__(self) -> str:
         owner = self.binding.loop.describe() if self.binding else "no loop yet"
         return f"<PoolState {self.engine.url}: {owner}>"
 
 
-# Pools and engines are weakly referenced: tracking never keeps an engine alive.
+# Pools are weakly referenced: tracking never keeps an engine alive.
 _pools: weakref.WeakKeyDictionary[Any, PoolState] = weakref.WeakKeyDictionary()
-_engines: weakref.WeakKeyDictionary[Any, EngineInfo] = weakref.WeakKeyDictionary()
+# The checkout path's lookups: id(pool) -> its state, id(connection record) -> the facts of
+# its DBAPI connection.  A plain dict read costs what the pool's own __dict__ and the record's
+# info dict did (a WeakKeyDictionary's get() costs ~3x: it builds a weakref per call); each
+# entry is dropped by a weakref callback when its object goes, before its id can be reused.
+_states: dict[int, PoolState] = {}
+_connections: dict[int, ConnectionInfo] = {}
 
 
 _guarded_pool_class: Any = None  # sqlalchemy.pool.QueuePool, set by setup()
@@ -149,9 +168,7 @@ def track_engine(sync_engine: Any, site: Optional[_sites.Site], known_site: bool
     pool = sync_engine.pool
     if not _is_guarded_pool(pool):
         return
-    existing = pool.__dict__.get(_STATE_ATTR)
-    if existing is not None:  # same pool, another AsyncEngine proxy: keep the first site
-        _engines.setdefault(sync_engine, existing.engine)
+    if id(pool) in _states:  # same pool, another AsyncEngine proxy: keep the first site
         return
     loop = _context.running_loop()
     info = EngineInfo(
@@ -161,18 +178,26 @@ def track_engine(sync_engine: Any, site: Optional[_sites.Site], known_site: bool
         created_during=_context.current_test() if known_site else None,
         created_in_loop=(loop is not None) if known_site else None,
     )
-    _engines[sync_engine] = info
     _set_state(pool, PoolState(info))
 
 
-# The checkout path reads a pool's state from the pool's own __dict__ (~40 ns) rather than
-# from the WeakKeyDictionary (~135 ns: a Python-level get() that builds a weakref each call).
-_STATE_ATTR = "_loopguard_state"
-
-
 def _set_state(pool: Any, state: PoolState) -> None:
+    key = id(pool)
+    state.pool_ref = weakref.ref(pool, lambda _: _states.pop(key, None))
     _pools[pool] = state
-    pool.__dict__[_STATE_ATTR] = state
+    _states[key] = state
+
+
+def _connection_info(record: Any) -> Optional[ConnectionInfo]:
+    """The facts about the DBAPI connection ``record`` holds now (None: none, or stale)."""
+    conn = _connections.get(id(record))
+    if (
+        conn is None
+        or conn.dbapi_id != id(record.dbapi_connection)
+        or conn.started != record.starttime
+    ):
+        return None
+    return conn
 
 
 def _make_tracking_init(original: Callable[..., None]) -> Callable[..., None]:
@@ -183,19 +208,22 @@ def _make_tracking_init(original: Callable[..., None]) -> Callable[..., None]:
     return __init__
 
 
-def _on_engine_disposed(engine: Any) -> None:
-    info = _engines.get(engine)
-    if info is None:
-        return
-    # The new pool starts unbound: the next loop to connect owns it.
-    if _is_guarded_pool(engine.pool) and engine.pool not in _pools:
-        _set_state(engine.pool, PoolState(info))
+def _make_tracking_recreate(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def recreate(self: Any) -> Any:
+        pool = original(self)
+        state = _states.get(id(self))
+        # The new pool starts unbound: the next loop to connect owns it.
+        if state is not None and _is_guarded_pool(pool) and id(pool) not in _states:
+            _set_state(pool, PoolState(state.engine))
+        return pool
+
+    return recreate
 
 
 def _make_guarded_do_get(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
     def _do_get(self: Any) -> Any:
         __tracebackhide__ = True
-        state = self.__dict__.get(_STATE_ATTR)
+        state = _states.get(id(self))
         if state is None:
             return original(self)
         binding = state.binding
@@ -215,8 +243,12 @@ def _make_guarded_do_get(original: Callable[[Any], Any]) -> Callable[[Any], Any]
             dbapi_connection = record.dbapi_connection
             if dbapi_connection is None:  # invalidated: it reconnects on this loop
                 return record
-            conn = record.info.get(_CONN_KEY)
-            if conn is None or conn.dbapi_id != id(dbapi_connection):
+            conn = _connections.get(id(record))  # _connection_info(), inline: the hot path
+            if (
+                conn is None
+                or conn.dbapi_id != id(dbapi_connection)
+                or conn.started != record.starttime
+            ):
                 # Adopt it for the loop it really belongs to: it may have been opened before
                 # install(), or reconnected by an earlier checkout on another loop.
                 conn = _adopt_connection(state, record, _driver_loop(dbapi_connection) or loop)
@@ -241,9 +273,15 @@ def _adopt_connection(state: PoolState, record: Any, loop: Any) -> ConnectionInf
     """A connection seen for the first time: it belongs to ``loop``."""
     site = _sites.user_site(_context.rootdir, skip=3)
     info = ConnectionInfo(
-        _context.LoopRef(loop), id(record.dbapi_connection), _context.current_test(), site
+        _context.LoopRef(loop),
+        id(record.dbapi_connection),
+        record.starttime,
+        _context.current_test(),
+        site,
     )
-    record.info[_CONN_KEY] = info
+    key = id(record)
+    info.record_ref = weakref.ref(record, lambda _: _connections.pop(key, None))
+    _connections[key] = info
     if state.binding is None:
         state.binding = info
     return info
@@ -377,7 +415,7 @@ def _release_idle_connections(pool: Any, loop: Any) -> tuple[int, int]:
 
 def _make_guarded_dispose(original: Callable[[Any], None]) -> Callable[[Any], None]:
     def dispose(self: Any) -> None:
-        state = self.__dict__.get(_STATE_ATTR)
+        state = _states.get(id(self))
         if state is not None:
             loop = _context.running_loop()
             foreign, released, closed = _release_foreign_idle_connections(self, loop)
@@ -413,7 +451,7 @@ def _release_foreign_idle_connections(
         except Empty:
             break
         if _is_foreign(record, loop):
-            first_foreign = first_foreign or record.info[_CONN_KEY]
+            first_foreign = first_foreign or _connection_info(record)
             released += 1
             closed += _release_record(pool, record, count_overflow=False)
         kept.append(record)
@@ -424,7 +462,7 @@ def _release_foreign_idle_connections(
 
 def _is_foreign(record: Any, loop: Any) -> bool:
     """An open connection that belongs to a loop other than ``loop``."""
-    conn = record.info.get(_CONN_KEY)
+    conn = _connection_info(record)
     return conn is not None and record.dbapi_connection is not None and conn.loop() is not loop
 
 
@@ -447,7 +485,7 @@ def _report_connections_left_on(loop: Any) -> None:
             1
             for record in _queued_records(pool)
             if record.dbapi_connection is not None
-            and getattr(record.info.get(_CONN_KEY), "loop", lambda: None)() is loop
+            and getattr(_connection_info(record), "loop", lambda: None)() is loop
         )
         held = idle + max(pool.checkedout(), 0)
         if held:
@@ -564,8 +602,6 @@ class SQLAlchemyIntegration:
     name = "sqlalchemy"
 
     def __init__(self) -> None:
-        self._listening = False
-        self._had_events = False
         self._uvloop_hook: Optional[_after_import.AfterImport] = None
 
     def setup(self, patches: PatchStack) -> None:
@@ -575,8 +611,6 @@ class SQLAlchemyIntegration:
         engines_may_exist = "sqlalchemy.ext.asyncio" in sys.modules
         try:
             import sqlalchemy
-            from sqlalchemy import event
-            from sqlalchemy.engine import Engine
             from sqlalchemy.ext.asyncio import AsyncEngine
             from sqlalchemy.pool import QueuePool
         except ImportError as exc:
@@ -593,17 +627,9 @@ class SQLAlchemyIntegration:
         patches.wrap(QueuePool, "_do_get", _make_guarded_do_get)
         patches.wrap(QueuePool, "dispose", _make_guarded_dispose)
         patches.wrap(QueuePool, "_close_connection", _make_close_connection)
+        patches.wrap(QueuePool, "recreate", _make_tracking_recreate)
         self._uvloop_hook = _wrap_loop_close(patches)
         patches.wrap(AsyncEngine, "__init__", _make_tracking_init)
-        # Listening on the Engine class sets Engine._has_events = True, which sends every
-        # Connection of every engine down SQLAlchemy's event-dispatch path on each begin,
-        # execute, commit and rollback (~3.5 us per engine.connect(), more per query), and
-        # event.remove() never resets it.  Engine.dispose() fires engine_disposed without
-        # looking at the flag, so put it back as it was.
-        self._had_events = Engine.__dict__.get("_has_events", False)
-        event.listen(Engine, "engine_disposed", _on_engine_disposed)
-        Engine._has_events = self._had_events
-        self._listening = True
         if engines_may_exist:
             _adopt_existing_engines()
 
@@ -613,18 +639,10 @@ class SQLAlchemyIntegration:
         if self._uvloop_hook is not None:
             _after_import.cancel(self._uvloop_hook)
             self._uvloop_hook = None
-        if self._listening:
-            from sqlalchemy import event
-            from sqlalchemy.engine import Engine
-
-            # (Engine._has_events was put back right after listen(): if it is True now, a
-            # listener of the application's turned it on, so it stays as it is.)
-            event.remove(Engine, "engine_disposed", _on_engine_disposed)
-            self._listening = False
-        for pool in list(_pools.keys()):
-            pool.__dict__.pop(_STATE_ATTR, None)
+        # (The connections' facts stay, weakly held: installed again, loopguard knows which
+        # loop each pooled connection belongs to.)
+        _states.clear()
         _pools.clear()
-        _engines.clear()
 
     def __repr__(self) -> str:
         return f"<SQLAlchemyIntegration tracking {len(_pools)} pools>"
