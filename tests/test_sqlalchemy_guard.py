@@ -470,6 +470,32 @@ def test_engine_disposed_at_the_end_of_each_loop_is_silent(
             asyncio.run(job(which))
 
 
+@pytest.mark.parametrize("dispose_through", ["engine", "proxy"])
+def test_disposed_engine_new_pool_is_guarded_and_keeps_the_creation_site(
+    url: str, engines: list[AsyncEngine], dispose_through: str
+) -> None:
+    """dispose() replaces the pool (``pool.recreate()``): the new pool starts unbound, so loop B
+    may use it, and is guarded like the first, so loop C is stopped, naming the engine's
+    creation site (also when an ``execution_options()`` proxy disposes the shared pool)."""
+    engine, line = create_async_engine(url), sys._getframe().f_lineno
+    engines.append(engine)
+    proxy = engine.execution_options(isolation_level="REPEATABLE READ")
+    which = engine if dispose_through == "engine" else proxy
+
+    async def use_and_dispose() -> None:
+        await _pid(engine)
+        await which.dispose()
+
+    asyncio.run(use_and_dispose())
+    first_pool = engine.sync_engine.pool
+    _, loop_b = on_new_loop(lambda: _pid(engine))
+    with pytest.raises(loopguard.LoopMismatchError) as excinfo:
+        asyncio.run(_pid(engine))
+    assert engine.sync_engine.pool is first_pool  # no other dispose() in between
+    assert excinfo.value.owner_loop_id == loop_id(loop_b)
+    assert excinfo.value.created_at == f"{THIS_FILE}:{line}"
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_per_job_engines_are_silent(url: str, mode: str, log_file: Path) -> None:
     """An engine created and disposed inside each job (the per-test fixture pattern)."""
