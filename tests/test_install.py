@@ -14,7 +14,6 @@ from typing import Any, Optional
 
 import pytest
 import structlog
-from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, QueuePool
@@ -41,12 +40,16 @@ def _patched_slots() -> dict[str, Any]:
     return {
         "QueuePool._do_get": QueuePool.__dict__.get("_do_get"),
         "QueuePool.dispose": QueuePool.__dict__.get("dispose"),
+        "QueuePool._close_connection": QueuePool.__dict__.get("_close_connection"),
+        "QueuePool.recreate": QueuePool.__dict__.get("recreate"),
         "AsyncAdaptedQueuePool has own _do_get": "_do_get" in AsyncAdaptedQueuePool.__dict__,
         "AsyncEngine.__init__": AsyncEngine.__dict__.get("__init__"),
-        # Listening on the Engine class would switch on event dispatch for every engine.
+        # A listener on the Engine class would switch on event dispatch for every engine.
         "Engine._has_events": Engine.__dict__.get("_has_events"),
-        "engine_disposed listener": event.contains(
-            Engine, "engine_disposed", _sqlalchemy._on_engine_disposed
+        "a listener of loopguard's on the Engine class": any(
+            listener.__module__.startswith("loopguard")
+            for name in Engine.dispatch._event_names
+            for listener in getattr(Engine.dispatch, name)._clslevel.get(Engine, ())
         ),
         # raw asyncpg (loopguard/integrations/_asyncpg.py): by identity, absent as None
         **{
@@ -84,8 +87,10 @@ def test_uninstall_restores_every_patched_attribute_exactly() -> None:
     during = _patched_slots()
     assert during["QueuePool._do_get"] is not before["QueuePool._do_get"]
     assert during["QueuePool.dispose"] is not before["QueuePool.dispose"]
+    assert during["QueuePool._close_connection"] is not before["QueuePool._close_connection"]
+    assert during["QueuePool.recreate"] is not before["QueuePool.recreate"]
     assert during["AsyncEngine.__init__"] is not before["AsyncEngine.__init__"]
-    assert during["engine_disposed listener"] is True
+    assert during["a listener of loopguard's on the Engine class"] is False
     loopguard.uninstall()
     after = _patched_slots()
     assert after == before
