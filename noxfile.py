@@ -1,7 +1,8 @@
 """loopguard's version matrix: every supported Python against the lines of its dependencies.
 
     nox                     # the full matrix, 26 sessions (31 minutes measured, 2 cores)
-    nox -t ci               # the slice .ci/run runs, 5 sessions (8-11 minutes, fresh venvs)
+    nox -t ci               # the slice .ci/run runs: 5 test rows, lint, typecheck
+    nox -t checks           # ruff (lint and format check) and mypy --strict only
     nox -l                  # list the sessions
     nox -s "tests(3.9-floor)" -- -k plugin -x   # one session; arguments go to pytest
 
@@ -276,6 +277,23 @@ if not MATRIX_ONLY:
     def tests(session: nox.Session, row: Row) -> None:
         """The test suite on one row of the matrix."""
         _install_and_test(session, row)
+
+    # The checks that keep the code clean, on the newest Python, over everything that is
+    # Python in the repository (the package, tests, tools, benchmarks, docs generator, this file).
+    CHECKED = ["loopguard", "tests", "tools", "benchmarks", "docs", "noxfile.py"]
+
+    @nox.session(python=PYTHONS[-1], tags=["ci", "checks"])
+    def lint(session: nox.Session) -> None:
+        """ruff: lint rules and the format check."""
+        session.install("ruff")
+        session.run("ruff", "check", *CHECKED)
+        session.run("ruff", "format", "--check", *CHECKED)
+
+    @nox.session(python=PYTHONS[-1], tags=["ci", "checks"])
+    def typecheck(session: nox.Session) -> None:
+        """mypy --strict (pyproject.toml) over the package, the tests and the tools."""
+        session.install("-e", ".[test]", "mypy")
+        session.run("mypy", "loopguard", "tests", "tools")
 
 
 if __name__ == "__main__":  # pragma: no cover - `python noxfile.py` lists the rows

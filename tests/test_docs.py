@@ -107,6 +107,9 @@ def database_url(pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> str:
     return url
 
 
+RunExample = Callable[..., pytest.RunResult]
+
+
 @pytest.fixture
 def run_example(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, database_url: str
@@ -223,7 +226,9 @@ def test_every_output_block_names_a_command_and_every_command_is_shown() -> None
 
 @needs_documented_stack
 @pytest.mark.parametrize("name", PYTEST_BUGS)
-def test_pytest_bug_fails_with_loop_mismatch_under_loopguard(name: str, run_example) -> None:
+def test_pytest_bug_fails_with_loop_mismatch_under_loopguard(
+    name: str, run_example: RunExample
+) -> None:
     """The failing pattern fails with LoopMismatchError (LG101) and nothing from asyncpg."""
     result = run_example(name, "--loopguard")
     outcomes = result.parseoutcomes()
@@ -236,7 +241,9 @@ def test_pytest_bug_fails_with_loop_mismatch_under_loopguard(name: str, run_exam
 
 @needs_documented_stack
 @pytest.mark.parametrize("name", PYTEST_BUGS)
-def test_pytest_bug_fails_inside_asyncpg_without_loopguard(name: str, run_example) -> None:
+def test_pytest_bug_fails_inside_asyncpg_without_loopguard(
+    name: str, run_example: RunExample
+) -> None:
     """Without loopguard the same pattern fails with asyncpg's different-loop error."""
     result = run_example(name)
     assert result.parseoutcomes().get("failed", 0) >= 1
@@ -247,7 +254,7 @@ def test_pytest_bug_fails_inside_asyncpg_without_loopguard(name: str, run_exampl
 
 @needs_documented_stack
 @pytest.mark.parametrize("name", PYTEST_FIXES)
-def test_pytest_fix_passes_under_loopguard(name: str, run_example) -> None:
+def test_pytest_fix_passes_under_loopguard(name: str, run_example: RunExample) -> None:
     """Each fix passes under --loopguard, with every warning an error, and loopguard silent."""
     result = run_example(name, "--loopguard", "-W", "error")
     outcomes = result.parseoutcomes()
@@ -258,7 +265,9 @@ def test_pytest_fix_passes_under_loopguard(name: str, run_example) -> None:
 
 
 @needs_documented_stack
-def test_warn_mode_lets_the_cached_bug_pass_with_a_warning_per_misuse(run_example) -> None:
+def test_warn_mode_lets_the_cached_bug_pass_with_a_warning_per_misuse(
+    run_example: RunExample,
+) -> None:
     """--loopguard-mode=warn: the cached-engine bug passes, one LoopMismatchWarning per misuse."""
     result = run_example("lg101_cached_bug.py", "--loopguard-mode=warn")
     result.assert_outcomes(passed=3, warnings=2)
@@ -388,7 +397,9 @@ def fresh_outputs(
 
 @needs_captured_stack
 @pytest.mark.parametrize("name", sorted(gen.RUNS))
-def test_output_shown_is_what_the_command_prints(name: str, fresh_outputs) -> None:
+def test_output_shown_is_what_the_command_prints(
+    name: str, fresh_outputs: tuple[dict[str, str], Path]
+) -> None:
     """The lines that matter in each output shown are the ones the command prints today."""
     outputs, _ = fresh_outputs
     shown = gen.essentials(name, gen.shown_output(name))
@@ -404,7 +415,11 @@ def _documented_fields() -> list[str]:
 
 @needs_documented_stack
 def test_log_fields_table_lists_exactly_the_fields_of_real_records(
-    fresh_outputs, run_example, database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fresh_outputs: tuple[dict[str, str], Path],
+    run_example: RunExample,
+    database_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The fields table of logs.md names every field of real records: LG101 raised and warned
     (also by a pytest-xdist worker), LG102, LG103 raised and warned, LG104 and LG106, as

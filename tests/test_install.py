@@ -229,19 +229,23 @@ def test_explicit_mode_wins_over_the_environment(monkeypatch: pytest.MonkeyPatch
     assert loopguard.mode() == "warn"
 
 
+def _sink_path() -> Optional[str]:
+    """The path of loopguard's JSON-lines sink, if one is open."""
+    sink = _state.STATE.sink
+    return sink.path if sink is not None else None
+
+
 def test_log_file_from_environment_and_argument(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """LOOPGUARD_LOG_FILE opens loopguard's own sink; log_file= wins; uninstall closes it."""
     monkeypatch.setenv("LOOPGUARD_LOG_FILE", str(tmp_path / "env.jsonl"))
     loopguard.install()
-    assert _state.STATE.sink is not None
-    assert _state.STATE.sink.path == str(tmp_path / "env.jsonl")
+    assert _sink_path() == str(tmp_path / "env.jsonl")
     loopguard.uninstall()
-    assert _state.STATE.sink is None
+    assert _sink_path() is None
     loopguard.install(log_file=str(tmp_path / "arg.jsonl"))
-    assert _state.STATE.sink is not None
-    assert _state.STATE.sink.path == str(tmp_path / "arg.jsonl")
+    assert _sink_path() == str(tmp_path / "arg.jsonl")
 
 
 BAD_LOG_FILES = [
@@ -366,12 +370,9 @@ def _sanitized_python(
     visible.mkdir()
     (visible / "loopguard").symlink_to(REPO / "loopguard")
     for name in requirements_closure(packages):
-        module = __import__(name)
-        origin = (
-            Path(module.__file__).parent
-            if module.__file__.endswith("__init__.py")
-            else Path(module.__file__)
-        )
+        file = __import__(name).__file__
+        assert file is not None, name
+        origin = Path(file).parent if file.endswith("__init__.py") else Path(file)
         (visible / origin.name).symlink_to(origin)
     if with_metadata:
         for dist_info in metadata_closure(packages):

@@ -53,10 +53,10 @@ def test_the_matrix_covers_every_line_with_every_python(matrix: ModuleType) -> N
 
 
 def _floor(project: dict[str, object], dist: str) -> str:
-    requirements = list(project["dependencies"])  # type: ignore[call-overload]
+    requirements: list[str] = list(project["dependencies"])  # type: ignore[call-overload]
     for extra in project["optional-dependencies"].values():  # type: ignore[attr-defined]
         requirements += extra
-    floors = set()
+    floors: set[str] = set()
     for requirement in requirements:
         name = requirement.split(">=")[0].split("[")[0].strip().lower()
         if name == dist:

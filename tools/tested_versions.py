@@ -13,7 +13,7 @@ import re
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import List, Optional
+from typing import Any, Callable, List, Optional, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
 NOXFILE = ROOT / "noxfile.py"
@@ -147,7 +147,7 @@ def render(nox: Optional[ModuleType] = None) -> str:
     add("")
     add("| line | " + " | ".join(pythons) + " |")
     add("|---|" + "---|" * len(pythons))
-    grid = [
+    grid: List[Tuple[str, Callable[..., Any], List[str]]] = [
         ("SQLAlchemy " + line, lambda r, line=line: r.sqlalchemy == line,
          nox.SQLALCHEMY_PYTHONS[line])
         for line in nox.SQLALCHEMY
@@ -160,7 +160,9 @@ def render(nox: Optional[ModuleType] = None) -> str:
     ]  # fmt: skip
     for label, matches, supported in grid:
         counts = [
-            str(sum(1 for r in matrix if r.python == p and matches(r))) if p in supported else "-"
+            str(sum(1 for r in matrix if r.python == p and bool(matches(r))))
+            if p in supported
+            else "-"
             for p in pythons
         ]
         add(f"| {label} | " + " | ".join(counts) + " |")
