@@ -148,6 +148,12 @@ RUNS: dict[str, Run] = {
     ),
     "lg104_guarded": Run("LOOPGUARD=1 python lg104_dispose_bug.py", _RECORD),
     "lg104_fix": Run("LOOPGUARD=1 python -X dev lg104_fix_dispose_in_loop.py", (r"^(.*)$",)),
+    "lg107_raw": Run(
+        "python lg107_client_bug.py 2>&1 | grep -E '^(job [0-9]+:|[a-zA-Z._]+Error: )'",
+        (r"^(job \d+: .*)$", *_EXCEPTION),
+    ),
+    "lg107_guarded": Run("LOOPGUARD=1 python lg107_client_bug.py 2>&1 | tail -n 8", _MESSAGE),
+    "lg107_fix": Run("LOOPGUARD=1 python -X dev lg107_fix_unbind_on_close.py", (r"^(.*)$",)),
     "fix_header": Run(
         "pytest -p no:cacheprovider lg101_cached_fix_fixture.py --loopguard",
         (r"^(loopguard: .*)$", *_OUTCOME),
@@ -354,11 +360,11 @@ def _google_sections(doc: str) -> Iterator[str]:
     yield ""
 
 
-def ref_api() -> str:
+def ref_api(names: tuple[str, ...] = ("install", "uninstall", "is_installed", "mode")) -> str:
     import loopguard
 
     out = []
-    for name in ("install", "uninstall", "is_installed", "mode"):
+    for name in names:
         func = getattr(loopguard, name)
         out.append(f"### `{name}()`\n\n```python\n{_signature(func)}\n```\n")
         text = "\n".join(_google_sections(func.__doc__ or ""))
@@ -499,8 +505,14 @@ def ref_asyncpg_causes() -> str:
     return "\n".join(rows)
 
 
+def ref_api_tracking() -> str:
+    """track(), check() and unbind(): the public API for any loop-bound object."""
+    return ref_api(("track", "check", "unbind"))
+
+
 REFERENCE: dict[str, Callable[[], str]] = {
     "env": ref_env,
+    "api_tracking": ref_api_tracking,
     "pytest": ref_pytest,
     "api": ref_api,
     "exceptions": ref_exceptions,

@@ -179,7 +179,7 @@ def test_every_code_named_in_the_sources_is_in_the_table_of_codes() -> None:
 
 # Codes added while their sections are still to be written: each is an xfail, strictly, so
 # the entry must go the moment its section exists.
-SECTIONS_TO_WRITE: set[str] = {"LG107"}
+SECTIONS_TO_WRITE: set[str] = set()
 
 
 @pytest.mark.parametrize(
@@ -292,12 +292,19 @@ RAW_SYMPTOMS = {
     "LG103": f"InterfaceError: .*{ASYNCPG_BUSY}$",
     "LG104": "^Exception closing connection <",
     "LG106": "ResourceWarning: unclosed connection <asyncpg",
+    "LG107": f"RuntimeError: .*{ASYNCPG_DIFFERENT_LOOP}$",
 }
 
 
+SLOW_CALLBACK = re.compile(
+    r"^Executing <(?:Task|Handle|TimerHandle) .*> took \d+\.\d+ seconds\n", re.M
+)
+
 # Script bugs that loopguard stops with LoopMismatchError in raise mode (the others are
 # reported with a record and run to their end).
-STOPPED = {"LG101", "LG102", "LG103"}
+STOPPED = {"LG101", "LG102", "LG103", "LG107"}
+# What job 1 prints before job 2 is stopped (LG107's example pings the server: "N" or "S").
+FIRST_JOB = {"LG107": r"job 1: [NS]\n"}
 
 
 @needs_documented_stack
@@ -320,7 +327,7 @@ def test_script_bug_is_reported_under_loopguard(
             assert ": PoolCreatedOutsideLoopWarning: asyncpg Pool created" in done.stderr
             assert "result:" not in done.stdout
         else:
-            assert done.stdout.startswith("job 1: 1\n")
+            assert re.match(FIRST_JOB.get(_code(name), r"job 1: 1\n"), done.stdout), done.stdout
     else:  # a record only: the program runs to its end
         assert done.returncode == 0 and done.stdout.startswith("result: 1\n")
         assert "Exception closing connection" not in done.stderr
@@ -373,7 +380,10 @@ def test_script_fix_runs_clean_under_loopguard(
     done = _run_script(
         name, tmp_path, "-X", "dev", "-W", "error", LOOPGUARD="1", LOOPGUARD_LOG_FILE=str(log)
     )
-    assert (done.returncode, done.stderr) == (0, "")
+    # Development mode's asyncio debug logs a callback slower than 0.1 s: a busy machine's
+    # doing, not the example's (everything else on stderr still fails the test).
+    stderr = SLOW_CALLBACK.sub("", done.stderr)
+    assert (done.returncode, stderr) == (0, "")
     assert done.stdout
     assert _records(log) == []
 
