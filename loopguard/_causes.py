@@ -191,8 +191,7 @@ HTTPX_CLIENT = {
         _RUN_ON_FIXTURE_LOOP.format(noun="client"),
     ),
     "idle-loop-run": Cause(
-        "its pooled connections belong to another event loop that is still open but not "
-        "running.",
+        "its pooled connections belong to another event loop that is still open but not running.",
         "use one client per loop: create it inside the loop with `async with "
         "httpx.AsyncClient() as client:`, and `await client.aclose()` before that loop ends.",
     ),

@@ -192,7 +192,8 @@ def format_client_message(record: Record) -> str:
     if httpx:
         belongs = f"its pooled connections belong to loop #{owner}"
         bound_at = f", at {record.bound_at}," if record.bound_at else ""
-        bound = f"first request sent {_during(record.bound_during)}{bound_at} on {record.owner_loop}"
+        bound = f"first request sent {_during(record.bound_during)}{bound_at} on "
+        bound += record.owner_loop
         what = _client_line(record, "client", "httpx.AsyncClient")
     else:
         belongs = f"it belongs to loop #{owner}, the loop it was created on"

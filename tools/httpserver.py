@@ -10,6 +10,8 @@ URL is yielded unchanged and nothing starts.
 Routes, every response keep-alive unless the client says otherwise:
 
 - ``GET /`` and any other path: ``200 ok``.
+- ``GET /hit/KEY``: counts a request for KEY; the body is the client's port, which tells
+  which connection the request came on.  ``GET /count/KEY``: how many requests KEY had.
 - ``GET /delay?seconds=S``: ``200 ok`` after S seconds (at most 10).
 - ``GET /stream``: a chunked body sent in 2 parts 0.2 s apart.
 
@@ -45,6 +47,17 @@ def _serve() -> int:
     async def ok(request: web.Request) -> web.Response:
         return web.Response(text="ok")
 
+    counts: dict[str, int] = {}
+
+    async def hit(request: web.Request) -> web.Response:
+        key = request.match_info["key"]
+        counts[key] = counts.get(key, 0) + 1
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        return web.Response(text=str(peer[1] if peer else 0))
+
+    async def count(request: web.Request) -> web.Response:
+        return web.Response(text=str(counts.get(request.match_info["key"], 0)))
+
     async def delay(request: web.Request) -> web.Response:
         seconds = min(float(request.query.get("seconds", "0")), MAX_DELAY)
         await asyncio.sleep(seconds)
@@ -62,6 +75,8 @@ def _serve() -> int:
 
     async def main() -> None:
         app = web.Application()
+        app.router.add_get("/hit/{key}", hit)
+        app.router.add_get("/count/{key}", count)
         app.router.add_get("/delay", delay)
         app.router.add_get("/stream", stream)
         app.router.add_route("*", "/{tail:.*}", ok)

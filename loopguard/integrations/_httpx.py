@@ -25,6 +25,7 @@ warns and the request goes ahead as without loopguard.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from typing import Any, Callable, Optional
 
@@ -50,7 +51,9 @@ _pool_class: Any = None  # httpcore.AsyncConnectionPool, set by setup()
 
 def _client_url(client: Any) -> Optional[str]:
     url = getattr(client, "base_url", None)
-    return _clients.origin(getattr(url, "scheme", None), getattr(url, "host", None), url and url.port)
+    return _clients.origin(
+        getattr(url, "scheme", None), getattr(url, "host", None), url and url.port
+    )
 
 
 def _transports(client: Any) -> list[Any]:
@@ -86,8 +89,12 @@ def _make_handle_async_request(original: Callable[..., Any]) -> Callable[..., An
             _on_other_loop(self, facts, loop, request)  # binds, raises, or warns (and heals)
         return original(self, request)  # httpcore's coroutine, awaited by the caller
 
+    # Still a coroutine function to inspect and asyncio, as the method it replaces.
     if hasattr(inspect, "markcoroutinefunction"):  # Python 3.12+
         inspect.markcoroutinefunction(handle_async_request)
+    marker = getattr(asyncio.coroutines, "_is_coroutine", None)  # asyncio before 3.12
+    if marker is not None:
+        handle_async_request._is_coroutine = marker  # type: ignore[attr-defined]
     return handle_async_request
 
 

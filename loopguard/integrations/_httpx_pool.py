@@ -19,11 +19,14 @@ from .._loops import inherited
 MAX_DEPTH = 6  # connection -> connection -> network stream -> stream -> TLS -> socket stream
 
 
+def _held(pool: Any) -> list[Any]:
+    """The pool's own list of connections (``_connections``; ``_pool`` before httpcore 1.0)."""
+    held = getattr(pool, "_connections", None)
+    return held if held is not None else pool._pool  # type: ignore[no-any-return]
+
+
 def connections(pool: Any) -> list[Any]:
-    found = getattr(pool, "_connections", None)
-    if found is None:
-        found = getattr(pool, "_pool", ())
-    return list(found)
+    return list(_held(pool))
 
 
 def holds_nothing(pool: Any) -> bool:
@@ -78,9 +81,7 @@ def release_all(pool: Any, loop_number: int) -> tuple[int, int]:
     """Drop every connection of the pool (all idle or closed: ``can_release``), closing their
     sockets directly; those of a loop inherited through fork() are kept for the parent.
     Returns (connections dropped, sockets closed)."""
-    held = getattr(pool, "_connections", None)
-    if held is None:
-        held = pool._pool
+    held = _held(pool)
     dropped = list(held)
     held.clear()
     closed = 0
