@@ -160,7 +160,8 @@ RUNS: dict[str, Run] = {
     ),
     "lg108_jobs_guarded": Run("LOOPGUARD=1 python lg108_jobs_bug.py 2>&1 | tail -n 8", _MESSAGE),
     "lg108_warn": Run(
-        "LOOPGUARD=warn python lg108_jobs_bug.py 2>&1 | grep -E '^job [0-9]+:|LoopMismatchWarning: '",
+        "LOOPGUARD=warn python lg108_jobs_bug.py 2>&1"
+        " | grep -E '^job [0-9]+:|LoopMismatchWarning: '",
         (r"^(job \d+: .*)$", *_MESSAGE),
     ),
     "lg108_fix": Run("LOOPGUARD=1 python lg108_fix_client_per_job.py", (r"^(.*)$",)),
@@ -169,7 +170,8 @@ RUNS: dict[str, Run] = {
         (r"^(job \d+: .*)$", *_EXCEPTION),
     ),
     "lg109_guarded": Run(
-        "LOOPGUARD=1 python lg109_cached_session_bug.py 2>&1 | grep -A 7 '^loopguard.LoopMismatchError'",
+        "LOOPGUARD=1 python lg109_cached_session_bug.py 2>&1"
+        " | grep -A 7 '^loopguard.LoopMismatchError'",
         _MESSAGE,
     ),
     "lg109_warn": Run(
