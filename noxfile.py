@@ -77,9 +77,16 @@ ASYNCPG_OLDEST = {
 ASYNCPG = ["oldest", "newest"]
 
 # httpx and aiohttp (the HTTP client guards, LG108 and LG109): the oldest releases loopguard
-# supports (aiohttp: the oldest with wheels for each Python), and the newest.  A row runs both
-# at the same line: its ``clients`` column, by default the same as its asyncpg column.
-HTTPX_OLDEST = "0.23.0"
+# supports that work on each Python (httpx 0.23.0 imports ``cgi``, gone in 3.13; aiohttp: the
+# oldest with wheels), and the newest.  A row runs both at the same line: its ``clients``
+# column, by default the same as its asyncpg column.
+HTTPX_OLDEST = {
+    "3.9": "0.23.0",
+    "3.10": "0.23.0",
+    "3.11": "0.23.0",
+    "3.12": "0.23.0",
+    "3.13": "0.23.1",
+}
 AIOHTTP_OLDEST = {
     "3.9": "3.8.0",
     "3.10": "3.8.0",
@@ -129,7 +136,7 @@ class Row:
         pytest_asyncio, pytest = PYTEST_ASYNCIO[self.pytest_asyncio]
         asyncpg = f"asyncpg=={ASYNCPG_OLDEST[self.python]}" if self.asyncpg == "oldest" else None
         clients = (
-            [f"httpx=={HTTPX_OLDEST}", f"aiohttp=={AIOHTTP_OLDEST[self.python]}"]
+            [f"httpx=={HTTPX_OLDEST[self.python]}", f"aiohttp=={AIOHTTP_OLDEST[self.python]}"]
             if self.clients_line == "oldest"
             else []
         )

@@ -106,9 +106,12 @@ def render(nox: Optional[ModuleType] = None) -> str:
     aiohttp_oldest = ", ".join(
         f"{v} on {p}" for p, v in nox.AIOHTTP_OLDEST.items() if v != floor["aiohttp"]
     )
+    httpx_oldest = ", ".join(
+        f"{v} on {p}" for p, v in nox.HTTPX_OLDEST.items() if v != floor["httpx"]
+    )
     add(
-        f"| httpx | {floor['httpx']} and newer | oldest ({nox.HTTPX_OLDEST}) and newest on every "
-        "Python |"
+        f"| httpx | {floor['httpx']} and newer (the oldest that imports: {httpx_oldest}) | "
+        "oldest and newest on every Python |"
     )
     add(
         f"| aiohttp | {floor['aiohttp']} and newer (the oldest with wheels: {aiohttp_oldest}) | "
