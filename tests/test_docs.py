@@ -446,6 +446,33 @@ def test_output_shown_is_what_the_command_prints(name: str, fresh_outputs) -> No
     assert gen.essentials(name, outputs[name]) == shown, f"stale output: run {RECAPTURE}"
 
 
+def _run_sdk_jobs(tmp_path: Path, **env: str) -> None:
+    """LG108's job runner with the client built by an installed library (its record has a
+    ``name``): ``sdk`` in a site-packages directory of its own."""
+    package = tmp_path / "site-packages" / "sdk"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(
+        "import httpx\n\n\nclass Client:\n    def __init__(self, url):\n"
+        "        self.http = httpx.AsyncClient(base_url=url)\n"
+    )
+    (tmp_path / "sdk_jobs.py").write_text(
+        "import asyncio, os, sdk\n\nclient = sdk.Client(os.environ['HTTP_URL'])\n\n"
+        "async def job():\n    await client.http.get('/')\n\n"
+        "for _ in range(2):\n    asyncio.run(job())\n"
+    )
+    environ = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
+    environ["PYTHONPATH"] = str(package.parent)
+    done = subprocess.run(
+        [sys.executable, "sdk_jobs.py"],
+        cwd=tmp_path,
+        env={**environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+
+
 def _documented_fields() -> list[str]:
     text = (DOCS / "logs.md").read_text(encoding="utf-8")
     table = text.split("The fields of a record:", 1)[1].split("\n## ", 1)[0]
@@ -474,6 +501,11 @@ def test_log_fields_table_lists_exactly_the_fields_of_real_records(
         ("lg103_global_pool_bug.py", "warn"),
     ):
         _run_script(name, tmp_path, LOOPGUARD=mode, LOOPGUARD_LOG_FILE=str(script_log))
+    _run_script(
+        "lg109_cached_session_bug.py", tmp_path, LOOPGUARD="1", LOOPGUARD_LOG_FILE=str(script_log)
+    )
+    sdk_log = tmp_path / "sdk.jsonl"
+    _run_sdk_jobs(tmp_path, LOOPGUARD="warn", LOOPGUARD_LOG_FILE=str(sdk_log))
     xdist_records = _records(xdist_log)
     assert xdist_records and all(r["worker"] == "gw0" for r in xdist_records)
     records = [
@@ -481,10 +513,12 @@ def test_log_fields_table_lists_exactly_the_fields_of_real_records(
         *_records(warned_log),
         *xdist_records,
         *_records(script_log),
+        *_records(sdk_log),
     ]
     actions = {(r["code"], r["action"]) for r in records}
     assert {("LG101", "raised"), ("LG101", "warned"), ("LG104", "released")} <= actions
     assert {("LG102", "warned"), ("LG103", "raised"), ("LG103", "warned")} <= actions
     assert ("LG106", "reported") in actions
+    assert {("LG108", "warned"), ("LG109", "raised")} <= actions
     fields = set().union(*records)
     assert sorted(_documented_fields()) == sorted(fields)
