@@ -462,3 +462,36 @@ def test_a_session_created_before_install_is_guarded_with_its_site_unknown(
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         gc.collect()
+
+
+OLD_AIOHTTP = tuple(int(part) for part in aiohttp.__version__.split(".")[:2]) < (3, 10)
+
+
+@pytest.mark.skipif(
+    not OLD_AIOHTTP, reason="aiohttp 3.10+ refuses to create a session with no loop running"
+)
+def test_a_session_created_with_no_loop_running_names_the_loop_it_took(
+    http_url: str, sessions: list[aiohttp.ClientSession]
+) -> None:
+    """aiohttp before 3.10 takes asyncio.get_event_loop()'s loop when no loop runs."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            session = aiohttp.ClientSession(http_url)  # outside any loop
+        sessions.append(session)
+        with pytest.raises(loopguard.LoopMismatchError) as excinfo:
+            on_new_loop(lambda: _get(session, "/"))
+        error = excinfo.value
+        assert error.record["cause"] == "outside-loop"
+        assert error.created_at == f"{THIS_FILE}:{marker_line(__file__, 'outside any loop')}"
+        assert (
+            "  bound:         when it was created with no loop running, to "
+            f"asyncio.get_event_loop()'s loop #{error.owner_loop_id}"
+        ) in str(error)
+        assert "asyncio.get_event_loop() returned, not the loop that uses it" in str(error)
+    finally:
+        asyncio.set_event_loop(None)
+        _shut_down(session)
+        loop.close()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
+from .. import _sites
 from .._emit import raise_record, warn_record
 from .._log import app_log
 from .._loops import LoopRef, current_loop, loop_id
@@ -130,6 +131,9 @@ class AiohttpIntegration(Integration):
         Patch("aiohttp.client:ClientSession", "__init__", _make_session_init),
         Patch("aiohttp.client:ClientSession", "_request", _make_request),
     )
+
+    def setup(self) -> None:
+        _sites.reset_caches()  # aiohttp may be imported after the sites' prefixes were read
 
     def teardown(self) -> None:
         SESSIONS.clear()

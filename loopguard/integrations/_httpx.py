@@ -29,6 +29,7 @@ import asyncio
 import inspect
 from typing import Any, Callable, Optional
 
+from .. import _sites
 from .._emit import raise_record, warn_record
 from .._log import app_log
 from .._loops import LoopRef, current_loop, loop_id
@@ -169,6 +170,7 @@ class HttpxIntegration(Integration):
         import httpcore
 
         _pool_class = httpcore.AsyncConnectionPool
+        _sites.reset_caches()  # httpx may be imported after the sites' prefixes were read
 
     def teardown(self) -> None:
         global _pool_class
