@@ -222,6 +222,11 @@ def format_client_message(record: Record) -> str:
             "aiohttp's own error will follow."
         )
     unknown = "unknown: it was created before loopguard was installed " + _UNKNOWN_SITE
+    if httpx:
+        unknown = (
+            "unknown: it was created before loopguard was installed, or by httpcore without an "
+            "httpx.AsyncClient " + _UNKNOWN_SITE
+        )
     lines = [
         f"{record.resource} used on event loop #{current}, but {belongs}; {outcome}",
         what,
