@@ -64,8 +64,8 @@ CREATION_FIELDS = (
 OBJECT_FIELDS = tuple(
     "name" if field == "url" else field for field in MISMATCH_FIELDS if field != "pool_class"
 )
-# HTTP clients (LG108 httpx, LG109 aiohttp): ``url`` is the client's base_url (without
-# secrets), ``name`` the library class that built the client, when another library did.
+# HTTP clients (LG108 httpx, LG109 aiohttp): ``url`` is the origin of the client's base_url
+# (``scheme://host:port``), ``name`` the library class that built the client, if one did.
 CLIENT_FIELDS = tuple(
     "name" if field == "pool_class" else field for field in MISMATCH_FIELDS if field != "name"
 )
