@@ -8,7 +8,8 @@ the first import of ``asyncio`` (which every guarded library, and any code that 
 unrelated Python processes (pip, linters) that inherit the variable pay nothing beyond this
 module.  The guards themselves wait for their own library's import in turn.  In a pytest
 run (pytest's plugins import asyncio before loopguard's plugin takes over) the hook waits
-for SQLAlchemy's asyncio extension or asyncpg instead, by which time the plugin has decided.
+for a guarded library's import instead (SQLAlchemy's asyncio extension, asyncpg, httpx,
+aiohttp), by which time the plugin has decided.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import List
 
 from . import _after_import
 
-TRIGGERS = ("asyncio", "sqlalchemy.ext.asyncio", "asyncpg")
+TRIGGERS = ("asyncio", "sqlalchemy.ext.asyncio", "asyncpg", "httpx", "aiohttp")
 
 _hooks: List[_after_import.AfterImport] = []
 

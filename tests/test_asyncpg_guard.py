@@ -1208,8 +1208,9 @@ def test_without_sqlalchemy_the_asyncpg_guard_installs_and_works(
     pg_dsn: str, tmp_path: Path
 ) -> None:
     """Code that uses asyncpg alone: in a Python that sees only loopguard, structlog and asyncpg
-    (``-S``, ``-W error``), install() enables the asyncpg guard (saying why SQLAlchemy's is
-    skipped) and a connection used on a second loop is stopped; uninstall() works."""
+    (``-S``, ``-W error``), install() enables the asyncpg guard (saying why SQLAlchemy's, httpx's
+    and aiohttp's are skipped) and a connection used on a second loop is stopped; uninstall()
+    works."""
     visible = tmp_path / "visible"
     visible.mkdir()
     (visible / "loopguard").symlink_to(REPO / "loopguard")
@@ -1257,7 +1258,7 @@ def test_without_sqlalchemy_the_asyncpg_guard_installs_and_works(
     prefixes = ("ENABLED:", "SKIPPED:", "RAISED:", "INSTALLED:")
     assert [line for line in result.stdout.splitlines() if line.startswith(prefixes)] == [
         "ENABLED: ['asyncpg']",
-        "SKIPPED: ['sqlalchemy']",
+        "SKIPPED: ['aiohttp', 'httpx', 'sqlalchemy']",
         "RAISED: LG103 asyncpg Connection Connection.fetchval",
         "INSTALLED: False",
     ]

@@ -90,6 +90,11 @@ ASYNCPG_BUSY = "another operation is in progress"
 ASYNCPG_ERRORS = re.compile(
     rf"RuntimeError: Task <.*{ASYNCPG_DIFFERENT_LOOP}|InterfaceError: .*{ASYNCPG_BUSY}"
 )
+# What the HTTP clients raise on another loop (LG108, LG109), in a test's failure line.
+RAW_PYTEST_ERRORS = {
+    "LG101": ASYNCPG_ERRORS,
+    "LG108": re.compile(r"RuntimeError: Event loop is closed"),
+}
 
 
 @pytest.fixture(autouse=True)
@@ -100,8 +105,9 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def database_url(pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The throwaway server's SQLAlchemy URL, exported as DATABASE_URL as the examples expect."""
+def database_url(pg_dsn: str, http_env: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The throwaway server's SQLAlchemy URL, exported as DATABASE_URL as the examples expect
+    (and the HTTP server's URL as HTTP_URL, for the httpx and aiohttp examples)."""
     url = sqlalchemy_url(pg_dsn)
     monkeypatch.setenv("DATABASE_URL", url)
     return url
@@ -229,14 +235,16 @@ def test_every_output_block_names_a_command_and_every_command_is_shown() -> None
 def test_pytest_bug_fails_with_loop_mismatch_under_loopguard(
     name: str, run_example: RunExample
 ) -> None:
-    """The failing pattern fails with LoopMismatchError (LG101) and nothing from asyncpg."""
+    """The failing pattern fails with LoopMismatchError (LG101, LG108) and nothing from the
+    library underneath."""
+    code = _code(name)
     result = run_example(name, "--loopguard")
     outcomes = result.parseoutcomes()
     assert outcomes.get("failed", 0) >= 1, outcomes
     text = _output(result)
     assert "loopguard.LoopMismatchError" in text
-    assert f"(Background on this error at: {docs_link('LG101')}, code LG101)" in text
-    assert not ASYNCPG_ERRORS.search(text)
+    assert f"(Background on this error at: {docs_link(code)}, code {code})" in text
+    assert not RAW_PYTEST_ERRORS[code].search(text)
 
 
 @needs_documented_stack
@@ -244,11 +252,12 @@ def test_pytest_bug_fails_with_loop_mismatch_under_loopguard(
 def test_pytest_bug_fails_inside_asyncpg_without_loopguard(
     name: str, run_example: RunExample
 ) -> None:
-    """Without loopguard the same pattern fails with asyncpg's different-loop error."""
+    """Without loopguard the same pattern fails with asyncpg's different-loop error (httpx:
+    "Event loop is closed")."""
     result = run_example(name)
     assert result.parseoutcomes().get("failed", 0) >= 1
     text = _output(result)
-    assert ASYNCPG_ERRORS.search(text)
+    assert RAW_PYTEST_ERRORS[_code(name)].search(text)
     assert "LoopMismatch" not in text
 
 
@@ -293,6 +302,8 @@ RAW_SYMPTOMS = {
     "LG104": "^Exception closing connection <",
     "LG106": "ResourceWarning: unclosed connection <asyncpg",
     "LG107": f"RuntimeError: .*{ASYNCPG_DIFFERENT_LOOP}$",
+    "LG108": "^RuntimeError: Event loop is closed$",
+    "LG109": "^RuntimeError: Event loop is closed$",
 }
 
 
@@ -302,9 +313,10 @@ SLOW_CALLBACK = re.compile(
 
 # Script bugs that loopguard stops with LoopMismatchError in raise mode (the others are
 # reported with a record and run to their end).
-STOPPED = {"LG101", "LG102", "LG103", "LG107"}
-# What job 1 prints before job 2 is stopped (LG107's example pings the server: "N" or "S").
-FIRST_JOB = {"LG107": r"job 1: [NS]\n"}
+STOPPED = {"LG101", "LG102", "LG103", "LG107", "LG108", "LG109"}
+# What the first job of a stopped script prints (LG107's example pings the server: "N" or "S";
+# the HTTP examples print the status code).
+FIRST_JOB = {"LG107": r"job 1: [NS]\n", "LG108": r"job 1: 200\n", "LG109": r"job 1: 200\n"}
 
 
 @needs_documented_stack
@@ -370,6 +382,40 @@ def test_asyncpg_script_bug_in_warn_mode_reports_then_asyncpg_fails(
 
 
 @needs_documented_stack
+def test_httpx_script_bug_in_warn_mode_heals_and_every_job_runs(
+    database_url: str, tmp_path: Path
+) -> None:
+    """LOOPGUARD=warn: each new loop is warned about once, the stale connection is closed
+    without I/O (no ResourceWarning under -X dev), and every job's request goes out."""
+    log = tmp_path / "loopguard.jsonl"
+    done = _run_script(
+        "lg108_jobs_bug.py", tmp_path, "-X", "dev", LOOPGUARD="warn", LOOPGUARD_LOG_FILE=str(log)
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "job 1: 200\njob 2: 200\njob 3: 200\n"
+    assert done.stderr.count(": LoopMismatchWarning: httpx AsyncClient used on event loop") == 2
+    assert "ResourceWarning" not in done.stderr.replace("ResourceWarning: unclosed transport", "")
+    records = [(r["code"], r["action"], r["released"], r["sockets_closed"]) for r in _records(log)]
+    assert records == [("LG108", "warned", 1, 1)] * 2
+
+
+@needs_documented_stack
+def test_aiohttp_script_bug_in_warn_mode_reports_then_aiohttp_fails(
+    database_url: str, tmp_path: Path
+) -> None:
+    """LOOPGUARD=warn: a session cannot move to another loop, so after the warning aiohttp's
+    own error follows."""
+    log = tmp_path / "loopguard.jsonl"
+    done = _run_script(
+        "lg109_cached_session_bug.py", tmp_path, LOOPGUARD="warn", LOOPGUARD_LOG_FILE=str(log)
+    )
+    assert done.returncode == 1
+    assert ": LoopMismatchWarning: aiohttp ClientSession used on event loop #2" in done.stderr
+    assert re.search(RAW_SYMPTOMS["LG109"], done.stderr, re.M)
+    assert [(r["code"], r["action"]) for r in _records(log)] == [("LG109", "warned")]
+
+
+@needs_documented_stack
 @pytest.mark.parametrize("name", SCRIPT_FIXES)
 def test_script_fix_runs_clean_under_loopguard(
     name: str, database_url: str, tmp_path: Path
@@ -417,6 +463,33 @@ def test_output_shown_is_what_the_command_prints(
     assert gen.essentials(name, outputs[name]) == shown, f"stale output: run {RECAPTURE}"
 
 
+def _run_sdk_jobs(tmp_path: Path, **env: str) -> None:
+    """LG108's job runner with the client built by an installed library (its record has a
+    ``name``): ``sdk`` in a site-packages directory of its own."""
+    package = tmp_path / "site-packages" / "sdk"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(
+        "import httpx\n\n\nclass Client:\n    def __init__(self, url):\n"
+        "        self.http = httpx.AsyncClient(base_url=url)\n"
+    )
+    (tmp_path / "sdk_jobs.py").write_text(
+        "import asyncio, os, sdk\n\nclient = sdk.Client(os.environ['HTTP_URL'])\n\n"
+        "async def job():\n    await client.http.get('/')\n\n"
+        "for _ in range(2):\n    asyncio.run(job())\n"
+    )
+    environ = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
+    environ["PYTHONPATH"] = str(package.parent)
+    done = subprocess.run(
+        [sys.executable, "sdk_jobs.py"],
+        cwd=tmp_path,
+        env={**environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+
+
 def _documented_fields() -> list[str]:
     text = (DOCS / "logs.md").read_text(encoding="utf-8")
     table = text.split("The fields of a record:", 1)[1].split("\n## ", 1)[0]
@@ -451,6 +524,11 @@ def test_log_fields_table_lists_exactly_the_fields_of_real_records(
         ("lg103_global_pool_bug.py", "warn"),
     ):
         _run_script(name, tmp_path, LOOPGUARD=mode, LOOPGUARD_LOG_FILE=str(script_log))
+    _run_script(
+        "lg109_cached_session_bug.py", tmp_path, LOOPGUARD="1", LOOPGUARD_LOG_FILE=str(script_log)
+    )
+    sdk_log = tmp_path / "sdk.jsonl"
+    _run_sdk_jobs(tmp_path, LOOPGUARD="warn", LOOPGUARD_LOG_FILE=str(sdk_log))
     xdist_records = _records(xdist_log)
     assert xdist_records and all(r["worker"] == "gw0" for r in xdist_records)
     records = [
@@ -458,10 +536,12 @@ def test_log_fields_table_lists_exactly_the_fields_of_real_records(
         *_records(warned_log),
         *xdist_records,
         *_records(script_log),
+        *_records(sdk_log),
     ]
     actions = {(r["code"], r["action"]) for r in records}
     assert {("LG101", "raised"), ("LG101", "warned"), ("LG104", "released")} <= actions
     assert {("LG102", "warned"), ("LG103", "raised"), ("LG103", "warned")} <= actions
     assert ("LG106", "reported") in actions
+    assert {("LG108", "warned"), ("LG109", "raised")} <= actions
     fields = set().union(*records)
     assert sorted(_documented_fields()) == sorted(fields)

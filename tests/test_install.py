@@ -21,7 +21,7 @@ from teststack import metadata_closure, requirements_closure
 
 import loopguard
 from loopguard import _state
-from loopguard.integrations import _sqlalchemy
+from loopguard.integrations import _sqlalchemy, all_integrations
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -336,7 +336,7 @@ def test_repr_of_the_state_says_what_is_guarded(monkeypatch: pytest.MonkeyPatch)
     loopguard.install("warn")
     assert repr(_state.STATE) == (
         f"<loopguard state: mode='warn' (from install() at {where}), "
-        "guarding=['sqlalchemy', 'asyncpg'], skipped={}, log_file=None>"
+        "guarding=['sqlalchemy', 'asyncpg', 'httpx', 'aiohttp'], skipped={}, log_file=None>"
     )
     loopguard.uninstall()
     monkeypatch.setenv("LOOPGUARD", "warn")
@@ -416,7 +416,9 @@ def test_without_sqlalchemy_import_works_and_install_refuses_clearly(tmp_path: P
     assert result.stdout.splitlines() == [
         "ERROR: loopguard has nothing to guard: sqlalchemy: SQLAlchemy is not installed "
         "(No module named 'sqlalchemy'); pip install 'sqlalchemy[asyncio]'; "
-        "asyncpg: asyncpg is not installed (No module named 'asyncpg'); pip install asyncpg.",
+        "asyncpg: asyncpg is not installed (No module named 'asyncpg'); pip install asyncpg; "
+        "httpx: httpx is not installed (No module named 'httpx'); pip install httpx; "
+        "aiohttp: aiohttp is not installed (No module named 'aiohttp'); pip install aiohttp.",
         "IMPORTERROR: True",
         "INSTALLED: False",
     ]
@@ -445,10 +447,11 @@ def test_without_asyncpg_the_sqlalchemy_guard_still_installs(tmp_path: Path) -> 
     assert result.stdout.splitlines() == ["INSTALLED: True", "INSTALLED: False"]
 
 
+# Each integration's reason, in their order ("sqlalchemy: SQLAlchemy is not installed (No
+# module named 'sqlalchemy'); pip install 'sqlalchemy[asyncio]'; asyncpg: ..."): the words of
+# one are checked in test_without_sqlalchemy_import_works_and_install_refuses_clearly.
 NOT_INSTALLED = (
-    "sqlalchemy: SQLAlchemy is not installed (No module named 'sqlalchemy'); "
-    "pip install 'sqlalchemy[asyncio]'; "
-    "asyncpg: asyncpg is not installed (No module named 'asyncpg'); pip install asyncpg."
+    "; ".join(f"{i.name}: {i.not_installed()}" for i in all_integrations() if not i.core) + "."
 )
 
 

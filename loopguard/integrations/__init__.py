@@ -15,6 +15,8 @@ BUILTIN = (
     "loopguard._loop_close:UvloopLoops",
     "loopguard.integrations._sqlalchemy:SQLAlchemyIntegration",
     "loopguard.integrations._asyncpg:AsyncpgIntegration",
+    "loopguard.integrations._httpx:HttpxIntegration",
+    "loopguard.integrations._aiohttp:AiohttpIntegration",
 )
 ENTRY_POINT_GROUP = "loopguard.integrations"
 
