@@ -75,7 +75,9 @@ def sqlalchemy_tracked(engine: Any) -> bool:
     """The raise arm's pool is tracked and bound, so the full checkout check runs."""
     from loopguard.integrations import _sqlalchemy
 
-    state = _sqlalchemy._pools.get(engine.sync_engine.pool)
+    pool = engine.sync_engine.pool
+    registry = getattr(_sqlalchemy, "POOLS", None)  # before the core: a WeakKeyDictionary
+    state = registry.get(pool) if registry is not None else _sqlalchemy._pools.get(pool)
     return state is not None and state.binding is not None
 
 

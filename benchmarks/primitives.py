@@ -232,10 +232,11 @@ def _stat(values: List[float]) -> str:
 
 def _off_check() -> Dict[str, Any]:
     code = (
-        "import asyncio, json, sys; sys.path.insert(0, %r); import primitives, loopguard; "
+        f"import asyncio, json, sys; sys.path.insert(0, {str(HERE.parent)!r}); "
+        "import primitives, loopguard; "
         "print(json.dumps({'installed': loopguard.is_installed(), "
         "'patched': primitives._asyncio_patched(), "
-        "'lock_init': asyncio.Lock.__init__.__module__}))" % str(HERE.parent)
+        "'lock_init': asyncio.Lock.__init__.__module__}))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], env=_env(), capture_output=True, text=True, check=True
@@ -318,7 +319,10 @@ def measure(quick: bool = False) -> List[Dict[str, Any]]:
 
 
 def table(rows: List[Dict[str, Any]]) -> str:
-    lines = ["| # | measurement | off | raise | raise vs off | target |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| # | measurement | off | raise | raise vs off | target |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
         verdict = "" if r["verdict"] is None else (" PASS" if r["verdict"] else " FAIL")
         lines.append(

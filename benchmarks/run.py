@@ -834,8 +834,12 @@ from _worker import patched_attributes
 out["wrapped"] = patched_attributes()
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
-from loopguard.integrations import _sqlalchemy
-out["listener"] = event.contains(Engine, "engine_disposed", _sqlalchemy._on_engine_disposed)
+# Any listener of loopguard's left on the Engine class (it listens to none since issue 11.2).
+out["listener"] = any(
+    (getattr(fn, "__module__", "") or "").startswith("loopguard")
+    for name in ("engine_disposed", "engine_connect", "before_cursor_execute")
+    for fn in getattr(Engine.dispatch, name)
+)
 out["engine_has_events"] = Engine._has_events
 print(json.dumps(out))
 """
@@ -1315,7 +1319,7 @@ def section_memory(report: Report, url: str, quick: bool) -> None:
                         total = _settle()
                         snapshot = tracemalloc.take_snapshot().filter_traces(not_tracemalloc)
                         lg = _lg_bytes(snapshot)
-                        tracked = len(lg_sqlalchemy._pools) + len(lg_sqlalchemy._engines)
+                        tracked = len(lg_sqlalchemy.POOLS)
                         objects = loopguard_objects()
                         curve.append((i, total, lg, tracked, len(snapshot.traces), objects))
                         if i == every:

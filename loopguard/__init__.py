@@ -3,6 +3,10 @@
 Catches a pooled SQLAlchemy async engine used on an event loop other than the one its
 connections belong to, before any I/O, and says which engine, where it was created,
 which test bound it, which test uses it now, and how to fix it.
+
+PYTEST_DONT_REWRITE: with ``LOOPGUARD`` set, the start-up hook imports this package before
+pytest marks the plugin's package for assertion rewriting; this marker, pytest's own opt-out,
+keeps pytest from warning that it cannot rewrite it (an error under ``filterwarnings = error``).
 """
 
 from __future__ import annotations

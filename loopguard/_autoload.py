@@ -3,11 +3,13 @@
 The ``asyncio_loopguard.pth`` file installed next to the package runs one line at every
 interpreter start: it reads the ``LOOPGUARD`` environment variable and, only when it asks
 for loopguard, imports this module.  Nothing is installed here and now: a finder waits for
-the first import of a guarded library (``asyncio``, ``sqlalchemy.ext.asyncio`` or ``asyncpg``)
-and calls ``loopguard.install()`` right after it, before the module that imported it goes on
-(so a module-level ``asyncio.Lock()`` gets its creation site), and unrelated Python processes
-(pip, linters) that inherit the variable and never import asyncio pay nothing beyond this
-module.
+the first import of ``asyncio`` (which every guarded library, and any code that uses
+``loopguard.track()``, imports first) and calls ``loopguard.install()`` right after it, so
+unrelated Python processes (pip, linters) that inherit the variable pay nothing beyond this
+module.  The guards themselves wait for their own library's import in turn.  In a pytest
+run (pytest's plugins import asyncio before loopguard's plugin takes over) the hook waits
+for a guarded library's import instead (SQLAlchemy's asyncio extension, asyncpg, httpx,
+aiohttp), by which time the plugin has decided.
 """
 
 from __future__ import annotations
@@ -18,9 +20,8 @@ from typing import List
 
 from . import _after_import
 
-TRIGGERS = ("sqlalchemy.ext.asyncio", "asyncpg", "asyncio")
+TRIGGERS = ("asyncio", "sqlalchemy.ext.asyncio", "asyncpg", "httpx", "aiohttp")
 
-activated = False  # True once the hook has installed loopguard
 _hooks: List[_after_import.AfterImport] = []
 
 
@@ -30,43 +31,43 @@ def _remove_finder() -> None:
     _hooks.clear()
 
 
-def stand_down() -> None:
-    """A higher-precedence setting (pytest's --loopguard=off) overrides LOOPGUARD."""
-    global activated
+def hand_over() -> None:
+    """The pytest plugin or ``loopguard run`` decides from now on: stop waiting."""
     _remove_finder()
-    if activated:
-        import loopguard
-
-        activated = False
-        if loopguard.is_installed():
-            loopguard.uninstall()
 
 
 def _install_now() -> None:
-    global activated
     _remove_finder()
-    if activated:
-        return
-    import loopguard
+    from . import _activation, _install
+    from ._errors import ConfigError, MissingDependencyError
+    from ._state import STATE
 
-    if loopguard.is_installed():  # installed by a setting that wins (--loopguard, install())
+    if STATE.installed:  # installed by a setting that wins (--loopguard, install())
         return
     try:
-        loopguard.install()
-    except loopguard.LoopguardError as exc:
-        # A .pth hook cannot stop the program; say clearly why it runs unguarded.
+        activation = _activation.for_startup_hook()
+        if activation.mode is not None:
+            _install.apply(activation, keep_installed=True)  # installed meanwhile: left as is
+    except ConfigError as exc:
+        # A bad setting never leaves the program silently unguarded: it stops here, where
+        # loopguard would have installed, with one line and no traceback (SystemExit leaves
+        # the import statement and ends the program with this status).
+        print(f"loopguard: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except MissingDependencyError as exc:
+        # Not a setting to fix: the variable must not break the program.
         print(f"loopguard: not installed: {exc}", file=sys.stderr)
-        return
-    activated = loopguard.is_installed()
 
 
 def _on_trigger(module: ModuleType) -> None:
+    if module.__name__ == "asyncio" and "_pytest" in sys.modules:
+        return  # pytest is starting: its plugin decides (the other triggers still wait)
     _install_now()
 
 
 def start() -> None:
     """Called from the .pth line when LOOPGUARD asks for loopguard."""
-    if any(name in sys.modules for name in TRIGGERS):
+    if any(name in sys.modules for name in TRIGGERS) and "_pytest" not in sys.modules:
         _install_now()
     elif not _hooks:
         _hooks.extend(_after_import.call_after_import(name, _on_trigger) for name in TRIGGERS)

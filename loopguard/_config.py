@@ -1,9 +1,13 @@
-"""Reading loopguard's mode from arguments and the environment, with clear errors."""
+"""loopguard's settings as text: the spellings of a mode, the environment variables, the log file.
+
+Reading a value and saying clearly what is wrong with it is done here; which setting wins is
+decided in ``_activation``.
+"""
 
 from __future__ import annotations
 
 import os
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional, Union
 
 from ._errors import ConfigError
 
@@ -11,7 +15,7 @@ MODE_ENV = "LOOPGUARD"
 LOG_FILE_ENV = "LOOPGUARD_LOG_FILE"
 
 MODES = ("raise", "warn")
-# Spellings accepted wherever a mode is read from text (env, CLI, ini); None means "off".
+# Spellings accepted wherever a mode is read (env, CLI, ini, install()); None means "off".
 _TEXT_VALUES: dict[str, Optional[str]] = {
     "1": "raise",
     "true": "raise",
@@ -23,31 +27,19 @@ _TEXT_VALUES: dict[str, Optional[str]] = {
     "off": None,
 }
 VALID_TEXT = "1, true, on, raise, warn, 0, false, off"
+# The off spellings; asyncio_loopguard.pth repeats them so that it imports nothing for them.
+OFF_TEXT = tuple(text for text, mode in _TEXT_VALUES.items() if mode is None)
 
 
-class Settings(NamedTuple):
-    """What install() resolved: mode None means loopguard stays off."""
-
-    mode: Optional[str]
-    log_file: Optional[str]
-    mode_source: str
-    log_file_source: str = ""
-
-
-def parse_mode_text(value: str, where: str) -> Optional[str]:
-    """Turn an env/CLI/ini spelling into "raise", "warn" or None (off)."""
-    key = value.strip().lower()
+def parse_mode_text(value: object, where: Union[str, Callable[[], str]]) -> Optional[str]:
+    """Turn a spelling into "raise", "warn" or None (off); ``where`` names its source (a
+    callable: only worked out for the error)."""
+    key = value.strip().lower() if isinstance(value, str) else None
     if key not in _TEXT_VALUES:
-        msg = f"Invalid loopguard mode {value!r} from {where}. Valid values: {VALID_TEXT}."
+        source = where() if callable(where) else where
+        msg = f"Invalid loopguard mode {value!r} from {source}. Valid values: {VALID_TEXT}."
         raise ConfigError(msg)
     return _TEXT_VALUES[key]
-
-
-def check_mode(mode: str) -> str:
-    if mode not in MODES:
-        msg = f"Unknown loopguard mode {mode!r}. Valid modes: {', '.join(MODES)}."
-        raise ConfigError(msg)
-    return mode
 
 
 def env_mode() -> tuple[bool, Optional[str]]:
@@ -58,20 +50,16 @@ def env_mode() -> tuple[bool, Optional[str]]:
     return True, parse_mode_text(raw, f"the {MODE_ENV} environment variable")
 
 
-def resolve(mode: Optional[str], log_file: Optional[str]) -> Settings:
-    """Explicit arguments win over the environment; LOOPGUARD=0 switches off a bare install()."""
-    env_is_set, from_env = env_mode()  # validated even when unused: a typo must not pass silently
-    env_log_file = os.environ.get(LOG_FILE_ENV) or None
-    chosen_log_file = log_file if log_file is not None else env_log_file
-    log_file_source = (
-        "install(log_file=...)"
-        if log_file is not None
-        else f"the {LOG_FILE_ENV} environment variable"
-    )
-    if mode is not None:
-        return Settings(check_mode(mode), chosen_log_file, "install() argument", log_file_source)
-    if env_is_set:
-        return Settings(
-            from_env, chosen_log_file, f"{MODE_ENV} environment variable", log_file_source
-        )
-    return Settings("raise", chosen_log_file, "default", log_file_source)
+class LogFile(NamedTuple):
+    """The JSON-lines file to append records to, and where that setting came from."""
+
+    path: str
+    source: str
+
+
+def log_file_setting(log_file: Optional[str]) -> Optional[LogFile]:
+    """``install(log_file=...)`` wins over ``LOOPGUARD_LOG_FILE``; empty means no file."""
+    if log_file is not None:
+        return LogFile(log_file, "install(log_file=...)") if log_file else None
+    from_env = os.environ.get(LOG_FILE_ENV)
+    return LogFile(from_env, f"the {LOG_FILE_ENV} environment variable") if from_env else None

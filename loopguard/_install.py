@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
 from typing import Optional
 
-from . import _config, _registry, _sites
+from . import _activation, _config, _registry, _sites
+from ._activation import Activation
 from ._errors import ConfigError, LoopguardWarning, MissingDependencyError
 from ._guards import Guards
 from ._log import JsonLinesSink
@@ -13,40 +15,64 @@ from ._state import STATE
 from .integrations import all_integrations
 
 _guards: Optional[Guards] = None
+NOTHING_TO_GUARD = "loopguard has nothing to guard: "
 _applying = False  # integrations import their libraries, which may re-enter via _autoload
 
 
 def install(mode: Optional[str] = None, *, log_file: Optional[str] = None) -> None:
-    """Start guarding; idempotent (a second call only updates the mode and log file).
+    """Start guarding; idempotent: a second call updates the mode (when given) and log file.
 
     Args:
-        mode: ``"raise"`` (default) or ``"warn"``. Wins over the ``LOOPGUARD`` environment
-            variable; without it, ``LOOPGUARD=0`` makes this call a no-op.
+        mode: ``"raise"`` (the default) or ``"warn"``, in any spelling ``LOOPGUARD`` accepts;
+            ``"off"`` makes the call do nothing. Wins over the ``LOOPGUARD`` environment
+            variable. Without it, the call follows ``LOOPGUARD`` (``LOOPGUARD=0``: a no-op)
+            or an explicit off of the pytest run, and keeps the mode of an installation in
+            place.
         log_file: append JSON-lines records to this file (default: ``LOOPGUARD_LOG_FILE``).
 
     Raises:
-        loopguard.ConfigError: unknown mode or ``LOOPGUARD`` value, or a log file that cannot
-            be opened.
+        loopguard.ConfigError: unknown mode or ``LOOPGUARD`` value, or a log file that
+            cannot be opened; nothing is patched then.
         loopguard.MissingDependencyError: none of the guarded libraries can be used.
     """
-    settings = _config.resolve(mode, log_file)
-    if settings.mode is None:
-        return
+    caller = sys._getframe(1)
+    activation = _activation.for_install(mode, (caller.f_code.co_filename, caller.f_lineno))
+    if activation.mode is not None:
+        apply(activation, log_file, keep_installed=mode is None)
+
+
+def apply(
+    activation: Activation, log_file: Optional[str] = None, *, keep_installed: bool = False
+) -> None:
+    """Install for ``activation``, or switch an installation to its mode.
+
+    ``keep_installed``: an installation in place keeps its mode and source (a bare
+    ``install()``, the start-up hook); only the log file follows the settings.
+    """
+    if activation.mode is None:
+        raise ValueError(f"cannot install for an activation that is off: {activation}")
+    setting = _config.log_file_setting(log_file)
     with STATE.lock:
         if _applying:
             return
-        # Opened before anything is patched: a bad path leaves everything as it was.
-        sink = _open_log_file(settings)
-        if not STATE.installed:
-            try:
+        was_installed = STATE.installed
+        current = STATE.sink
+        # Opened before anything is patched: a bad path leaves nothing half-installed.
+        sink = current if _same_file(current, setting) else _open_sink(setting)
+        try:
+            if not was_installed:
                 _apply_integrations()
-            except BaseException:
-                if sink is not None and sink is not STATE.sink:
-                    sink.close()
-                raise
-        _set_log_file(sink)
-        STATE.mode = settings.mode
-        STATE.mode_source = settings.mode_source
+        except BaseException:
+            if sink is not None and sink is not current:
+                sink.close()
+            raise
+        if sink is not current:
+            STATE.sink = sink
+            if current is not None:
+                current.close()
+        if not (keep_installed and was_installed):
+            STATE.activation = activation
+            STATE.mode = activation.mode
 
 
 def _apply_integrations() -> None:
@@ -66,7 +92,7 @@ def _apply_each_integration() -> None:
         guards.start(all_integrations())
         if not guards.names():
             reasons = "; ".join(f"{name}: {why}" for name, why in guards.skipped.items())
-            msg = f"loopguard has nothing to guard: {reasons}."
+            msg = f"{NOTHING_TO_GUARD}{reasons}."
             raise MissingDependencyError(msg)
     except BaseException:
         # Nothing half-installed: undo whatever the integrations that did start had done.
@@ -77,29 +103,24 @@ def _apply_each_integration() -> None:
     STATE.skipped = guards.skipped
 
 
-def _open_log_file(settings: _config.Settings) -> Optional[JsonLinesSink]:
-    """The sink for ``settings.log_file``: the current one if it is that file already."""
-    path = settings.log_file
-    if not path:
+def _same_file(sink: Optional[JsonLinesSink], setting: Optional[_config.LogFile]) -> bool:
+    return (sink.path if sink else None) == (setting.path if setting else None)
+
+
+def _open_sink(setting: Optional[_config.LogFile]) -> Optional[JsonLinesSink]:
+    if setting is None:
         return None
-    current = STATE.sink
-    if current is not None and current.path == path:
-        return current
     try:
-        return JsonLinesSink(path)
+        return JsonLinesSink(setting.path)
     except OSError as exc:
-        msg = (
-            f"Cannot open the loopguard log file {path!r} from {settings.log_file_source}: "
-            f"{exc.strerror or exc}."
-        )
+        reason = exc.strerror or str(exc)
+        path, source = setting
+        msg = f"Cannot open the loopguard log file {path!r} from {source}: {reason}."
         raise ConfigError(msg) from None
 
 
-def _set_log_file(sink: Optional[JsonLinesSink]) -> None:
-    current = STATE.sink
-    if current is sink:
-        return
-    STATE.sink = sink
+def _close_sink() -> None:
+    current, STATE.sink = STATE.sink, None
     if current is not None:
         current.close()
 
@@ -125,9 +146,9 @@ def uninstall() -> None:
         finally:
             _guards = None
             _registry.clear_all()
-            _set_log_file(None)
+            _close_sink()
             STATE.mode = None
-            STATE.mode_source = ""
+            STATE.activation = None
             STATE.enabled = []
             STATE.skipped = {}
 

@@ -13,6 +13,7 @@ import types
 from typing import Any, Optional
 
 from ._config import MODE_ENV, MODES
+from ._errors import LoopguardError
 
 USAGE = "loopguard run [--mode raise|warn] -- SCRIPT.py|-m MODULE|COMMAND [ARGS...]"
 DESCRIPTION = """\
@@ -60,9 +61,14 @@ def run(args: argparse.Namespace) -> int:
     # Children started by the program (workers, subprocesses) are guarded too.
     os.environ[MODE_ENV] = args.mode
     if target[0] == "-m" or _is_script(target[0]):
-        import loopguard
+        from . import _activation, _autoload, _install
 
-        loopguard.install(args.mode)
+        _autoload.hand_over()  # LOOPGUARD set before: its start-up hook must not act as well
+        try:
+            _install.apply(_activation.for_run(args.mode))
+        except LoopguardError as exc:  # a bad LOOPGUARD_LOG_FILE, nothing to guard
+            print(f"loopguard run: {exc}", file=sys.stderr)
+            return 2
         return _run_in_process(target)
     try:
         os.execvp(target[0], target)

@@ -1,9 +1,12 @@
 """pytest plugin (entry point ``asyncio_loopguard``).
 
-Mode precedence: ``--loopguard[=MODE]`` > ``LOOPGUARD`` environment variable > ini option
-``asyncio_loopguard``.  Installs before conftest files are imported, so module-level engines
-created by them get a creation site; uninstalls at the end of the session.  Off: every hook
-returns at once and nothing is patched.
+Mode precedence: ``--loopguard`` (raise) or ``--loopguard-mode=MODE`` > ``LOOPGUARD``
+environment variable > ini option ``asyncio_loopguard``.  Installs before conftest files are
+imported, so module-level engines created by them get a creation site.  A
+``loopguard.install()`` in ``conftest.py`` (or a test module's body) gets the same header,
+summary and loop-scope checks.  The session leaves loopguard as it found it: installed by
+``loopguard run`` or the start-up hook before pytest started, it stays installed.  Off: every
+hook returns at once and nothing is patched.
 """
 
 from __future__ import annotations
@@ -11,99 +14,128 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter, defaultdict
-from typing import Any, NamedTuple, Optional
+from typing import Any, Optional
 
 import pytest
 
-from . import _autoload, _config, _context, _install, _log
+from . import _activation, _autoload, _context, _install, _log
+from ._activation import Activation
 from ._codes import primitive_noun
-from ._errors import ConfigError
+from ._errors import ConfigError, MissingDependencyError
 from ._log import EVENT_LOOP_MISMATCH
 from ._state import STATE
 
-MODE_HELP = (
-    "guard SQLAlchemy async engines against use on a foreign event loop: "
-    "raise (default when the option is given bare), warn or off"
-)
-INI_NAME = "asyncio_loopguard"
+INI_NAME = _activation.INI_NAME
 
 
-class Resolved(NamedTuple):
-    mode: Optional[str]
-    source: str
+class _Session:
+    """What loopguard does in one pytest session."""
+
+    def __init__(self) -> None:
+        self.found = STATE.activation  # installed before the session, by whom: put back at the end
+        self.collector: Optional[_Collector] = None  # set while the session guards
+        self.previous_off: Optional[Activation] = None  # an outer session's (pytester in-process)
+        self.nothing_to_guard: Optional[str] = None  # the header when it could not install
+        self.header: Optional[str] = None  # the status the header printed
 
 
-_resolved_key = pytest.StashKey[Resolved]()
-_collector_key = pytest.StashKey["_Collector"]()
-_owns_install_key = pytest.StashKey[bool]()
+_session_key = pytest.StashKey[_Session]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("loopguard")
     group.addoption(
         "--loopguard",
-        action="store",
-        nargs="?",
-        const="raise",
-        default=None,
+        action="store_true",
+        default=False,
         dest="loopguard",
-        metavar="MODE",
-        help=MODE_HELP + " (write --loopguard=MODE).",
+        help="guard SQLAlchemy async engines and asyncpg pools and connections against use on "
+        "a foreign event loop, in raise mode (the same as --loopguard-mode=raise).",
     )
-    parser.addini(INI_NAME, MODE_HELP, default=None)
+    group.addoption(
+        "--loopguard-mode",
+        action="store",
+        default=None,
+        dest="loopguard_mode",
+        metavar="MODE",
+        help="raise, warn or off: guard in this mode, or not at all (off also wins over "
+        "LOOPGUARD, the ini option and a bare loopguard.install() in conftest.py).",
+    )
+    parser.addini(
+        INI_NAME,
+        "loopguard's mode for every run of the project: raise, warn or off "
+        "(LOOPGUARD and the command line win over it).",
+        default=None,
+    )
 
 
-def _resolve(cli_value: Optional[str], ini_value: Optional[str]) -> Resolved:
+def _resolve(config: pytest.Config, flag: bool, mode_option: Optional[str]) -> Activation:
     try:
-        _config.env_mode()  # a bad LOOPGUARD is an error even when the CLI wins
+        return _activation.for_pytest(flag, mode_option, config.getini(INI_NAME))
     except ConfigError as exc:
         raise pytest.UsageError(str(exc)) from None
-    candidates = (
-        (cli_value, "the --loopguard option"),
-        (os.environ.get(_config.MODE_ENV) or None, f"the {_config.MODE_ENV} environment variable"),
-        (ini_value or None, f"the {INI_NAME} ini option"),
-    )
-    for value, where in candidates:
-        if value is not None and value.strip():
-            try:
-                return Resolved(_config.parse_mode_text(value, where), where)
-            except ConfigError as exc:
-                hint = ""
-                if where == candidates[0][1] and os.path.exists(value):
-                    # `pytest --loopguard tests/`: the bare option took the path as its value.
-                    hint = (
-                        f" {value!r} is a path: write --loopguard=MODE, or put --loopguard "
-                        "after the paths."
-                    )
-                raise pytest.UsageError(f"{exc}{hint}") from None
-    return Resolved(None, "default")
 
 
-def _activate(config: pytest.Config, resolved: Resolved) -> None:
-    config.stash[_resolved_key] = resolved
+def _start(config: pytest.Config, activation: Activation) -> None:
+    session = _Session()
+    config.stash[_session_key] = session
+    session.previous_off = _activation.pytest_session_started(activation)
     # Lets a loopguard.install() from conftest.py attribute records to tests, too.
     _context.in_pytest = True
-    if resolved.mode is None:
-        _autoload.stand_down()  # e.g. --loopguard=off beats LOOPGUARD=1's start-up hook
+    _autoload.hand_over()  # the start-up hook's finder: this plugin decides under pytest
+    if activation.mode is None:
+        _stand_down_start_up_hook(session)
         return
     # A pytest started by another pytest's test inherits that test's PYTEST_CURRENT_TEST
     # until its own first test starts: it would be blamed for engines created at import.
     os.environ.pop("PYTEST_CURRENT_TEST", None)
-    _context.rootdir = str(config.rootpath)
-    # Installed already when LOOPGUARD's start-up hook ran first: then only the mode is set,
-    # and the session leaves it installed at the end as it found it.
-    config.stash[_owns_install_key] = not STATE.installed
+    # An explicit install(mode) or `loopguard run` before pytest started wins over LOOPGUARD
+    # and the ini option; only the command line overrides it.
+    found = session.found
+    explicit_before = found is not None and found.entry in (_activation.INSTALL, _activation.RUN)
+    command_line = activation.source in (_activation.FLAG, _activation.MODE_OPTION)
     try:
-        _install.install(resolved.mode)
-    except ConfigError as exc:  # LOOPGUARD_LOG_FILE names a file that cannot be opened
+        _install.apply(activation, keep_installed=explicit_before and not command_line)
+    except ConfigError as exc:  # a log file that cannot be opened
         raise pytest.UsageError(str(exc)) from None
-    STATE.mode_source = resolved.source
-    collector = _Collector()
-    STATE.listeners.append(collector)
-    config.stash[_collector_key] = collector
+    except MissingDependencyError as exc:
+        # Asked for on the command line: a mistake to report.  Through LOOPGUARD (exported for
+        # a whole CI) or the ini option: a suite that uses neither library runs as usual.
+        reasons = str(exc).replace(_install.NOTHING_TO_GUARD, "", 1)
+        if command_line:
+            msg = f"{activation.source} asks for loopguard, but it has nothing to guard: {reasons}"
+            raise pytest.UsageError(msg) from None
+        session.nothing_to_guard = (
+            f"loopguard: off, nothing to guard ({activation.source} asks for it): {reasons}"
+        )
+        return
+    _guard(config, session)
+
+
+def _stand_down_start_up_hook(session: _Session) -> None:
+    """--loopguard-mode=off beats the LOOPGUARD start-up hook that installed already."""
+    found = STATE.activation
+    if found is not None and found.entry == _activation.STARTUP_HOOK:
+        _install.uninstall()
+        session.found = None
+
+
+def _guard(config: pytest.Config, session: _Session) -> None:
+    """Header, attribution, summary and loop-scope checks for the rest of the session."""
+    _context.rootdir = str(config.rootpath)
+    session.collector = _Collector()
+    STATE.listeners.append(session.collector)
     from . import _pytest_scopes  # pytest-asyncio's loops named; LG105 before tests run
 
     _pytest_scopes.register(config)
+
+
+def _adopt(config: pytest.Config) -> None:
+    """loopguard.install() ran after the session started (conftest.py, a test module's body):
+    the session guards from here on as if its settings had asked for it."""
+    session = config.stash.get(_session_key, None)
+    if session is not None and session.collector is None and STATE.installed:
+        _guard(config, session)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -112,7 +144,7 @@ def pytest_load_initial_conftests(
 ) -> None:
     # Before conftest.py files are imported: engines they create get their creation site.
     namespace = early_config.known_args_namespace
-    _activate(early_config, _resolve(namespace.loopguard, early_config.getini(INI_NAME)))
+    _start(early_config, _resolve(early_config, namespace.loopguard, namespace.loopguard_mode))
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -120,22 +152,35 @@ def pytest_configure(config: pytest.Config) -> None:
     # PYTEST_XDIST_WORKER, which a pytest or a script started by a worker's test inherits.
     workerinput = getattr(config, "workerinput", None)
     _context.worker = workerinput.get("workerid") if workerinput else None
-    if _resolved_key in config.stash:
-        return
-    # Reached when the plugin was loaded after the early hook (e.g. ``-p``).
-    _activate(config, _resolve(config.getoption("loopguard"), config.getini(INI_NAME)))
+    if _session_key not in config.stash:
+        # Reached when the plugin was loaded after the early hook (e.g. ``-p``).
+        flag, mode_option = config.getoption("loopguard"), config.getoption("loopguard_mode")
+        _start(config, _resolve(config, flag, mode_option))
+    _adopt(config)  # the initial conftest.py files have been imported
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
+    # A conftest.py further down, or a test module's body, may call loopguard.install().
+    _adopt(item.config)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     _context.in_pytest = False
     _context.worker = None
-    collector = config.stash.get(_collector_key, None)
+    session = config.stash.get(_session_key, None)
+    if session is None:
+        return
+    _activation.pytest_session_ended(session.previous_off)
+    collector = session.collector
     if collector is None:
         return
     if collector in STATE.listeners:
         STATE.listeners.remove(collector)
-    if STATE.installed and config.stash.get(_owns_install_key, False):
-        _install.uninstall()
+    if STATE.installed:
+        if session.found is None:
+            _install.uninstall()
+        else:  # e.g. installed by the start-up hook before pytest started: left as found
+            _install.apply(session.found)
     _context.rootdir = None
 
 
@@ -151,7 +196,7 @@ WORKEROUTPUT_FAILURES_KEY = "loopguard_failures"
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node: Any, error: Any) -> None:
-    collector = node.config.stash.get(_collector_key, None)
+    collector = _collector(node.config)
     workeroutput = getattr(node, "workeroutput", {})
     records = workeroutput.get(WORKEROUTPUT_KEY)
     if collector is not None and records:
@@ -163,7 +208,7 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session) -> None:
     workeroutput = getattr(session.config, "workeroutput", None)
-    collector = session.config.stash.get(_collector_key, None)
+    collector = _collector(session.config)
     if workeroutput is None or collector is None:
         return  # not an xdist worker, or loopguard is off
     # execnet carries plain values only; the records are plain already (log_fields), the
@@ -172,12 +217,37 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     workeroutput[WORKEROUTPUT_FAILURES_KEY] = collector.failures()
 
 
-def pytest_report_header(config: pytest.Config) -> str:
-    resolved = config.stash.get(_resolved_key, Resolved(None, "default"))
-    if resolved.mode is None:
+def _collector(config: pytest.Config) -> Optional[_Collector]:
+    session = config.stash.get(_session_key, None)
+    return session.collector if session is not None else None
+
+
+def _status(config: pytest.Config) -> str:
+    """The header line: off, or the mode, who asked for it and what is guarded."""
+    session = config.stash.get(_session_key, None)
+    if session is not None and session.nothing_to_guard is not None:
+        return session.nothing_to_guard
+    activation = STATE.activation
+    if _collector(config) is None or activation is None:
         return "loopguard: off"
     guarding = ", ".join(STATE.enabled) or "nothing"
-    return f"loopguard: mode={resolved.mode} (from {resolved.source}), guarding {guarding}"
+    return f"loopguard: mode={STATE.mode} (from {activation.describe()}), guarding {guarding}"
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    session = config.stash.get(_session_key, None)
+    status = _status(config)
+    if session is not None:
+        session.header = status
+    return status
+
+
+def pytest_report_collectionfinish(config: pytest.Config) -> list[str]:
+    # loopguard.install() in a conftest.py further down or a test module's body ran after
+    # the header was printed: say so once collection is done.
+    session = config.stash.get(_session_key, None)
+    status = _status(config)
+    return [status] if session is not None and session.header not in (None, status) else []
 
 
 class _Collector:
@@ -213,12 +283,13 @@ class _Collector:
 
 
 def _noun(resource: Any) -> str:
-    """What the summary counts: engines, pools, connections, locks, queues..., or objects."""
+    """What the summary counts: engines, pools, connections, clients, sessions, locks,
+    queues..., or other objects."""
     primitive = primitive_noun(resource)
     if primitive is not None:
         return primitive
     text = str(resource or "")
-    for noun in ("engine", "pool", "connection"):
+    for noun in ("engine", "pool", "connection", "client", "session"):
         if text.lower().endswith(noun):
             return noun
     return "object"
@@ -230,7 +301,7 @@ def _test_name(during: Optional[str]) -> str:
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    collector = config.stash.get(_collector_key, None)
+    collector = _collector(config)
     if collector is None:
         return
     failures = collector.failures()
@@ -262,7 +333,7 @@ def _summarise_mismatches(
         tests = list(dict.fromkeys(_test_name(r.get("used_during")) for r in records))
         # The phase stays here: "(setup)" shows a fixture bound the engine.
         bound = list(dict.fromkeys(r.get("bound_during") or "outside any test" for r in records))
-        terminalreporter.line(f"  {code} {where}  [{url}]")
+        terminalreporter.line(f"  {code} {where}" + (f"  [{url}]" if url else ""))
         terminalreporter.line(
             f"    {len(records)} × {'/'.join(actions)}; first bound during {bound[0]}"
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import site
 import subprocess
 import sys
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import pytest
 from pgserver import sqlalchemy_url
+
+REPO = Path(__file__).resolve().parent.parent
 
 # A task runner in miniature: a module-level engine, one asyncio.run() per job.
 APP = textwrap.dedent(
@@ -125,22 +128,6 @@ def test_loopguard_env_var_warn_mode_heals(app: Path, pg_dsn: str) -> None:
     )
 
 
-def test_a_log_file_that_cannot_be_opened_leaves_the_program_running(
-    app: Path, pg_dsn: str
-) -> None:
-    """LOOPGUARD=1 with LOOPGUARD_LOG_FILE in a missing directory: the start-up hook says why
-    loopguard is not installed, and the program runs as without it (it used to die with
-    FileNotFoundError at `import sqlalchemy.ext.asyncio`)."""
-    bad = str(app.parent / "no-such-dir" / "lg.jsonl")
-    result = _run([sys.executable, str(app)], app.parent, pg_dsn, LOOPGUARD="1",
-                  LOOPGUARD_LOG_FILE=bad)  # fmt: skip
-    assert _jobs(result) == ["job 1: ok", "job 2: builtins.RuntimeError"], result.stderr
-    assert result.stderr.splitlines() == [
-        f"loopguard: not installed: Cannot open the loopguard log file {bad!r} from the "
-        "LOOPGUARD_LOG_FILE environment variable: No such file or directory."
-    ]
-
-
 def test_run_command_with_a_script(app: Path, pg_dsn: str) -> None:
     """python -m loopguard run -- app.py runs the script in-process with loopguard installed."""
     result = _run([sys.executable, "-m", "loopguard", "run", "--", str(app)], app.parent, pg_dsn)
@@ -188,6 +175,18 @@ def test_hook_imports_nothing_when_off(tmp_path: Path, pg_dsn: str, value: str) 
     assert result.stdout.strip() == "[]", result.stderr
 
 
+def test_the_start_up_line_knows_every_off_spelling() -> None:
+    """The .pth line decides "off" itself so that it imports nothing then; the resolver has
+    the final word on every other value, so the two lists of off spellings must agree."""
+    from loopguard import _config
+
+    line = (REPO / "asyncio_loopguard.pth").read_text()
+    quoted = re.search(r"not in \(([^)]*)\)", line)
+    assert quoted is not None, line
+    spellings = {text.strip().strip('"') for text in quoted.group(1).split(",")}
+    assert spellings == {"", *_config.OFF_TEXT}
+
+
 def test_hook_waits_for_a_guarded_library(tmp_path: Path, pg_dsn: str) -> None:
     """LOOPGUARD=1 in a process that never imports SQLAlchemy: nothing is installed or imported
     beyond loopguard itself (pip, linters and other tools pay almost nothing)."""
@@ -198,18 +197,101 @@ def test_hook_waits_for_a_guarded_library(tmp_path: Path, pg_dsn: str) -> None:
     assert installed == "False"
 
 
-def test_hook_reports_a_bad_value_and_the_program_still_runs(app: Path, pg_dsn: str) -> None:
-    """LOOPGUARD=bogus: one clear line on stderr; the program runs unguarded."""
-    result = _run([sys.executable, str(app)], app.parent, pg_dsn, LOOPGUARD="bogus")
-    assert (
-        "loopguard: not installed: Invalid loopguard mode 'bogus' from the LOOPGUARD "
-        "environment variable. Valid values: 1, true, on, raise, warn, 0, false, off."
-    ) in result.stderr
-    assert _jobs(result) == ["job 1: ok", "job 2: builtins.RuntimeError"]
+BAD_SETTINGS = [
+    # id, environment, the one line on stderr (the log file's path is the app's directory)
+    (
+        "bad-mode",
+        {"LOOPGUARD": "yes"},
+        "loopguard: Invalid loopguard mode 'yes' from the LOOPGUARD environment variable. "
+        "Valid values: 1, true, on, raise, warn, 0, false, off.",
+    ),
+    (
+        "log-file-is-a-directory",
+        {"LOOPGUARD": "1", "LOOPGUARD_LOG_FILE": "{dir}"},
+        "loopguard: Cannot open the loopguard log file '{dir}' from the LOOPGUARD_LOG_FILE "
+        "environment variable: Is a directory.",
+    ),
+    (
+        "log-file-in-a-missing-directory",
+        {"LOOPGUARD": "warn", "LOOPGUARD_LOG_FILE": "{dir}/missing/lg.jsonl"},
+        "loopguard: Cannot open the loopguard log file '{dir}/missing/lg.jsonl' from the "
+        "LOOPGUARD_LOG_FILE environment variable: No such file or directory.",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("env", "line"), [case[1:] for case in BAD_SETTINGS], ids=[case[0] for case in BAD_SETTINGS]
+)
+def test_hook_stops_the_program_on_a_bad_setting(
+    app: Path, pg_dsn: str, env: dict[str, str], line: str
+) -> None:
+    """A bad LOOPGUARD or LOOPGUARD_LOG_FILE: one line naming the variable and its value, and
+    the program stops with status 2 where loopguard would install (app.py's import of
+    SQLAlchemy), before any job runs; never a traceback, never silently unguarded."""
+    env = {name: value.format(dir=app.parent) for name, value in env.items()}
+    result = _run([sys.executable, str(app)], app.parent, pg_dsn, **env)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [line.format(dir=app.parent)]
+    assert _jobs(result) == []
+
+
+def test_hook_says_nothing_when_nothing_is_guarded(tmp_path: Path, pg_dsn: str) -> None:
+    """A program that never imports SQLAlchemy or asyncpg: loopguard never installs, so a bad
+    setting does not stop it (pip or a linter inheriting the variable)."""
+    result = _run([sys.executable, "-c", "print('done')"], tmp_path, pg_dsn, LOOPGUARD="yes")
+    assert (result.returncode, result.stdout, result.stderr) == (0, "done\n", "")
+
+
+def test_hook_stops_pytest_when_a_plugin_imports_sqlalchemy_first(
+    pytester: pytest.Pytester, pg_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under pytest the hook can fire before loopguard's plugin decides: a plugin given with
+    -p that imports SQLAlchemy.  Same rule: one line, status 2, no traceback."""
+    pytester.makepyfile(early_plugin="import sqlalchemy.ext.asyncio\n")
+    pytester.makepyfile("def test_never_runs():\n    pass\n")
+    monkeypatch.setenv("LOOPGUARD", "yes")
+    monkeypatch.setenv("PYTHONPATH", str(pytester.path))
+    result = pytester.runpytest_subprocess("-p", "early_plugin", "-p", "no:cacheprovider")
+    assert result.ret == 2
+    assert result.stderr.lines == [BAD_SETTINGS[0][2]]
+    assert "Traceback" not in result.stdout.str()
+
+
+def test_pytest_with_a_bad_log_file_is_a_usage_error(
+    pytester: pytest.Pytester, pg_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LOOPGUARD=1 pytest with a log file that cannot be opened: pytest's one-line usage error
+    (the plugin decides under pytest), before any test runs."""
+    pytester.makepyfile("import sqlalchemy.ext.asyncio\n\ndef test_never_runs():\n    pass\n")
+    monkeypatch.setenv("LOOPGUARD", "1")
+    monkeypatch.setenv("LOOPGUARD_LOG_FILE", str(pytester.path))
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            f"ERROR: Cannot open the loopguard log file '{pytester.path}' from the "
+            "LOOPGUARD_LOG_FILE environment variable: Is a directory."
+        ]
+    )
+    assert "Traceback" not in result.stderr.str()
+    result.stdout.no_fnmatch_line("collected*")
+
+
+def test_run_command_with_a_bad_log_file(app: Path, pg_dsn: str) -> None:
+    """loopguard run -- app.py with a log file that cannot be opened: one line, status 2."""
+    command = [sys.executable, "-m", "loopguard", "run", "--", str(app)]
+    result = _run(command, app.parent, pg_dsn, LOOPGUARD_LOG_FILE=str(app.parent))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"loopguard run: Cannot open the loopguard log file '{app.parent}' from the "
+        "LOOPGUARD_LOG_FILE environment variable: Is a directory."
+    ]
+    assert _jobs(result) == []
 
 
 def test_pytest_cli_off_beats_the_start_up_hook(pytester: pytest.Pytester, pg_env: str) -> None:
-    """LOOPGUARD=1 starts the hook, but `pytest --loopguard=off` wins (CLI > env)."""
+    """LOOPGUARD=1 starts the hook, but `pytest --loopguard-mode=off` wins (CLI > env)."""
     pytester.makepyfile(
         """
         import loopguard
@@ -221,7 +303,7 @@ def test_pytest_cli_off_beats_the_start_up_hook(pytester: pytest.Pytester, pg_en
     )
     os.environ["LOOPGUARD"] = "1"
     try:
-        result = pytester.runpytest_subprocess("--loopguard=off", "-p", "no:cacheprovider")
+        result = pytester.runpytest_subprocess("--loopguard-mode=off", "-p", "no:cacheprovider")
     finally:
         del os.environ["LOOPGUARD"]
     result.assert_outcomes(passed=1)

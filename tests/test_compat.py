@@ -165,7 +165,7 @@ def test_sqlalchemy14_scenario1_raise_mode(sa14_cached_suite: Path, run: RunPyte
 @sqlalchemy_14
 def test_sqlalchemy14_scenario1_warn_mode_heals(sa14_cached_suite: Path, run: RunPytest) -> None:
     """Warn mode on 1.4: every test passes, two warnings, the pool follows each new loop."""
-    result = run("--loopguard=warn")
+    result = run("--loopguard-mode=warn")
     result.assert_outcomes(passed=3, warnings=2)
     result.stdout.fnmatch_lines(["*LoopMismatchWarning: SQLAlchemy AsyncEngine used on*"])
     assert_no_asyncpg_fallout(result)
@@ -364,7 +364,7 @@ def test_event_loop_era_scenario1_raise_mode(event_loop_suite: Path, run: RunPyt
 @event_loop_era
 def test_event_loop_era_scenario1_warn_mode_heals(event_loop_suite: Path, run: RunPytest) -> None:
     """Warn mode: all three pass, the two later ones with a LoopMismatchWarning."""
-    result = run("--loopguard=warn")
+    result = run("--loopguard-mode=warn")
     result.assert_outcomes(passed=3, warnings=2)
     assert_no_asyncpg_fallout(result)
 

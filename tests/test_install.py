@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import subprocess
@@ -9,15 +10,14 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import pytest
 import structlog
-from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, QueuePool
-from teststack import requirements_closure
+from teststack import metadata_closure, requirements_closure
 
 import loopguard
 from loopguard import _state
@@ -40,12 +40,16 @@ def _patched_slots() -> dict[str, Any]:
     return {
         "QueuePool._do_get": QueuePool.__dict__.get("_do_get"),
         "QueuePool.dispose": QueuePool.__dict__.get("dispose"),
+        "QueuePool._close_connection": QueuePool.__dict__.get("_close_connection"),
+        "QueuePool.recreate": QueuePool.__dict__.get("recreate"),
         "AsyncAdaptedQueuePool has own _do_get": "_do_get" in AsyncAdaptedQueuePool.__dict__,
         "AsyncEngine.__init__": AsyncEngine.__dict__.get("__init__"),
-        # Listening on the Engine class would switch on event dispatch for every engine.
+        # A listener on the Engine class would switch on event dispatch for every engine.
         "Engine._has_events": Engine.__dict__.get("_has_events"),
-        "engine_disposed listener": event.contains(
-            Engine, "engine_disposed", _sqlalchemy._on_engine_disposed
+        "a listener of loopguard's on the Engine class": any(
+            listener.__module__.startswith("loopguard")
+            for name in Engine.dispatch._event_names
+            for listener in getattr(Engine.dispatch, name)._clslevel.get(Engine, ())
         ),
         # raw asyncpg (loopguard/integrations/_asyncpg.py): by identity, absent as None
         **{
@@ -83,8 +87,10 @@ def test_uninstall_restores_every_patched_attribute_exactly() -> None:
     during = _patched_slots()
     assert during["QueuePool._do_get"] is not before["QueuePool._do_get"]
     assert during["QueuePool.dispose"] is not before["QueuePool.dispose"]
+    assert during["QueuePool._close_connection"] is not before["QueuePool._close_connection"]
+    assert during["QueuePool.recreate"] is not before["QueuePool.recreate"]
     assert during["AsyncEngine.__init__"] is not before["AsyncEngine.__init__"]
-    assert during["engine_disposed listener"] is True
+    assert during["a listener of loopguard's on the Engine class"] is False
     loopguard.uninstall()
     after = _patched_slots()
     assert after == before
@@ -120,13 +126,51 @@ def test_uninstall_when_not_installed_warns_and_changes_nothing() -> None:
     assert _patched_slots() == before
 
 
-def test_unknown_mode_argument_is_a_clear_error() -> None:
-    """install('loud') names the valid modes and installs nothing."""
+def _next_line() -> str:
+    """``tests/test_install.py:N`` of the caller's next line (where install() is called)."""
+    return f"tests/test_install.py:{sys._getframe(1).f_lineno + 1}"
+
+
+@pytest.mark.parametrize("value", ["loud", "", 1, True])
+def test_unknown_mode_argument_is_a_clear_error(value: Any) -> None:
+    """install('loud') names the call, the valid values, and installs nothing."""
     with pytest.raises(loopguard.ConfigError) as excinfo:
-        loopguard.install("loud")
-    assert excinfo.value.args == ("Unknown loopguard mode 'loud'. Valid modes: raise, warn.",)
+        where = _next_line()
+        loopguard.install(value)
+    assert excinfo.value.args == (
+        f"Invalid loopguard mode {value!r} from install() at {where}. "
+        "Valid values: 1, true, on, raise, warn, 0, false, off.",
+    )
     assert isinstance(excinfo.value, ValueError)
     assert not loopguard.is_installed()
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("RAISE", "raise"), (" Warn ", "warn"), ("1", "raise"), ("on", "raise"), ("off", None)],
+)
+def test_mode_argument_takes_the_spellings_of_the_environment_variable(
+    monkeypatch: pytest.MonkeyPatch, value: str, expected: Optional[str]
+) -> None:
+    """install("RAISE") is install("raise"); install("off") does nothing, whatever LOOPGUARD
+    says (an explicit argument wins over the environment)."""
+    monkeypatch.setenv("LOOPGUARD", "warn" if expected is None else "0")
+    before = _patched_slots()
+    loopguard.install(value)
+    assert loopguard.mode() == expected
+    if expected is None:
+        assert _patched_slots() == before
+
+
+def test_a_bare_install_keeps_the_mode_in_effect(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bare install() while installed (a library's, or conftest.py's under --loopguard-mode)
+    neither resets the mode to the default nor takes over who installed it."""
+    loopguard.install("warn")
+    installed_by = _state.STATE.activation
+    monkeypatch.setenv("LOOPGUARD", "raise")
+    loopguard.install()
+    assert loopguard.mode() == "warn"
+    assert _state.STATE.activation is installed_by
 
 
 @pytest.mark.parametrize("value", ["maybe", "yes", "2", "raise!"])
@@ -185,54 +229,78 @@ def test_explicit_mode_wins_over_the_environment(monkeypatch: pytest.MonkeyPatch
     assert loopguard.mode() == "warn"
 
 
+def _sink_path() -> Optional[str]:
+    """The path of loopguard's JSON-lines sink, if one is open."""
+    sink = _state.STATE.sink
+    return sink.path if sink is not None else None
+
+
 def test_log_file_from_environment_and_argument(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """LOOPGUARD_LOG_FILE opens loopguard's own sink; log_file= wins; uninstall closes it."""
     monkeypatch.setenv("LOOPGUARD_LOG_FILE", str(tmp_path / "env.jsonl"))
     loopguard.install()
-    assert _state.STATE.sink is not None
-    assert _state.STATE.sink.path == str(tmp_path / "env.jsonl")
+    assert _sink_path() == str(tmp_path / "env.jsonl")
     loopguard.uninstall()
-    assert _state.STATE.sink is None
+    assert _sink_path() is None
     loopguard.install(log_file=str(tmp_path / "arg.jsonl"))
-    assert _state.STATE.sink is not None
-    assert _state.STATE.sink.path == str(tmp_path / "arg.jsonl")
+    assert _sink_path() == str(tmp_path / "arg.jsonl")
 
 
-@pytest.mark.parametrize("source", ["argument", "environment"])
-def test_a_log_file_that_cannot_be_opened_is_a_clear_error_and_patches_nothing(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, source: str
+BAD_LOG_FILES = [
+    # id, path (tmp_path/... when relative), the OS's reason
+    ("directory", ".", errno.EISDIR),
+    ("missing-directory", "missing/lg.jsonl", errno.ENOENT),
+    ("proc", "/proc/x", errno.ENOENT),
+]
+
+
+@pytest.mark.parametrize("given_as", ["argument", "environment"])
+@pytest.mark.parametrize(
+    ("path", "reason"),
+    [case[1:] for case in BAD_LOG_FILES],
+    ids=[case[0] for case in BAD_LOG_FILES],
+)
+def test_a_log_file_that_cannot_be_opened_is_a_config_error_before_anything_is_patched(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, given_as: str, path: str, reason: int
 ) -> None:
-    """A log file in a directory that does not exist: ConfigError naming the path and where
-    it came from, and nothing patched (it used to raise FileNotFoundError after patching,
-    with is_installed() False)."""
+    """install(log_file=<a directory>): ConfigError naming the path, where it came from and
+    the OS's reason; nothing patched, so a second install() works and nobody gets warn mode's
+    healing after asking for raise."""
+    bad = str(tmp_path / path) if not path.startswith("/") else path
     before = _patched_slots()
-    path = str(tmp_path / "no-such-dir" / "lg.jsonl")
-    if source == "argument":
-        where = "install(log_file=...)"
-        call = lambda: loopguard.install(log_file=path)  # noqa: E731
+    if given_as == "environment":
+        monkeypatch.setenv("LOOPGUARD_LOG_FILE", bad)
+        source = "the LOOPGUARD_LOG_FILE environment variable"
+        kwargs = {}
     else:
-        where = "the LOOPGUARD_LOG_FILE environment variable"
-        monkeypatch.setenv("LOOPGUARD_LOG_FILE", path)
-        call = loopguard.install
+        source = "install(log_file=...)"
+        kwargs = {"log_file": bad}
     with pytest.raises(loopguard.ConfigError) as excinfo:
-        call()
+        loopguard.install("raise", **kwargs)
     assert excinfo.value.args == (
-        f"Cannot open the loopguard log file {path!r} from {where}: No such file or directory.",
+        f"Cannot open the loopguard log file {bad!r} from {source}: {os.strerror(reason)}.",
     )
     assert not loopguard.is_installed()
     assert _patched_slots() == before
+    monkeypatch.delenv("LOOPGUARD_LOG_FILE", raising=False)
+    loopguard.install("raise")
+    assert loopguard.mode() == "raise"
 
 
-def test_a_bad_log_file_on_a_second_install_keeps_the_first(tmp_path: Path) -> None:
-    """Installed with a good file, install() with a bad one raises and changes nothing."""
-    loopguard.install("warn", log_file=str(tmp_path / "good.jsonl"))
+def test_a_bad_log_file_changes_nothing_of_an_installation(tmp_path: Path) -> None:
+    """Installed with a good log file: a second install() with a bad one raises and keeps the
+    mode, the patches and the open log file."""
+    good = str(tmp_path / "good.jsonl")
+    loopguard.install("raise", log_file=good)
+    patched = _patched_slots()
+    sink = _state.STATE.sink
     with pytest.raises(loopguard.ConfigError):
-        loopguard.install("raise", log_file=str(tmp_path / "no-such-dir" / "lg.jsonl"))
-    assert loopguard.mode() == "warn"
-    assert _state.STATE.sink is not None
-    assert _state.STATE.sink.path == str(tmp_path / "good.jsonl")
+        loopguard.install("warn", log_file=str(tmp_path))
+    assert loopguard.mode() == "raise"
+    assert _state.STATE.sink is sink
+    assert _patched_slots() == patched
 
 
 def test_install_never_configures_logging_or_structlog() -> None:
@@ -261,43 +329,65 @@ def test_failure_during_install_leaves_nothing_half_installed(
     assert _patched_slots() == before
 
 
-def test_repr_of_the_state_says_what_is_guarded() -> None:
+def test_repr_of_the_state_says_what_is_guarded(monkeypatch: pytest.MonkeyPatch) -> None:
     """The state's repr is what a user sees when debugging: mode, source, integrations."""
     assert repr(_state.STATE) == "<loopguard state: not installed>"
+    where = _next_line()
     loopguard.install("warn")
     assert repr(_state.STATE) == (
-        "<loopguard state: mode='warn' (from install() argument), "
-        "guarding=['sqlalchemy', 'asyncpg', 'asyncio'], skipped={}, log_file=None>"
+        f"<loopguard state: mode='warn' (from install() at {where}), "
+        "guarding=['sqlalchemy', 'asyncpg', 'httpx', 'aiohttp', 'asyncio'], skipped={}, "
+        "log_file=None>"
+    )
+    loopguard.uninstall()
+    monkeypatch.setenv("LOOPGUARD", "warn")
+    where = _next_line()
+    loopguard.install()
+    assert repr(_state.STATE).startswith(
+        f"<loopguard state: mode='warn' (from install() at {where}, "
+        "mode from the LOOPGUARD environment variable), "
     )
 
 
 def _sanitized_python(
-    tmp_path: Path, packages: list[str], code: str
+    tmp_path: Path,
+    packages: list[str],
+    code: Optional[str] = None,
+    *,
+    args: tuple[str, ...] = (),
+    cwd: Optional[Path] = None,
+    with_metadata: bool = False,
+    **env: str,
 ) -> subprocess.CompletedProcess[str]:
-    """Run code in a Python that sees only loopguard and the listed installed packages.
+    """Run code (or ``python ARGS``) in a Python that sees only loopguard and the listed
+    installed packages.
 
     ``-S`` drops site-packages; a directory of symlinks puts back exactly what is named, with
     what those distributions require on this Python and stack (structlog needs
-    typing_extensions before 3.11, SQLAlchemy 2 needs it everywhere, 1.4 does not).
+    typing_extensions before 3.11, SQLAlchemy 2 needs it everywhere, 1.4 does not);
+    ``with_metadata``: their ``.dist-info`` directories too (pytest needs them).
     """
     visible = tmp_path / "visible"
     visible.mkdir()
     (visible / "loopguard").symlink_to(REPO / "loopguard")
     for name in requirements_closure(packages):
-        module = __import__(name)
-        origin = (
-            Path(module.__file__).parent
-            if module.__file__.endswith("__init__.py")
-            else Path(module.__file__)
-        )
+        file = __import__(name).__file__
+        assert file is not None, name
+        origin = Path(file).parent if file.endswith("__init__.py") else Path(file)
         (visible / origin.name).symlink_to(origin)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "LOOPGUARD"))}
-    env["PYTHONPATH"] = str(visible)
+    if with_metadata:
+        for dist_info in metadata_closure(packages):
+            (visible / dist_info.name).symlink_to(dist_info)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "LOOPGUARD"))}
+    clean = {k: v for k, v in clean.items() if not k.startswith("PYTEST_")}
+    clean.update(PYTHONPATH=str(visible), **env)
+    argv = ["-c", textwrap.dedent(code)] if code is not None else list(args)
     return subprocess.run(
-        [sys.executable, "-S", "-W", "error", "-c", textwrap.dedent(code)],
+        [sys.executable, "-S", "-W", "error", *argv],
         capture_output=True,
         text=True,
-        env=env,
+        env=clean,
+        cwd=cwd,
         timeout=60,
     )
 
@@ -346,6 +436,9 @@ def test_without_sqlalchemy_or_asyncpg_install_guards_asyncio_primitives(tmp_pat
         "pip install 'sqlalchemy[asyncio]'",
         "SKIPPED: asyncpg asyncpg is not installed (No module named 'asyncpg'); "
         "pip install asyncpg",
+        "SKIPPED: httpx httpx is not installed (No module named 'httpx'); pip install httpx",
+        "SKIPPED: aiohttp aiohttp is not installed (No module named 'aiohttp'); "
+        "pip install aiohttp",
         "RAISED: LG111 asyncio.Lock",
         "INSTALLED: False",
     ]
@@ -372,3 +465,39 @@ def test_without_asyncpg_the_sqlalchemy_guard_still_installs(tmp_path: Path) -> 
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["INSTALLED: True", "INSTALLED: False"]
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "ini_line", "source"),
+    [
+        ([], {"LOOPGUARD": "1"}, "", "the LOOPGUARD environment variable"),
+        ([], {}, "asyncio_loopguard = warn", "the asyncio_loopguard ini option"),
+        (["--loopguard"], {}, "", "the --loopguard option"),
+    ],
+    ids=["env", "ini", "cli"],
+)
+def test_without_any_guarded_library_the_suite_runs_guarding_asyncio_primitives(
+    tmp_path: Path, args: list[str], env: dict[str, str], ini_line: str, source: str
+) -> None:
+    """LOOPGUARD=1 exported for a whole CI reaches suites that use neither SQLAlchemy nor
+    asyncpg nor an HTTP client: pytest runs them as usual, and loopguard guards asyncio's own
+    primitives there (always importable, so there is always something to guard)."""
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "pytest.ini").write_text(f"[pytest]\nfilterwarnings = error\n{ini_line}\n")
+    (suite / "test_plain.py").write_text("def test_plain():\n    assert 1 + 1 == 2\n")
+    result = _sanitized_python(
+        tmp_path,
+        ["structlog", "pytest"],
+        args=("-m", "pytest", "-p", "loopguard.pytest_plugin", "-p", "no:cacheprovider", *args),
+        cwd=suite,
+        with_metadata=True,
+        **env,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    mode = "warn" if "warn" in ini_line else "raise"
+    assert f"loopguard: mode={mode} (from {source}), guarding asyncio" in (
+        result.stdout.splitlines()
+    )
+    assert "1 passed" in result.stdout
+    assert result.stderr == ""

@@ -126,6 +126,22 @@ def engine_suite(root: Path, marker: str = "") -> None:
 
 
 @needs_loop_scope
+def test_scenario2_install_in_conftest_gets_the_loop_scope_check(
+    pytester: pytest.Pytester, db_url: str, run: RunPytest
+) -> None:
+    """loopguard.install() at the end of conftest.py instead of --loopguard: the same
+    LoopScopeMismatchWarning before the tests run, and the same errors."""
+    engine_suite(pytester.path)
+    conftest = ENGINE_CONFTEST_PY + plugin_tests.INSTALL_CONFTEST_PY
+    write(pytester.path, {"conftest.py": conftest})
+    result = run("--tb=short")
+    result.assert_outcomes(failed=2, errors=0, warnings=1)
+    result.stdout.fnmatch_lines(["loopguard: mode=raise (from install() at conftest.py:*)*"])
+    result.stdout.fnmatch_lines(SCENARIO2_WARNING)
+    result.stdout.fnmatch_lines(["FAILED test_engine.py::test_one - loopguard.LoopMismatchError*"])
+
+
+@needs_loop_scope
 def test_scenario2_warns_at_setup_before_the_loop_mismatch_error(
     pytester: pytest.Pytester, db_url: str, run: RunPytest
 ) -> None:
@@ -256,7 +272,7 @@ def test_scenario2_warn_mode_warns_once_before_the_healing_warnings(
     """Warn mode: the same single LoopScopeMismatchWarning, then the run-time guard heals the
     engine onto each test's loop with a LoopMismatchWarning each, and both tests pass."""
     engine_suite(pytester.path)
-    result = run("--loopguard=warn")
+    result = run("--loopguard-mode=warn")
     result.assert_outcomes(passed=2, warnings=3)
     result.stdout.fnmatch_lines(SCENARIO2_WARNING)
     text = output(result)
@@ -694,7 +710,7 @@ def test_loop_bound_values() -> None:
             loop_bound(AsyncSession(pooled)) == f"a SQLAlchemy AsyncSession bound to {engine_text}"
         )
         assert (
-            loop_bound(sessionmaker(pooled, class_=AsyncSession))
+            loop_bound(sessionmaker(pooled, class_=AsyncSession))  # type: ignore[call-overload]
             == f"an sessionmaker bound to {engine_text}"
         )
         assert loop_bound((1, pooled)) == f"a tuple holding {engine_text}"
@@ -703,7 +719,7 @@ def test_loop_bound_values() -> None:
         for value in (
             nullpool,
             AsyncSession(nullpool),
-            sessionmaker(nullpool, class_=AsyncSession),
+            sessionmaker(nullpool, class_=AsyncSession),  # type: ignore[call-overload]
             AsyncSession(),
             {"url": url},
             [1, 2],

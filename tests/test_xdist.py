@@ -120,9 +120,27 @@ def test_every_worker_guards_and_the_controller_summarises_all_of_them(
     assert len({r["pid"] for r in records}) == 2
 
 
+def test_install_in_conftest_under_xdist_summarises_every_worker(
+    two_file_suite: Path, run: RunPytest
+) -> None:
+    """loopguard.install() in conftest.py instead of --loopguard: the controller and every
+    worker import it; the header names it and the controller summarises both workers."""
+    write(two_file_suite, {"conftest.py": plugin_tests.INSTALL_CONFTEST_PY})
+    result = run("-n", "2", "--dist", "loadfile", "--tb=no")
+    result.assert_outcomes(passed=2, failed=4)
+    result.stdout.fnmatch_lines(
+        [
+            f"loopguard: mode=raise (from {plugin_tests.INSTALL_SOURCE}), guarding *",
+            "*= loopguard =*",
+            "4 event-loop mismatches from 1 engine:",
+            "    used on another loop by 4 test(s):",
+        ]
+    )
+
+
 def test_warn_mode_under_xdist_heals_on_every_worker(two_file_suite: Path, run: RunPytest) -> None:
     """-n 2, warn mode: every test passes; the summary on the controller counts four warned."""
-    result = run("-n", "2", "--dist", "loadfile", "--loopguard=warn")
+    result = run("-n", "2", "--dist", "loadfile", "--loopguard-mode=warn")
     result.assert_outcomes(passed=6)
     result.stdout.fnmatch_lines(
         [
@@ -139,7 +157,7 @@ def test_a_log_file_failing_on_the_workers_is_named_in_the_controller_summary(
     """-n 2, warn mode, LOOPGUARD_LOG_FILE=/dev/full: every test passes, and the controller's
     summary says once that the file failed, though only the workers wrote to it."""
     result = run(
-        "-n", "2", "--dist", "loadfile", "--loopguard=warn",
+        "-n", "2", "--dist", "loadfile", "--loopguard-mode=warn",
         env={"LOOPGUARD_LOG_FILE": "/dev/full"},
     )  # fmt: skip
     result.assert_outcomes(passed=6)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from importlib.metadata import PackageNotFoundError, distribution, version
+from pathlib import Path
 from typing import Any, List, Optional, Set, Tuple
 
 Version = Tuple[int, ...]
@@ -22,6 +23,7 @@ __all__ = [
     "XDIST",
     "describe",
     "installed",
+    "metadata_closure",
     "requirements_closure",
 ]
 
@@ -42,10 +44,29 @@ def requirements_closure(dists: List[str]) -> List[str]:
     Requirements are followed as pip would install them on this Python: markers evaluated,
     extras not taken.  Distributions that are not installed are left out.
     """
+    modules: List[str] = []
+    for dist in _distributions_closure(dists):
+        for module in _top_level_modules(dist):
+            if module not in modules:
+                modules.append(module)
+    return modules
+
+
+def metadata_closure(dists: List[str]) -> List[Path]:
+    """The ``.dist-info`` directories of the same distributions (pytest reads its plugins'
+    and its own versions from them)."""
+    found: List[Path] = []
+    for dist in _distributions_closure(dists):
+        tops = {file.parts[0] for file in dist.files or []}
+        found += [Path(str(dist.locate_file(top))) for top in tops if top.endswith(".dist-info")]
+    return found
+
+
+def _distributions_closure(dists: List[str]) -> List[Any]:
     from packaging.requirements import Requirement  # a dependency of pytest
 
     seen: Set[str] = set()
-    modules: List[str] = []
+    found: List[Any] = []
     todo = list(dists)
     while todo:
         name = todo.pop(0)
@@ -61,10 +82,8 @@ def requirements_closure(dists: List[str]) -> List[str]:
             requirement = Requirement(text)
             if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
                 todo.append(requirement.name)
-        for module in _top_level_modules(dist):
-            if module not in modules:
-                modules.append(module)
-    return modules
+        found.append(dist)
+    return found
 
 
 def _top_level_modules(dist: Any) -> List[str]:

@@ -13,7 +13,22 @@ Where it hooks, and why each hook is the one it is:
 - ``QueuePool.dispose`` (patched): closing a connection is I/O on its loop; for idle
   connections of another loop (closed, or not the running one) the sockets are closed
   directly instead, so dispose() neither logs "Event loop is closed" nor leaks them.
-- ``engine_disposed`` (event): ``dispose()`` builds a new pool, which starts unbound.
+- ``QueuePool._close_connection`` (patched): every close and terminate of a pooled connection
+  passes through it (dispose, invalidation, recycle, and the garbage collector's cleanup of a
+  connection never given back).  For a connection whose loop is closed that can only fail
+  ("Event loop is closed", logged with a traceback, socket left open), so its socket is closed
+  directly instead.  A traceback formatted while the collector runs inside an ``ast.parse()``
+  (pytest rendering a failure) breaks that parse on CPython 3.11.0 to 3.11.7.  In a forked
+  child, a connection of the parent's loop is left alone (kept, never closed).
+- ``QueuePool.recreate`` (patched): ``Engine.dispose()`` replaces the pool with
+  ``pool.recreate()``; the new pool starts unbound.  (Not the ``engine_disposed`` event: a
+  listener shows in every engine's ``dispatch``, and one on the ``Engine`` class switches on
+  event dispatch for every connection of every engine.)
+
+loopguard's facts live in registries of its own (``_registry``), keyed by ``id()`` of the pool
+or connection record and emptied by a weak reference when that object goes: the ``info``
+dicts, the pool's and the records' attributes, the engines' event listeners stay exactly the
+application's.
 """
 
 from __future__ import annotations
@@ -72,20 +87,25 @@ class PoolState(Tracked):
 
 
 class ConnectionFacts:
-    """The loop of one DBAPI connection (keyed by its pool record, checked by identity)."""
+    """The loop of one DBAPI connection, kept for its pool record.
 
-    __slots__ = ("binding", "dbapi_id")
+    ``dbapi_id`` and ``started`` (the record's ``starttime``) tell whether the record still
+    holds that connection: a record that reconnects gets a new DBAPI connection (whose id may
+    be the old one's, reused) and a new start time.
+    """
 
-    def __init__(self, binding: Binding, dbapi_id: int) -> None:
+    __slots__ = ("binding", "dbapi_id", "started")
+
+    def __init__(self, binding: Binding, dbapi_id: int, started: Any) -> None:
         self.binding = binding
-        self.dbapi_id = dbapi_id  # a reconnected record has a new DBAPI connection
+        self.dbapi_id = dbapi_id
+        self.started = started
 
     def __repr__(self) -> str:
         return f"<ConnectionFacts {self.binding!r}>"
 
 
-# Engines, pools and connection records: held weakly, nothing stored on them.
-ENGINES: Registry[EngineFacts] = Registry("sqlalchemy engines")
+# Pools and connection records: held weakly, nothing stored on them.
 POOLS: Registry[PoolState] = Registry("sqlalchemy pools")
 CONNECTIONS: Registry[ConnectionFacts] = Registry("sqlalchemy connections")
 _pool_lookup = POOLS.lookup
@@ -103,13 +123,9 @@ def track_engine(sync_engine: Any, origin: Origin) -> None:
     pool = sync_engine.pool
     if not _is_guarded_pool(pool):
         return
-    existing = _pool_lookup(id(pool))
-    if existing is not None:  # same pool, another AsyncEngine proxy: keep the first site
-        if sync_engine not in ENGINES:
-            ENGINES.add(sync_engine, existing.origin)
+    if pool in POOLS:  # same pool, another AsyncEngine proxy: keep the first site
         return
-    facts = ENGINES.add(sync_engine, EngineFacts(sync_engine.url, type(pool).__name__, origin))
-    POOLS.add(pool, PoolState(facts))
+    POOLS.add(pool, PoolState(EngineFacts(sync_engine.url, type(pool).__name__, origin)))
 
 
 def _make_tracking_init(original: Callable[..., None]) -> Callable[..., None]:
@@ -122,11 +138,16 @@ def _make_tracking_init(original: Callable[..., None]) -> Callable[..., None]:
     return __init__
 
 
-def _on_engine_disposed(engine: Any) -> None:
-    facts = ENGINES.get(engine)
-    # The new pool starts unbound: the next loop to connect owns it.
-    if facts is not None and _is_guarded_pool(engine.pool) and engine.pool not in POOLS:
-        POOLS.add(engine.pool, PoolState(facts))
+def _make_tracking_recreate(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def recreate(self: Any) -> Any:
+        pool = original(self)
+        state = _pool_lookup(id(self))
+        # The new pool starts unbound: the next loop to connect owns it.
+        if state is not None and _is_guarded_pool(pool) and pool not in POOLS:
+            POOLS.add(pool, PoolState(state.origin))
+        return pool
+
+    return recreate
 
 
 def _make_guarded_do_get(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -149,7 +170,11 @@ def _make_guarded_do_get(original: Callable[[Any], Any]) -> Callable[[Any], Any]
             if dbapi_connection is None:  # invalidated: it reconnects on this loop
                 return record
             conn = _connection_lookup(id(record))
-            if conn is None or conn.dbapi_id != id(dbapi_connection):
+            if (
+                conn is None
+                or conn.dbapi_id != id(dbapi_connection)
+                or conn.started != record.starttime
+            ):
                 # Adopt it for the loop it really belongs to: it may have been opened before
                 # install(), or reconnected by an earlier checkout on another loop.
                 conn = _adopt_connection(state, record, _driver_loop(dbapi_connection) or loop)
@@ -172,14 +197,27 @@ def _adopt_connection(state: PoolState, record: Any, loop: Any) -> ConnectionFac
     """A connection seen for the first time: it belongs to ``loop``."""
     site = _sites.user_site(_context.rootdir, skip=3)
     binding = Binding(LoopRef(loop), site, _context.current_test())
-    conn = CONNECTIONS.add(record, ConnectionFacts(binding, id(record.dbapi_connection)))
+    facts = ConnectionFacts(binding, id(record.dbapi_connection), record.starttime)
+    conn = CONNECTIONS.add(record, facts)
     if state.binding is None:
         state.binding = binding
     return conn
 
 
-def _loop_number_of(record: Any) -> Optional[int]:
+def _connection_facts(record: Any) -> Optional[ConnectionFacts]:
+    """The facts of the DBAPI connection ``record`` holds now (None: none known, or stale)."""
     conn = _connection_lookup(id(record))
+    if (
+        conn is None
+        or conn.dbapi_id != id(record.dbapi_connection)
+        or conn.started != record.starttime
+    ):
+        return None
+    return conn
+
+
+def _loop_number_of(record: Any) -> Optional[int]:
+    conn = _connection_facts(record)
     return conn.binding.loop.id if conn is not None else None
 
 
@@ -272,20 +310,18 @@ def _release_foreign_before_dispose(pool: Any, state: PoolState) -> None:
     """LG104: idle connections of another loop are released without I/O before dispose()
     closes the rest (gracefully, on their own, running loop)."""
     loop = running_loop()
+    found: list[ConnectionFacts] = []  # the facts of the foreign connections, in queue order
 
     def foreign(record: Any) -> bool:
-        conn = _connection_lookup(id(record))
-        return (
-            conn is not None
-            and record.dbapi_connection is not None
-            and conn.binding.loop() is not loop
-        )
+        conn = _connection_facts(record)
+        if conn is None or record.dbapi_connection is None or conn.binding.loop() is loop:
+            return False
+        found.append(conn)
+        return True
 
     first, released, closed = pools.release_matching(pool, foreign, _loop_number_of)
     if first is not None:
-        binding = _connection_lookup(id(first))
-        assert binding is not None
-        record, _ = _pool_record(state, binding.binding, "LG104", "released", loop)
+        record, _ = _pool_record(state, found[0].binding, "LG104", "released", loop)
         emit(record.replace(released=released, sockets_closed=closed))
 
 
@@ -297,13 +333,27 @@ def _report_connections_left_on(loop: Any) -> None:
             continue
         idle = 0
         for record in pools.queued_records(pool):
-            conn = _connection_lookup(id(record))
+            conn = _connection_facts(record)
             if record.dbapi_connection is not None and conn and conn.binding.loop() is loop:
                 idle += 1
         held = idle + max(pool.checkedout(), 0)
         if held:
             record, _ = _pool_record(state, binding, "LG106", "reported", loop)
             emit(record.replace(held=held))
+
+
+def _make_close_connection(original: Callable[..., None]) -> Callable[..., None]:
+    def _close_connection(self: Any, connection: Any, *args: Any, **kwargs: Any) -> None:
+        loop = _driver_loop(connection)
+        if loop is None or not (loop.is_closed() or inherited(loop_id(loop))):
+            return original(self, connection, *args, **kwargs)
+        # Closing or terminating it would need its loop, which is closed (SQLAlchemy would log
+        # "Event loop is closed" with a traceback and leave the socket open), or the parent
+        # process's (inherited through fork()): its socket is closed directly, or kept.
+        pools.close_without_loop(connection)
+        return None
+
+    return _close_connection
 
 
 def _keep_inherited_connections() -> None:
@@ -335,28 +385,16 @@ class SQLAlchemyIntegration(Integration):
     patches = (
         Patch("sqlalchemy.pool:QueuePool", "_do_get", _make_guarded_do_get),
         Patch("sqlalchemy.pool:QueuePool", "dispose", _make_guarded_dispose),
+        Patch("sqlalchemy.pool:QueuePool", "_close_connection", _make_close_connection),
+        Patch("sqlalchemy.pool:QueuePool", "recreate", _make_tracking_recreate),
         Patch("sqlalchemy.ext.asyncio:AsyncEngine", "__init__", _make_tracking_init),
     )
 
-    def __init__(self) -> None:
-        self._listening = False
-
     def setup(self) -> None:
         global _guarded_pool_class
-        from sqlalchemy import event
-        from sqlalchemy.engine import Engine
         from sqlalchemy.pool import QueuePool
 
         _guarded_pool_class = QueuePool
-        # Listening on the Engine class sets Engine._has_events = True, which sends every
-        # Connection of every engine down SQLAlchemy's event-dispatch path on each begin,
-        # execute, commit and rollback (~3.5 us per engine.connect(), more per query), and
-        # event.remove() never resets it.  Engine.dispose() fires engine_disposed without
-        # looking at the flag, so put it back as it was.
-        had_events = Engine.__dict__.get("_has_events", False)
-        event.listen(Engine, "engine_disposed", _on_engine_disposed)
-        Engine._has_events = had_events
-        self._listening = True
         _loop_close.subscribe(_report_connections_left_on)
         on_fork_in_child(_keep_inherited_connections)
         if self.imported_before_install:
@@ -368,16 +406,8 @@ class SQLAlchemyIntegration(Integration):
         _guarded_pool_class = None
         _loop_close.unsubscribe(_report_connections_left_on)
         remove_fork_listener(_keep_inherited_connections)
-        if self._listening:
-            from sqlalchemy import event
-            from sqlalchemy.engine import Engine
-
-            # (Engine._has_events was put back right after listen(): if it is True now, a
-            # listener of the application's turned it on, so it stays as it is.)
-            event.remove(Engine, "engine_disposed", _on_engine_disposed)
-            self._listening = False
-        for registry in (POOLS, ENGINES, CONNECTIONS):
-            registry.clear()
+        POOLS.clear()
+        CONNECTIONS.clear()
 
     def __repr__(self) -> str:
         return f"<SQLAlchemyIntegration tracking {len(POOLS)} pools>"

@@ -72,6 +72,11 @@ def release_record(
         pool._dec_overflow()
     if dbapi_connection is None:
         return False
+    return close_without_loop(dbapi_connection, loop_number)
+
+
+def close_without_loop(dbapi_connection: Any, loop_number: Optional[int] = None) -> bool:
+    """Close a DBAPI connection's socket without its loop; True if a socket was closed."""
     driver_connection = getattr(dbapi_connection, "driver_connection", dbapi_connection)
     try:
         return _release.close_without_loop(driver_connection, loop_number)
