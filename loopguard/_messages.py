@@ -261,8 +261,8 @@ def format_primitive_message(record: Record) -> str:
         )
     else:
         outcome = (
-            "loopguard cannot move it (its loop is running, or something waits on it there), "
-            "so the call goes ahead and asyncio's own error will follow."
+            "loopguard cannot move it (its loop is running, or a task of that loop is still "
+            "pending), so the call goes ahead and asyncio's own error will follow."
         )
     label = f"{record.resource} ({record.name})" if record.name else record.resource
     if record.created_in_loop is None:  # no record of its creation

@@ -9,6 +9,7 @@ it is created, to ``asyncio.get_event_loop()``'s loop: tests that depend on it s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import importlib
 import inspect
@@ -603,12 +604,58 @@ def test_warn_mode_cannot_move_a_primitive_still_waited_on_and_asyncio_fails() -
     messages = [str(w.message) for w in caught if w.category is loopguard.LoopMismatchWarning]
     assert len(messages) == 1
     assert (
-        "loopguard cannot move it (its loop is running, or something waits on it there)"
+        "loopguard cannot move it (its loop is running, or a task of that loop is still pending)"
         in (messages[0])
     )
     stranded.cancel()
     owner.run_until_complete(asyncio.sleep(0))
     owner.close()
+
+
+@pytest.mark.parametrize("mode", ["warn"])
+@pytest.mark.usefixtures("_guard")
+def test_warn_mode_cannot_move_a_lock_a_pending_task_of_its_idle_loop_may_hold() -> None:
+    """The lock's loop is idle (a wider-scoped fixture's loop, say) and one of its tasks holds
+    the lock, suspended: moved, the new loop would wait for a release that cannot come (a
+    hang where asyncio fails at once).  So a loop with pending tasks keeps its primitives:
+    the warning, then asyncio's own error."""
+    owner = asyncio.new_event_loop()
+    lock = owner.run_until_complete(_make_lock())
+
+    async def hold_forever() -> None:
+        async with lock:
+            await asyncio.sleep(3600)
+
+    async def bind() -> None:  # one wait, given up: the lock is bound, nobody waits
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(lock.acquire(), 0.01)
+
+    holder = owner.create_task(hold_forever())
+    try:
+        owner.run_until_complete(bind())
+        assert lock.locked() and not holder.done()
+
+        async def acquire_elsewhere() -> None:
+            await asyncio.wait_for(lock.acquire(), 2)  # moved: a TimeoutError after 2 s
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with pytest.raises(RuntimeError) as excinfo:
+                asyncio.run(acquire_elsewhere())
+    finally:
+        holder.cancel()
+        owner.run_until_complete(asyncio.gather(holder, return_exceptions=True))
+        owner.close()
+    assert not isinstance(excinfo.value, loopguard.LoopMismatchError)
+    assert "attached to a different loop" in str(excinfo.value) or (
+        "is bound to a different event loop" in str(excinfo.value)
+    )
+    messages = [str(w.message) for w in caught if w.category is loopguard.LoopMismatchWarning]
+    assert len(messages) == 1 and "loopguard cannot move it" in messages[0]
+
+
+async def _make_lock() -> asyncio.Lock:
+    return asyncio.Lock()
 
 
 @pytest.mark.parametrize("mode", ["warn"])

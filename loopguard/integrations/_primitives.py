@@ -31,10 +31,10 @@ not raise: a use on a loop other than the bound one is an error for asyncio too.
 
 warn mode: a ``LoopMismatchWarning`` (once per primitive and loop), then the primitive moves
 to the running loop where that is safe: its loop is not running (closed, idle, or the parent
-process's) and nothing waits on it (no pending waiter future of the old loop).  Then it works
-on the new loop as a primitive created there would.  Where it is not safe (its loop runs in
-another thread, or a waiter of its loop is pending), the call goes ahead and asyncio's own
-error follows.
+process's), no task of that loop is pending (a suspended task may hold the lock), and nothing
+waits on it (no pending waiter future of the old loop).  Then it works on the new loop as a
+primitive created there would.  Where it is not safe (its loop runs in another thread, or a
+task or waiter of its loop is pending), the call goes ahead and asyncio's own error follows.
 """
 
 from __future__ import annotations
@@ -232,8 +232,12 @@ _WAITER_LISTS = ("_waiters", "_getters", "_putters")
 
 
 def _movable(obj: Any, owner: Any) -> bool:
-    """Safe to move to another loop: its loop does not run, and nothing waits on it."""
+    """Safe to move to another loop: its loop does not run, none of its tasks is pending (a
+    suspended task may hold the lock, a semaphore's unit or a barrier's place: moved, the new
+    loop would wait forever for a release that cannot come), and nothing waits on it."""
     if LoopRef(owner).state() == "running":
+        return False
+    if asyncio.all_tasks(owner):  # the tasks of ``owner`` not done yet
         return False
     for name in _WAITER_LISTS:
         waiters = getattr(obj, name, None)
