@@ -211,9 +211,9 @@ class _Collector:
 
 
 def _noun(resource: Any) -> str:
-    """What the summary counts: engines, pools, connections, or other objects."""
+    """What the summary counts: engines, pools, clients, connections, or other objects."""
     text = str(resource or "")
-    for noun in ("engine", "pool", "connection"):
+    for noun in ("engine", "pool", "client", "connection"):
         if text.lower().endswith(noun):
             return noun
     return "object"

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 from pgserver import ENV_DSN, throwaway_postgres
+from redisserver import ENV_URL as ENV_REDIS_URL
+from redisserver import throwaway_redis
 from teststack import PYTEST_ASYNCIO
 
 import loopguard
@@ -39,6 +41,20 @@ def pg_env(pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv(ENV_DSN, pg_dsn)
     assert os.environ[ENV_DSN] == pg_dsn
     return pg_dsn
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """URL of a throwaway redis-server shared by the session (or LOOPGUARD_TEST_REDIS_URL)."""
+    with throwaway_redis() as url:
+        yield url
+
+
+@pytest.fixture
+def redis_env(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Export the URL as LOOPGUARD_TEST_REDIS_URL, for runpytest_subprocess children."""
+    monkeypatch.setenv(ENV_REDIS_URL, redis_url)
+    return redis_url
 
 
 # -- the guard tests (test_sqlalchemy_guard.py, test_asyncpg_guard.py) ----------------------
