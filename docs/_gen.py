@@ -10,8 +10,9 @@ Kinds:
 - ``ref:NAME``: a reference table rendered from loopguard itself (see ``REFERENCE``).
 - ``file:NAME``: the source of ``docs_examples/NAME``, the file tests/test_docs.py runs.
 - ``output:NAME``: the real output of the command ``RUNS[NAME]``, run against a real
-  PostgreSQL; ``captured:versions``: the versions those outputs were captured with.  Only
-  ``--capture`` rewrites these.
+  PostgreSQL (and a throwaway redis-server, tools/redisserver.py, for the redis examples);
+  ``captured:versions``: the versions those outputs were captured with.  Only ``--capture``
+  rewrites these.
 
 Usage (from the repository root)::
 
@@ -21,7 +22,8 @@ Usage (from the repository root)::
         # also rerun every command of RUNS and rewrite the output: blocks
 
 ``--capture`` runs each command with bash in a fresh copy of docs_examples/, with
-DATABASE_URL pointing at the server of LOOPGUARD_TEST_DSN, this Python's bin directory first
+DATABASE_URL pointing at the server of LOOPGUARD_TEST_DSN, REDIS_URL at a throwaway
+redis-server (or LOOPGUARD_TEST_REDIS_URL), this Python's bin directory first
 on PATH and COLUMNS=80; stdout and stderr are kept together, unedited.
 """
 
@@ -71,7 +73,8 @@ _ERRORS = f"{_PYTEST} --tb=line --show-capture=no"
 _MESSAGE = (
     r"^(?:E\s+|\s*)(loopguard\.LoopMismatchError: .*)$",
     r"((?:LoopMismatch|PoolCreatedOutsideLoop)Warning: .*)$",
-    r"^(?:E\s+|\s*)((?:engine|pool|connection|created at|bound|used now|likely cause|fix): .*)$",
+    r"^(?:E\s+|\s*)((?:engine|pool|client|connection|created at|bound|used now|likely cause|fix): "
+    r".*)$",
     r"^(?:E\s+|\s*)(\(Background on this (?:error|warning) at: .*)$",
 )
 # The plugin's terminal summary.
@@ -172,6 +175,16 @@ RUNS: dict[str, Run] = {
         "grep -m 1 loopguard.loop_mismatch loopguard.jsonl | python -m json.tool",
         (r'^    "(\w+)": ',),
     ),
+    "lg110_raw": Run(
+        "python lg110_jobs_bug.py 2>&1 | grep -E '^(job [0-9]+:|[a-zA-Z._]+Error: )'",
+        (r"^(job \d+: .*)$", r"^([\w.]+Error): "),
+    ),
+    "lg110_guarded": Run("LOOPGUARD=1 python lg110_jobs_bug.py 2>&1 | tail -n 9", _MESSAGE),
+    "lg110_warn": Run(
+        "LOOPGUARD=warn python lg110_jobs_bug.py 2>&1 | grep -E '^job|LoopMismatchWarning: '",
+        (r"^(job \d+: .*)$", *_MESSAGE),
+    ),
+    "lg110_fix": Run("LOOPGUARD=1 python -X dev lg110_fix_client_per_job.py", (r"^(.*)$",)),
     "report_table": Run('loopguard report loopguard.jsonl; echo "exit status: $?"', (r"^(.*)$",)),
     "report_markdown": Run(
         "loopguard report --format markdown --fail-on never loopguard.jsonl", (r"^(.*)$",)
@@ -182,6 +195,7 @@ RUNS: dict[str, Run] = {
 def normalize(text: str) -> str:
     """Blank out what differs between two runs of the same command: URLs, paths, timings."""
     text = re.sub(r"postgresql(?:\+asyncpg)?://\S+?(?=[\s\]`|'])", "<URL>", text)
+    text = re.sub(r"redis://127\.0\.0\.1:\d+/\d+", "<REDIS_URL>", text)
     text = re.sub(r"(?:/[^\s:/]+)+/(?=lg\d{3}_\w+\.py)", "", text)
     return re.sub(r" in \d+\.\d+s\b", " in <T>s", text)
 
@@ -198,7 +212,7 @@ def essentials(name: str, output: str) -> list[str]:
     return kept
 
 
-def run_all(workdir: Path, database_url: str) -> dict[str, str]:
+def run_all(workdir: Path, database_url: str, redis_url: str = "") -> dict[str, str]:
     """Run every command of RUNS, in order, in a fresh copy of docs_examples/ at ``workdir``."""
     shutil.copytree(EXAMPLES, workdir, dirs_exist_ok=True, ignore=_ignore)
     env = {
@@ -210,6 +224,7 @@ def run_all(workdir: Path, database_url: str) -> dict[str, str]:
     bin_dir = str(Path(sys.executable).parent)
     env.update(
         DATABASE_URL=database_url,
+        REDIS_URL=redis_url,
         PATH=bin_dir + os.pathsep + env.get("PATH", ""),
         COLUMNS="80",
         PYTHONDONTWRITEBYTECODE="1",
@@ -229,7 +244,7 @@ def run_all(workdir: Path, database_url: str) -> dict[str, str]:
     return outputs
 
 
-CAPTURE_STACK = ("sqlalchemy", "asyncpg", "pytest", "pytest-asyncio", "structlog")
+CAPTURE_STACK = ("sqlalchemy", "asyncpg", "redis", "pytest", "pytest-asyncio", "structlog")
 
 
 def versions() -> str:
@@ -500,6 +515,23 @@ def ref_asyncpg_causes() -> str:
     return "\n".join(rows)
 
 
+def ref_redis_causes() -> str:
+    from loopguard._causes import REDIS_CLIENT
+
+    rows = ["| `cause` | likely cause (as the message says it) | fix (as the message says it) |"]
+    rows.append("|---|---|---|")
+    for key, (cause, fix) in REDIS_CLIENT.items():
+        rows.append(f"| `{key}` | {cause} | {fix} |")
+    return "\n".join(rows)
+
+
+def ref_redis_hooks() -> str:
+    """The redis.asyncio integration's module docstring: what it patches and why."""
+    from loopguard.integrations import _redis
+
+    return _docstring_md(_redis.__doc__)
+
+
 REFERENCE: dict[str, Callable[[], str]] = {
     "env": ref_env,
     "pytest": ref_pytest,
@@ -508,6 +540,8 @@ REFERENCE: dict[str, Callable[[], str]] = {
     "cli": ref_cli,
     "causes": ref_causes,
     "asyncpg_causes": ref_asyncpg_causes,
+    "redis_causes": ref_redis_causes,
+    "redis_hooks": ref_redis_hooks,
     "hooks": ref_hooks,
     "asyncpg_hooks": ref_asyncpg_hooks,
     "loop_scopes": ref_loop_scopes,
@@ -583,9 +617,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.capture:
         sys.path.insert(0, str(ROOT / "tools"))
         from pgserver import ENV_DSN, sqlalchemy_url
+        from redisserver import throwaway_redis
 
-        with tempfile.TemporaryDirectory() as workdir:
-            outputs = run_all(Path(workdir) / "examples", sqlalchemy_url(os.environ[ENV_DSN]))
+        with tempfile.TemporaryDirectory() as workdir, throwaway_redis() as redis_url:
+            database_url = sqlalchemy_url(os.environ[ENV_DSN])
+            outputs = run_all(Path(workdir) / "examples", database_url, redis_url)
         outputs["versions"] = "Captured with " + versions() + "."
     for page in pages():
         new = rendered(page, outputs)

@@ -277,7 +277,7 @@ _BY_RESOURCE: dict[str, dict[str, Cause]] = {
     "asyncpg Pool": ASYNCPG_POOL,
     "asyncpg Connection": ASYNCPG_CONNECTION,
     "redis.asyncio client": REDIS_CLIENT,
-    # A connection of no tracked pool: a cluster node's, or one created directly.
+    # A held connection of no known pool (connected before install()).
     "redis.asyncio connection": REDIS_CLIENT,
 }
 

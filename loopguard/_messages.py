@@ -202,8 +202,8 @@ def format_redis_message(record: Record) -> str:
             "unknown: the client was created before loopguard was installed " + _UNKNOWN_SITE,
         )
     else:
-        what = f"  connection:    {record.url} (not from a ConnectionPool: a cluster node's?)"
-        created = "unknown: loopguard tracks the clients of ConnectionPools only"
+        what = f"  connection:    {record.url}"
+        created = "unknown: it connected before loopguard was installed " + _UNKNOWN_SITE
     if record.bound_during or record.bound_at:
         bound_at = f", at {record.bound_at}," if record.bound_at else ""
         bound = f"first connection opened {_during(record.bound_during)}{bound_at} on"

@@ -26,7 +26,7 @@ import pytest
 import redis.asyncio as redis
 import structlog
 from guard_helpers import current_test_id, display_path, marker_line, silence_checked, written
-from redis.asyncio.client import PubSub
+from redis.asyncio.client import PubSub, Redis
 from redis.asyncio.connection import AbstractConnection, BlockingConnectionPool, ConnectionPool
 from teststack import PYTEST_ASYNCIO
 
@@ -323,29 +323,6 @@ def test_blocking_pool_client_is_stopped(redis_url: str, leftovers: list[Any]) -
     assert excinfo.value.created_at == f"{THIS_FILE}:{marker_line(__file__, 'blocking-line')}"
 
 
-def test_connection_outside_a_pool_is_stopped(redis_url: str) -> None:
-    """A connection no pool handed out (as a cluster node's): checked on its own, its client
-    unknown."""
-    conn = redis.Connection(**_host_port(redis_url))
-
-    async def ping() -> Any:
-        await conn.send_command("PING")
-        return await conn.read_response()
-
-    loop_a = asyncio.new_event_loop()
-    try:
-        assert loop_a.run_until_complete(ping()) in (b"PONG", "PONG")
-        with pytest.raises(loopguard.LoopMismatchError) as excinfo:
-            asyncio.run(ping())
-        err = excinfo.value
-        assert err.resource == "redis.asyncio connection"
-        assert err.created_at is None
-        assert "  connection:    redis://127.0.0.1:" in str(err)
-        loop_a.run_until_complete(conn.disconnect())
-    finally:
-        loop_a.close()
-
-
 def _host_port(url: str) -> dict[str, Any]:
     host_port = url.split("://", 1)[1].split("/", 1)[0]
     host, _, port = host_port.rpartition(":")
@@ -515,7 +492,7 @@ def test_one_client_on_one_loop_for_the_whole_run_is_silent(redis_url: str, log_
 # -- the patches: off, uninstall, weak references --------------------------------------------
 
 _MISSING = object()
-_PATCHED = (ConnectionPool, AbstractConnection, PubSub)
+_PATCHED = (ConnectionPool, AbstractConnection, PubSub, Redis)
 
 
 def _class_dicts() -> dict[str, dict[str, Any]]:
@@ -534,14 +511,15 @@ def test_uninstall_restores_every_redis_attribute_exactly() -> None:
         if before[cls].get(name, _MISSING) is not value
     )
     assert changed == [
-        "AbstractConnection.send_packed_command",
         "ConnectionPool.__init__",
         "ConnectionPool.ensure_connection",
+        "PubSub.execute_command",
         "PubSub.parse_response",
+        "Redis.initialize",
     ]
     if sys.version_info >= (3, 12):  # inspect.markcoroutinefunction()
         assert asyncio.iscoroutinefunction(ConnectionPool.ensure_connection)
-        assert asyncio.iscoroutinefunction(AbstractConnection.send_packed_command)
+        assert asyncio.iscoroutinefunction(Redis.initialize)
     loopguard.uninstall()
     after = _class_dicts()
     for cls, attrs in before.items():

@@ -13,13 +13,19 @@ Where it hooks (class-attribute patches, each undone exactly by ``uninstall()``)
   before ``connect()``, the readiness check or any other I/O.  A connected connection of
   another loop is a mismatch (LG110); an unconnected one is about to connect on this loop,
   which binds it.
-- ``AbstractConnection.send_packed_command``: every write of a connection that is used without
-  a checkout (a ``single_connection_client``, a pubsub or a watching pipeline holding its
-  connection, a cluster node's connections).
-- ``PubSub.parse_response``: a pubsub's reads (``get_message()``, ``listen()``).
+- ``Redis.initialize``: the start of every command of a client; a ``single_connection_client``
+  holds its connection outside the pool after its first command, and it is checked here.  A
+  pooled client holds none: one attribute read, no loop check.
+- ``PubSub.execute_command`` (subscribe, unsubscribe, ping) and ``PubSub.parse_response``
+  (``get_message()``, ``listen()``): a pubsub holds its connection from its first
+  subscription on.
+
+Not guarded: ``RedisCluster`` (its nodes keep their connections outside any
+``ConnectionPool``), a pipeline that holds its connection across loops while it WATCHes, a
+``Monitor``, and connections used without a pool.
 
 The wrappers are plain functions that check, then return the original coroutine for the caller
-to await: no second coroutine around each call.  The hot path is one loop check
+to await: no second coroutine around each call.  The hot path of a command is one loop check
 (``_loops.current_loop``) against the connection's own loop and an identity compare.
 
 raise mode: ``LoopMismatchError`` before any I/O; the connection stays as it was (a checkout
@@ -135,7 +141,8 @@ def _on_pool_mismatch(pool: Any, conn: Any, owner_loop: Any, loop: Any) -> None:
 
 
 def _on_connection_mismatch(conn: Any, owner_loop: Any, loop: Any, operation: str) -> None:
-    """``conn``, connected on ``owner_loop``, is used on ``loop`` without a checkout."""
+    """``conn``, connected on ``owner_loop``, is used on ``loop`` without a checkout (held by
+    a single-connection client or a pubsub)."""
     __tracebackhide__ = True
     if STATE.mode is None:
         return
@@ -152,7 +159,7 @@ def _on_connection_mismatch(conn: Any, owner_loop: Any, loop: Any, operation: st
             loop=loop,
             action=action,
             operation=operation,
-            skip=4,
+            skip=5,
         )
 
     if STATE.mode == "raise":
@@ -206,36 +213,55 @@ def _make_ensure_connection(original: Callable[[Any, Any], Any]) -> Callable[[An
     return _returns_coroutine(ensure_connection)
 
 
-def _make_send_packed_command(original: Callable[..., Any]) -> Callable[..., Any]:
-    def send_packed_command(self: Any, *args: Any, **kwargs: Any) -> Any:
-        __tracebackhide__ = True
-        writer = self._writer
-        if writer is not None:
-            owner = writer._loop
-            loop = current_loop(owner)
-            if loop is not owner and loop is not None:
-                operation = facts.command_name(sys._getframe(1)) or "Connection.send_packed_command"
-                _on_connection_mismatch(self, owner, loop, operation)
-        else:  # send_packed_command() connects first, on this loop
-            _bind(self, None, skip=2)
-        return original(self, *args, **kwargs)
-
-    return _returns_coroutine(send_packed_command)
+def _check_held(conn: Any, operation: Callable[[], str]) -> None:
+    """A connection held outside the pool (a single-connection client's, a pubsub's)."""
+    __tracebackhide__ = True
+    writer = conn._writer if conn is not None else None
+    if writer is not None:
+        owner = writer._loop
+        loop = current_loop(owner)
+        if loop is not owner and loop is not None:
+            _on_connection_mismatch(conn, owner, loop, operation())
 
 
-def _make_parse_response(original: Callable[..., Any]) -> Callable[..., Any]:
-    def parse_response(self: Any, *args: Any, **kwargs: Any) -> Any:
+def _make_initialize(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``Redis.initialize()`` starts every command of a client; a single-connection client
+    holds its connection (``Redis.connection``) from its first command on.  A pooled client has
+    none: one attribute read, no loop check (its checkout is checked)."""
+
+    def initialize(self: Any) -> Any:
         __tracebackhide__ = True
         conn = self.connection
-        writer = conn._writer if conn is not None else None
-        if writer is not None:
-            owner = writer._loop
-            loop = current_loop(owner)
-            if loop is not owner and loop is not None:
-                _on_connection_mismatch(conn, owner, loop, "PubSub.get_message")
-        return original(self, *args, **kwargs)
+        if conn is not None:
+            _check_held(conn, lambda: facts.command_name(sys._getframe(3)) or "Redis.initialize")
+        return original(self)
 
-    return _returns_coroutine(parse_response)
+    return _returns_coroutine(initialize)
+
+
+def _make_pubsub_method(operation: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``PubSub.execute_command`` (subscribe, ping, ...) and ``PubSub.parse_response``
+    (``get_message()``, ``listen()``): a pubsub holds its connection from its first
+    subscription on."""
+
+    def make(original: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+            __tracebackhide__ = True
+            conn = self.connection
+            if conn is not None:
+                _check_held(conn, lambda: _pubsub_operation(operation, args))
+            return original(self, *args, **kwargs)
+
+        return _returns_coroutine(wrapper)
+
+    return make
+
+
+def _pubsub_operation(operation: str, args: tuple[Any, ...]) -> str:
+    if operation == "PubSub.execute_command" and args and isinstance(args[0], (str, bytes)):
+        name = args[0].decode() if isinstance(args[0], bytes) else args[0]
+        return name.upper()
+    return operation
 
 
 class RedisIntegration(Integration):
@@ -249,12 +275,17 @@ class RedisIntegration(Integration):
         Patch(
             "redis.asyncio.connection:ConnectionPool", "ensure_connection", _make_ensure_connection
         ),
+        Patch("redis.asyncio.client:Redis", "initialize", _make_initialize),
         Patch(
-            "redis.asyncio.connection:AbstractConnection",
-            "send_packed_command",
-            _make_send_packed_command,
+            "redis.asyncio.client:PubSub",
+            "execute_command",
+            _make_pubsub_method("PubSub.execute_command"),
         ),
-        Patch("redis.asyncio.client:PubSub", "parse_response", _make_parse_response),
+        Patch(
+            "redis.asyncio.client:PubSub",
+            "parse_response",
+            _make_pubsub_method("PubSub.get_message"),
+        ),
     )
 
     def setup(self) -> None:

@@ -23,7 +23,7 @@ from .._registry import Binding, Origin, Registry, Tracked
 
 CODE = "LG110"
 RESOURCE_CLIENT = "redis.asyncio client"  # a pool, with the clients that share it
-RESOURCE_CONNECTION = "redis.asyncio connection"  # one outside a tracked pool (cluster nodes)
+RESOURCE_CONNECTION = "redis.asyncio connection"  # held, of no known pool (before install())
 MAX_FRAMES = 40
 
 
