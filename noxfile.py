@@ -136,7 +136,7 @@ FLOOR_PINS = (
     "pytest-asyncio==0.21.0",
     "pytest==7.4.0",
     "structlog==21.1.0",
-    "redis==5.0.1",
+    "redis==5.0.2",
 )
 
 # fmt: off

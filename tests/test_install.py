@@ -267,7 +267,7 @@ def test_repr_of_the_state_says_what_is_guarded() -> None:
     loopguard.install("warn")
     assert repr(_state.STATE) == (
         "<loopguard state: mode='warn' (from install() argument), "
-        "guarding=['sqlalchemy', 'asyncpg'], skipped={}, log_file=None>"
+        "guarding=['sqlalchemy', 'asyncpg', 'redis'], skipped={}, log_file=None>"
     )
 
 
@@ -327,7 +327,8 @@ def test_without_sqlalchemy_import_works_and_install_refuses_clearly(tmp_path: P
     assert result.stdout.splitlines() == [
         "ERROR: loopguard has nothing to guard: sqlalchemy: SQLAlchemy is not installed "
         "(No module named 'sqlalchemy'); pip install 'sqlalchemy[asyncio]'; "
-        "asyncpg: asyncpg is not installed (No module named 'asyncpg'); pip install asyncpg.",
+        "asyncpg: asyncpg is not installed (No module named 'asyncpg'); pip install asyncpg; "
+        "redis: redis-py is not installed (No module named 'redis'); pip install redis.",
         "IMPORTERROR: True",
         "INSTALLED: False",
     ]

@@ -122,7 +122,9 @@ def render(nox: Optional[ModuleType] = None) -> str:
         "and `driver_connection`, which the guard reads) and says so: `SQLAlchemy 1.4.23 is "
         f"too old: loopguard supports {floor['sqlalchemy']} and newer; pip install -U "
         f"'sqlalchemy[asyncio]>={floor['sqlalchemy']}'`; nor redis-py older than "
-        f"{floor['redis']} (the first release with `aclose()`, which the fixes name). Not run because they do not exist: "
+        f"{floor['redis']} (5.0.1's `BlockingConnectionPool` checks a connection while holding "
+        "its lock, so any error there, loopguard's included, deadlocks its release; 5.0.0 has "
+        "no `aclose()`, which the fixes name). Not run because they do not exist: "
         "SQLAlchemy 2.1 on Python 3.9 and 3.10 (it requires 3.11), and the "
         "`postgresql+psycopg` dialect on SQLAlchemy 1.4 (tests/test_psycopg.py skips there)."
     )

@@ -53,8 +53,10 @@ from . import _redis_facts as facts
 from ._base import Integration, Patch
 from ._redis_facts import CONNECTIONS, POOLS, ConnectionFacts, PoolFacts
 
-# 5.0.1: the first release with aclose(), which the fixes name (5.0.0 only has close()).
-MIN_VERSION = (5, 0, 1)
+# 5.0.2: aclose() (5.0.1+), which the fixes name, and a BlockingConnectionPool that checks a
+# connection outside its lock (5.0.1 holds it, so any error there, loopguard's included,
+# deadlocks the pool's own release of that connection).
+MIN_VERSION = (5, 0, 2)
 _lookup_pool = POOLS.lookup
 _lookup_connection = CONNECTIONS.lookup
 
