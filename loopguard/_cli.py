@@ -192,11 +192,19 @@ def render_markdown(groups: list[Group]) -> str:
     return "\n".join(lines)
 
 
+def _noun(resource: Optional[str]) -> str:
+    """What a group is counted as: an engine (also the word for pools, fixtures and records
+    without a resource, as before), or a client."""
+    return "client" if (resource or "").lower().endswith("client") else "engine"
+
+
 def summary(groups: list[Group]) -> str:
     total, actions = sum(g.count for g in groups), Counter[str]()
     for group in groups:
         actions.update(group.actions)
-    engines = f"{len(groups)} engine{'s' * (len(groups) != 1)}"
+    nouns = Counter(_noun(group.resource) for group in groups)
+    engines = " and ".join(f"{n} {noun}{'s' * (n != 1)}" for noun, n in nouns.items())
+    engines = engines or "0 engines"
     done = ", ".join(f"{n} {action}" for action, n in actions.items())
     return f"{total} loopguard record{'s' * (total != 1)} ({done}) from {engines}"
 

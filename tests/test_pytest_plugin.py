@@ -224,7 +224,7 @@ def test_scenario1_raise_mode_explains_each_failure_and_summarises(
     site = f"src/configs/db.py:{CACHED_DB_LINE}"
     result.stdout.fnmatch_lines(
         [
-            f"loopguard: mode=raise (from {source}), guarding sqlalchemy, asyncpg",
+            f"loopguard: mode=raise (from {source}), guarding sqlalchemy, asyncpg, redis",
             "*test_list_users*",
             "E   loopguard.LoopMismatchError: SQLAlchemy AsyncEngine used on event loop #*, but "
             "its pooled connections belong to loop #*; stopped before any I/O.",
@@ -267,7 +267,8 @@ def test_scenario1_warn_mode_heals_and_warns(cached_engine_suite: Path, run: Run
     result.assert_outcomes(passed=3, warnings=2)
     result.stdout.fnmatch_lines(
         [
-            "loopguard: mode=warn (from the --loopguard option), guarding sqlalchemy, asyncpg",
+            "loopguard: mode=warn (from the --loopguard option), guarding sqlalchemy, asyncpg, "
+            "redis",
             "*warnings summary*",
             T_LIST,
             "*tests/test_users.py:*: LoopMismatchWarning: SQLAlchemy AsyncEngine used on event "
@@ -970,7 +971,7 @@ def test_mode_source_precedence_header_and_patches(
         result.stdout.no_fnmatch_line("loopguard: mode=*")
     else:
         result.stdout.fnmatch_lines(
-            [f"loopguard: mode={mode} (from {source}), guarding sqlalchemy, asyncpg"]
+            [f"loopguard: mode={mode} (from {source}), guarding sqlalchemy, asyncpg, redis"]
         )
     after = json.loads((pytester.path / "after_run.json").read_text())
     assert after == {"installed": False, "wrapped": False}

@@ -750,3 +750,60 @@ def test_pytest_suite_with_a_cached_client(
         {"raised": 2},
     )
     assert group["causes"][0]["fix"].startswith("create the client in an async fixture")
+    table = subprocess.run(
+        [sys.executable, "-m", "loopguard", "report", "lg.jsonl"],
+        cwd=pytester.path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert table.stdout.splitlines()[0] == "2 loopguard records (2 raised) from 1 client"
+
+
+# -- test doubles (redis-py's own suite uses them) ------------------------------------------
+
+
+class _NotAConnection:
+    """A connection class of the kind test suites write: no stream, no ``_writer``."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.kwargs = kwargs
+
+    async def connect(self) -> None:
+        pass
+
+    async def can_read(self) -> bool:
+        return False
+
+    async def can_read_destructive(self) -> bool:
+        return False
+
+    def should_reconnect(self) -> bool:
+        return False
+
+    async def re_auth(self) -> None:  # redis-py 8 calls it when a connection is released
+        pass
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_connection_doubles_are_left_alone(redis_url: str, log_file: Path) -> None:
+    """A pool of objects that are not redis-py connections, and a connection whose stream is
+    a stand-in without a loop of its own: checked out on any loop, nothing is raised, warned or
+    logged (redis-py's own test suite does both)."""
+    pool = ConnectionPool(connection_class=_NotAConnection)
+
+    class FakeWriter:
+        _loop = object()  # not an event loop
+
+    async def checkouts() -> None:
+        conn = await pool.get_connection()
+        await pool.release(conn)
+        real = ConnectionPool.from_url(redis_url).make_connection()
+        real._writer = FakeWriter()
+        pending = ConnectionPool.ensure_connection(pool, real)  # the check runs at the call
+        pending.close()  # (never awaited: the stand-in stream cannot be read)
+        real._writer = None
+
+    with silence_checked(log_file):
+        for _ in range(2):
+            asyncio.run(checkouts())

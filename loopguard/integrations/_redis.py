@@ -39,6 +39,7 @@ sockets cannot be touched from here: the call goes ahead and redis-py's own erro
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import sys
 from typing import Any, Callable, Optional
@@ -110,8 +111,8 @@ def _first_report(tracked: Any, loop: Any) -> bool:
 def _on_pool_mismatch(pool: Any, conn: Any, owner_loop: Any, loop: Any) -> None:
     """A checkout on ``loop`` took ``conn``, connected on ``owner_loop``."""
     __tracebackhide__ = True
-    if STATE.mode is None:
-        return
+    if STATE.mode is None or not isinstance(owner_loop, asyncio.AbstractEventLoop):
+        return  # (a test double's "stream" has no loop of its own)
     pool_facts = _pool_facts(pool)
     owner = LoopRef(owner_loop)
     operation = facts.command_name(sys._getframe(2)) or "ConnectionPool.get_connection"
@@ -146,8 +147,8 @@ def _on_connection_mismatch(conn: Any, owner_loop: Any, loop: Any, operation: st
     """``conn``, connected on ``owner_loop``, is used on ``loop`` without a checkout (held by
     a single-connection client or a pubsub)."""
     __tracebackhide__ = True
-    if STATE.mode is None:
-        return
+    if STATE.mode is None or not isinstance(owner_loop, asyncio.AbstractEventLoop):
+        return  # (a test double's "stream" has no loop of its own)
     conn_facts = _lookup_connection(id(conn))
     pool_facts = conn_facts.pool if conn_facts is not None else None
     owner = LoopRef(owner_loop)
@@ -202,7 +203,10 @@ def _make_pool_init(original: Callable[..., None]) -> Callable[..., None]:
 def _make_ensure_connection(original: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
     def ensure_connection(self: Any, connection: Any) -> Any:
         __tracebackhide__ = True
-        writer = connection._writer
+        try:
+            writer = connection._writer
+        except AttributeError:  # not a redis-py connection (a test double): nothing to check
+            return original(self, connection)
         if writer is not None:
             owner = writer._loop
             loop = current_loop(owner)
@@ -218,7 +222,7 @@ def _make_ensure_connection(original: Callable[[Any, Any], Any]) -> Callable[[An
 def _check_held(conn: Any, operation: Callable[[], str]) -> None:
     """A connection held outside the pool (a single-connection client's, a pubsub's)."""
     __tracebackhide__ = True
-    writer = conn._writer if conn is not None else None
+    writer = getattr(conn, "_writer", None)  # (a test double may have none)
     if writer is not None:
         owner = writer._loop
         loop = current_loop(owner)
