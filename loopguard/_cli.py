@@ -28,12 +28,13 @@ DETAILS = ("engine", "first test", "last test", "bound during", "loops", "cause"
 CODE_CELLS = ("created", "engine", "first test", "last test", "bound during")
 REPORT_DESCRIPTION = """\
 Summarise the records loopguard writes to LOOPGUARD_LOG_FILE (JSON lines), one group per
-code and engine (or pool, redis client, or pytest fixture for LG105): where it was created, its URL, how
-many records and of which action, the tests and loops involved, the cause and the fix."""
+code and engine (or pool, redis client, or pytest fixture for LG105): where it was created,
+its URL, how many records and of which action, the tests and loops involved, the cause and
+the fix."""
 REPORT_EPILOG = """\
 actions: raised (LG101, LG103, LG110 in raise mode), warned (LG101, LG103, LG110 in warn
-mode; LG102, LG105), released (LG104), reported (LG106). --fail-on raise counts the raised records, warn
-counts every record, whatever its action.
+mode; LG102, LG105), released (LG104), reported (LG106). --fail-on raise counts the raised
+records, warn counts every record, whatever its action.
 
 exit status: 2 when some input is bad (a file that cannot be read, a line that is not a JSON
 object, a loopguard record without its key fields or with a field of the wrong type), after
