@@ -229,6 +229,16 @@ CODES: dict[str, Code] = {
             ("aiohttp ClientSession",),
         ),
         Code(
+            "LG110",
+            "a redis.asyncio client or connection used on an event loop other than its "
+            "connections'",
+            EVENT_LOOP_MISMATCH,
+            LoopMismatchWarning,
+            True,
+            MISMATCH_FIELDS,
+            ("redis.asyncio client", "redis.asyncio connection"),
+        ),
+        Code(
             "LG111",
             "an asyncio Lock, Event, Condition, Semaphore, Queue or Barrier used on an event loop "
             "other than the one asyncio bound it to",

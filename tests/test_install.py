@@ -336,7 +336,8 @@ def test_repr_of_the_state_says_what_is_guarded(monkeypatch: pytest.MonkeyPatch)
     loopguard.install("warn")
     assert repr(_state.STATE) == (
         f"<loopguard state: mode='warn' (from install() at {where}), "
-        "guarding=['sqlalchemy', 'asyncpg', 'httpx', 'aiohttp', 'asyncio'], skipped={}, "
+        "guarding=['sqlalchemy', 'asyncpg', 'httpx', 'aiohttp', 'redis', 'asyncio'], "
+        "skipped={}, "
         "log_file=None>"
     )
     loopguard.uninstall()
@@ -439,6 +440,7 @@ def test_without_sqlalchemy_or_asyncpg_install_guards_asyncio_primitives(tmp_pat
         "SKIPPED: httpx httpx is not installed (No module named 'httpx'); pip install httpx",
         "SKIPPED: aiohttp aiohttp is not installed (No module named 'aiohttp'); "
         "pip install aiohttp",
+        "SKIPPED: redis redis-py is not installed (No module named 'redis'); pip install redis",
         "RAISED: LG111 asyncio.Lock",
         "INSTALLED: False",
     ]

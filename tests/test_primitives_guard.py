@@ -29,6 +29,7 @@ import pytest
 import structlog
 from guard_helpers import current_test_id, display_path, marker_line, silence_checked, written
 from test_pytest_plugin import ini, line_of, output, write
+from teststack import PYTEST_ASYNCIO
 
 import loopguard
 from loopguard._causes import causes_for
@@ -954,3 +955,193 @@ def test_pytest_run_names_the_lock_and_summarises_by_lock(
     assert lines[0] == f"{failing} loopguard records ({failing} raised) from 1 lock"
     assert f"[1] LG111 test_locks.py:{created} in <module>" in lines
     assert "    engine:       asyncio.Lock" in lines
+
+
+# Correct code, as suites and libraries write it: nothing may be reported.
+CORRECT_SUITE = """\
+import asyncio
+import sys
+
+import anyio
+import pytest
+import pytest_asyncio
+
+# Made at import and waited on by one test only: Python 3.10+ binds them on that first wait.
+QUEUE = asyncio.Queue()
+READY = asyncio.Event()
+# Made at import and never waited on: asyncio accepts it on every loop.
+COUNTER_LOCK = asyncio.Lock()
+lazy_binding = pytest.mark.skipif(sys.version_info < (3, 10), reason="3.9 binds at creation")
+
+
+@pytest_asyncio.fixture
+async def lock():
+    return asyncio.Lock()  # on the test's loop
+
+
+class Client:
+    \"\"\"A library's pattern: its lock made on first use, on the loop that uses it.\"\"\"
+
+    def __init__(self):
+        self._lock = None
+
+    async def call(self):
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            await asyncio.sleep(0)
+
+
+@lazy_binding
+async def test_import_time_queue_and_event_used_on_one_loop():
+    async def producer():
+        for number in range(3):
+            await QUEUE.put(number)
+            await asyncio.sleep(0)
+        READY.set()
+
+    async def consumer():
+        got = [await QUEUE.get() for _ in range(3)]
+        await READY.wait()
+        return got
+
+    assert (await asyncio.gather(consumer(), producer()))[0] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("number", [1, 2, 3])
+async def test_uncontended_import_time_lock(number):
+    async with COUNTER_LOCK:
+        assert COUNTER_LOCK.locked()
+
+
+@pytest.mark.parametrize("holders", [2, 3])
+async def test_fixture_lock_contended(lock, holders):
+    async def hold():
+        async with lock:
+            await asyncio.sleep(0)
+
+    await asyncio.gather(*(hold() for _ in range(holders)))
+
+
+async def test_every_primitive_made_and_waited_on_in_the_test():
+    queue, condition = asyncio.Queue(maxsize=1), asyncio.Condition()
+    semaphore, event = asyncio.BoundedSemaphore(1), asyncio.Event()
+
+    async def put_all():
+        for number in range(3):
+            await queue.put(number)  # waits: the queue holds one item
+
+    async def get_all():
+        return [await queue.get() for _ in range(3)]
+
+    assert (await asyncio.gather(get_all(), put_all()))[0] == [0, 1, 2]
+
+    async def notify():
+        await asyncio.sleep(0)
+        async with condition:
+            condition.notify_all()
+        event.set()
+
+    async def wait_for_notice():
+        async with condition:
+            await condition.wait()
+        await event.wait()
+
+    async def hold():
+        async with semaphore:
+            await asyncio.sleep(0)
+
+    await asyncio.gather(wait_for_notice(), notify(), hold(), hold())
+    if sys.version_info >= (3, 11):
+        barrier = asyncio.Barrier(2)
+        await asyncio.gather(barrier.wait(), barrier.wait())
+
+
+async def test_a_client_per_test():
+    client = Client()
+    await asyncio.gather(client.call(), client.call())
+
+
+async def test_anyio_primitives_and_streams():
+    lock, event = anyio.Lock(), anyio.Event()
+    send, receive = anyio.create_memory_object_stream(1)
+
+    async def produce():
+        async with send:
+            for number in range(3):
+                await send.send(number)
+        event.set()
+
+    async def consume():
+        async with receive:
+            return [number async for number in receive]
+
+    got = await asyncio.gather(consume(), produce())
+    await event.wait()
+    async with lock:
+        assert got[0] == [0, 1, 2]
+
+
+async def test_timeouts_on_primitives():
+    event = asyncio.Event()
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(event.wait(), 0.01)
+"""
+# One loop for the module (pytest-asyncio 0.24+): a module-level lock contended by every test.
+SHARED_LOOP_SUITE = """\
+import asyncio
+import sys
+
+import pytest
+
+pytestmark = [
+    pytest.mark.asyncio(loop_scope="module"),
+    pytest.mark.skipif(sys.version_info < (3, 10), reason="3.9 binds at creation"),
+]
+LOCK = asyncio.Lock()
+
+
+async def contend():
+    async def hold():
+        async with LOCK:
+            await asyncio.sleep(0)
+
+    await asyncio.gather(hold(), hold())
+
+
+async def test_one():
+    await contend()
+
+
+async def test_two():
+    await contend()
+"""
+
+
+@pytest.mark.parametrize("mode", ["1", "warn"])
+def test_pytest_run_of_correct_primitive_usage_is_silent(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, mode: str
+) -> None:
+    """A suite that uses asyncio's primitives correctly (made inside the loop, by a fixture or
+    lazily by a client; made at import and waited on from one loop only; never waited on;
+    anyio's primitives and streams on asyncio) runs as without loopguard, with every
+    warning an error: no failure, no warning, no summary, no record."""
+    files = {"pytest.ini": ini("filterwarnings = error"), "test_correct.py": CORRECT_SUITE}
+    lazy = sys.version_info >= (3, 10)  # else the tests of import-time primitives skip
+    expected = 10 if lazy else 9
+    if PYTEST_ASYNCIO >= (0, 24):
+        files["test_shared_loop.py"] = SHARED_LOOP_SUITE
+        expected += 2 if lazy else 0
+    write(pytester.path, files)
+    log = tmp_path / "lg.jsonl"
+    for name in ("PYTEST_CURRENT_TEST", "PYTEST_ADDOPTS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LOOPGUARD", mode)
+    monkeypatch.setenv("LOOPGUARD_LOG_FILE", str(log))
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=120)
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("passed") == expected, output(result)
+    assert "failed" not in outcomes and "warnings" not in outcomes, output(result)
+    assert "guarding" in output(result) and "asyncio" in output(result)
+    assert "= loopguard =" not in output(result)
+    assert not log.exists() or log.read_text() == ""
