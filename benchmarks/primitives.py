@@ -254,6 +254,11 @@ ROWS = (
 )
 
 
+def _progress(line: str) -> None:
+    """Each row on stderr as soon as it is measured: a run cut short keeps what it measured."""
+    print(line, file=sys.stderr, flush=True)
+
+
 def measure(quick: bool = False) -> List[Dict[str, Any]]:
     """The rows, measured now (about 2 minutes; ``quick``: about 20 s)."""
     rounds, samples = (2, 5) if quick else (6, 15)
@@ -273,6 +278,9 @@ def measure(quick: bool = False) -> List[Dict[str, Any]]:
                 verdict, target_text = diff <= limit, f"at most +{limit * 1e6:.0f} us"
             else:
                 verdict, target_text = ratio <= limit, f"within {round((limit - 1) * 100)} %"
+        _progress(
+            f"{row} {what}: off {_stat(result['off'])}, raise {_stat(result['raise'])}, {compare}"
+        )
         rows.append(
             {
                 "row": row,

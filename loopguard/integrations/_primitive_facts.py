@@ -20,10 +20,9 @@ does a bounded walk go further up the stack:
   that created the object counts.
 
 The same applies to where asyncio bound a primitive (3.10+: its first wait, on the contended
-path only).  Entries are keyed by ``id()`` and hold a weak reference without a callback; the
-entries of dead primitives are swept whenever the table has doubled since the last sweep
-(constant amortised time, memory bounded by twice the live primitives).  Nothing is stored on
-the primitives themselves.
+path only).  The tables are keyed by a weak reference to the primitive whose callback is the
+table's own ``pop``: an entry goes when its primitive dies, with no Python code run and no
+sweep.  Nothing is stored on the primitives themselves.
 """
 
 from __future__ import annotations
