@@ -312,6 +312,12 @@ def format_primitive_message(record: Record) -> str:
     label = f"{record.resource} ({record.name})" if record.name else record.resource
     if record.created_in_loop is None:  # no record of its creation
         unknown = "unknown: it was created before loopguard was installed " + _UNKNOWN_SITE
+    elif record.created_in_loop:  # a library's, in a task: a short walk only (cost)
+        unknown = (
+            f"not recorded ({_during(record.created_during)}, in a running loop): loopguard "
+            "looks only a few frames up the stack there, and the task's own coroutine is not "
+            "your code"
+        )
     else:
         unknown = "unknown: no line of your code was on the stack"
     created = _created_line(record, unknown)

@@ -514,6 +514,16 @@ class Client:
     async def call(self):
         async with self.lock:
             await asyncio.sleep(0)
+
+
+async def deep_client(depth=6):  # a Client built six frames down the library's calls
+    if depth:
+        return await deep_client(depth - 1)
+    return Client()
+
+
+async def client_task():  # a task of the library's own builds a Client
+    return await asyncio.ensure_future(deep_client())
 """
 
 
@@ -553,6 +563,55 @@ def test_a_librarys_primitive_is_attributed_to_the_users_line_and_names_the_libr
     assert error.record["created_by"] == f"fakeclient:6 in {function}"
     assert error.used_at == f"{HERE}:{marker_line(__file__, 'call: library')} in call"
     assert f", by fakeclient:6 in {function}\n" in str(error)
+
+
+def _second_loop_error(client: Any) -> loopguard.LoopMismatchError:
+    """``client``'s lock contended on one loop (it binds there), then on another."""
+
+    async def use() -> None:
+        async def call() -> None:
+            await client.call()
+
+        await asyncio.gather(call(), call())
+
+    if not LEGACY:
+        asyncio.run(use())
+    with pytest.raises(loopguard.LoopMismatchError) as excinfo:
+        asyncio.run(use())
+    return excinfo.value
+
+
+@pytest.mark.usefixtures("_guard")
+def test_a_librarys_primitive_made_deep_in_a_task_is_attributed_to_the_tasks_line(
+    library: Any,
+) -> None:
+    """With a loop running, the creation walk stops a few frames up (a library's primitive
+    per request must cost next to nothing): the user's line is then the one the task's own
+    coroutine is at, the ``await`` that led into the library."""
+
+    async def make() -> Any:
+        return await library.deep_client()  # deep client created
+
+    error = _second_loop_error(asyncio.run(make()))
+    assert error.created_at == f"{HERE}:{marker_line(__file__, 'deep client created')}"
+    assert error.record["created_by"].startswith("fakeclient:6 in ")
+
+
+@pytest.mark.usefixtures("_guard")
+def test_a_librarys_primitive_made_deep_in_a_library_task_says_its_line_was_not_recorded(
+    library: Any, request: pytest.FixtureRequest
+) -> None:
+    """No user's code within the short walk nor as the task's coroutine: the message says
+    the line was not recorded, and why, and still names the library's line."""
+    error = _second_loop_error(asyncio.run(library.client_task()))
+    assert error.created_at is None
+    assert error.record["created_by"].startswith("fakeclient:6 in ")
+    message = str(error)
+    assert f"not recorded (during {current_test_id(request)}, in a running loop): " in message
+    assert (
+        "in a running loop): loopguard looks only a few frames up the stack there, and the "
+        "task's own coroutine is not your code, by fakeclient:6 in "
+    ) in message
 
 
 # == warn mode =================================================================================

@@ -43,6 +43,10 @@ from .._record import Record
 
 LG111 = "LG111"
 MAX_FRAMES = 60
+# With a loop running, a library's primitive is looked for the user's line this many frames
+# up, no further (``_creation_walk``).
+SHORT_WALK = 4
+NOT_LOOKED_UP = -1  # the ``lasti`` of a creation whose user's line was not looked for
 LEGACY = sys.version_info < (3, 10)  # Python 3.9: bound at construction, no _LoopBoundMixin
 
 # How asyncio bound a primitive (``Record.origin``; the message says it in words).
@@ -75,6 +79,7 @@ GUARDED = tuple(
 
 _getframe = sys._getframe
 _weakref = weakref.ref
+_current_task = asyncio.current_task
 
 # -- the raw PYTEST_CURRENT_TEST -------------------------------------------------------------
 # os.environ.get() encodes the key and decodes the value (~0.4 us); the mapping behind it
@@ -137,14 +142,21 @@ def _next_frame(frame: FrameType, hopped: bool) -> tuple[Optional[FrameType], bo
     return back, hopped
 
 
-def _creation_walk(frame: Optional[FrameType], obj: Any) -> tuple[Any, ...]:
-    """The creation facts when the constructor's caller is not simply the user's code."""
+def _creation_walk(frame: Optional[FrameType], obj: Any, in_loop: bool) -> tuple[Any, ...]:
+    """The creation facts when the constructor's caller is not simply the user's code.
+
+    With a loop running, the walk stops after ``SHORT_WALK`` frames: libraries create
+    primitives there all the time (anyio's Event per httpx request, under a stack of twenty
+    frames), and a walk to the user's line would cost several microseconds each.  The user's
+    line is then the line the task's own coroutine runs (``_task_line``) if that is the
+    user's code; else it is not known (``lasti`` NOT_LOOKED_UP), and the report says so.
+    """
     by: Optional[tuple[str, CodeType, int]] = None
     owner: Optional[type] = None  # the class asyncio creates it for (a Condition's Lock)
     owner_frame: Optional[FrameType] = None
     subclassed = type(obj) not in BASES
     hopped = False
-    for _ in range(MAX_FRAMES):
+    for _ in range(SHORT_WALK if in_loop else MAX_FRAMES):
         if frame is None or id(frame.f_code) in _loop_runners:
             break
         code = frame.f_code
@@ -162,11 +174,31 @@ def _creation_walk(frame: Optional[FrameType], obj: Any) -> tuple[Any, ...]:
                     owner = type(outer)  # a subclass of Condition, calling super().__init__()
                     frame, hopped = _next_frame(frame, hopped)
                     continue
-            return (code, frame.f_lasti, _test_now(), running_loop() is not None, by, owner)
+            return (code, frame.f_lasti, _test_now(), in_loop, by, owner)
         elif kind == _LIBRARY and by is None:
             by = (str(frame.f_globals.get("__name__")), code, frame.f_lasti)
         frame, hopped = _next_frame(frame, hopped)
-    return (None, 0, _test_now(), running_loop() is not None, by, owner)
+    else:
+        if in_loop:  # cut short: the task's own line, or not looked up
+            code, lasti = _task_line()
+            return (code, lasti, _test_now(), in_loop, by, owner)
+    return (None, 0, _test_now(), in_loop, by, owner)
+
+
+def _task_line() -> tuple[Optional[CodeType], int]:
+    """The line the running task's own coroutine is at, if it is the user's code (the
+    ``await`` that led to the library's code); else (None, NOT_LOOKED_UP)."""
+    task = _current_task()
+    coro = task.get_coro() if task is not None else None
+    frame = getattr(coro, "cr_frame", None)
+    if frame is not None:
+        code = frame.f_code
+        kind = _kinds.get(code.co_filename)
+        if kind is None:
+            kind = _classify(code.co_filename)
+        if kind == _USER:
+            return code, frame.f_lasti
+    return None, NOT_LOOKED_UP
 
 
 def user_frame(frame: Optional[FrameType]) -> Optional[FrameType]:
@@ -234,7 +266,7 @@ def created_elsewhere(obj: Any, frame: FrameType) -> None:
                 return
         if type(obj) not in BASES and not _keyable(type(obj)):
             return  # a subclass with an equality of its own cannot key the table: untracked
-        _store(CREATED, obj, _creation_walk(frame, obj))
+        _store(CREATED, obj, _creation_walk(frame, obj, running_loop() is not None))
     except Exception as exc:  # never fail the user's asyncio.Lock()
         report_once("recording where an asyncio primitive was created", exc, "it goes untracked")
 
