@@ -312,11 +312,11 @@ def format_primitive_message(record: Record) -> str:
     label = f"{record.resource} ({record.name})" if record.name else record.resource
     if record.created_in_loop is None:  # no record of its creation
         unknown = "unknown: it was created before loopguard was installed " + _UNKNOWN_SITE
-    elif record.created_in_loop:  # a library's, in a task: a short walk only (cost)
+    elif record.created_in_loop:  # a library's, in a task: no walk up the stack (cost)
         unknown = (
-            f"not recorded ({_during(record.created_during)}, in a running loop): loopguard "
-            "looks only a few frames up the stack there, and the task's own coroutine is not "
-            "your code"
+            f"not recorded ({_during(record.created_during)}, in a running loop): there "
+            "loopguard keeps the library's line and the line of the task's own coroutine, "
+            "which is not your code"
         )
     else:
         unknown = "unknown: no line of your code was on the stack"

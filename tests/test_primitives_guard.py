@@ -585,8 +585,8 @@ def _second_loop_error(client: Any) -> loopguard.LoopMismatchError:
 def test_a_librarys_primitive_made_deep_in_a_task_is_attributed_to_the_tasks_line(
     library: Any,
 ) -> None:
-    """With a loop running, the creation walk stops a few frames up (a library's primitive
-    per request must cost next to nothing): the user's line is then the one the task's own
+    """With a loop running, a library's primitive is recorded with no walk up the stack (one
+    per request must cost next to nothing): the user's line is the one the task's own
     coroutine is at, the ``await`` that led into the library."""
 
     async def make() -> Any:
@@ -609,8 +609,8 @@ def test_a_librarys_primitive_made_deep_in_a_library_task_says_its_line_was_not_
     message = str(error)
     assert f"not recorded (during {current_test_id(request)}, in a running loop): " in message
     assert (
-        "in a running loop): loopguard looks only a few frames up the stack there, and the "
-        "task's own coroutine is not your code, by fakeclient:6 in "
+        "in a running loop): there loopguard keeps the library's line and the line of the "
+        "task's own coroutine, which is not your code, by fakeclient:6 in "
     ) in message
 
 

@@ -79,7 +79,12 @@ GUARDED = tuple(
 
 _getframe = sys._getframe
 _weakref = weakref.ref
-_current_task = asyncio.current_task
+try:  # the tasks running now, by loop: asyncio's own table (C or Python), 3.9 to 3.13
+    import asyncio.tasks
+
+    _current_tasks_get: Callable[[Any], Any] = asyncio.tasks._current_tasks.get  # type: ignore[attr-defined]
+except AttributeError:  # a later Python: the public function
+    _current_tasks_get = asyncio.current_task
 
 # -- the raw PYTEST_CURRENT_TEST -------------------------------------------------------------
 # os.environ.get() encodes the key and decodes the value (~0.4 us); the mapping behind it
@@ -145,11 +150,11 @@ def _next_frame(frame: FrameType, hopped: bool) -> tuple[Optional[FrameType], bo
 def _creation_walk(frame: Optional[FrameType], obj: Any, in_loop: bool) -> tuple[Any, ...]:
     """The creation facts when the constructor's caller is not simply the user's code.
 
-    With a loop running, the walk stops after ``SHORT_WALK`` frames: libraries create
-    primitives there all the time (anyio's Event per httpx request, under a stack of twenty
-    frames), and a walk to the user's line would cost several microseconds each.  The user's
-    line is then the line the task's own coroutine runs (``_task_line``) if that is the
-    user's code; else it is not known (``lasti`` NOT_LOOKED_UP), and the report says so.
+    With a loop running, the walk stops after ``SHORT_WALK`` frames (the constructor
+    wrappers record a library's primitive made in a task without any walk; what comes here is
+    asyncio's own, a Condition's Lock made for a library, or a subclass's): the user's line
+    is then the line the task's own coroutine is at (``task_line``), if that is the user's
+    code; else it is not known (``lasti`` NOT_LOOKED_UP), and the report says so.
     """
     by: Optional[tuple[str, CodeType, int]] = None
     owner: Optional[type] = None  # the class asyncio creates it for (a Condition's Lock)
@@ -179,16 +184,18 @@ def _creation_walk(frame: Optional[FrameType], obj: Any, in_loop: bool) -> tuple
             by = (str(frame.f_globals.get("__name__")), code, frame.f_lasti)
         frame, hopped = _next_frame(frame, hopped)
     else:
-        if in_loop:  # cut short: the task's own line, or not looked up
-            code, lasti = _task_line()
-            return (code, lasti, _test_now(), in_loop, by, owner)
+        loop = running_loop() if in_loop else None
+        if loop is not None:  # cut short: the task's own line, or not looked up
+            return (*task_line(loop), _test_now(), in_loop, by, owner)
     return (None, 0, _test_now(), in_loop, by, owner)
 
 
-def _task_line() -> tuple[Optional[CodeType], int]:
-    """The line the running task's own coroutine is at, if it is the user's code (the
-    ``await`` that led to the library's code); else (None, NOT_LOOKED_UP)."""
-    task = _current_task()
+def task_line(loop: Any) -> tuple[Optional[CodeType], int]:
+    """The line the task running on ``loop`` (this thread's running loop) is at in its own
+    coroutine, if that is the user's code (the ``await`` that led into a library's code);
+    else (None, NOT_LOOKED_UP).  A dict look-up, not ``asyncio.current_task()`` (on Python
+    < 3.12 that asks for the running loop again: a getpid() system call)."""
+    task = _current_tasks_get(loop)
     coro = task.get_coro() if task is not None else None
     frame = getattr(coro, "cr_frame", None)
     if frame is not None:

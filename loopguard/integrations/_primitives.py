@@ -63,27 +63,46 @@ _CONSTRUCTED = ("locks:Lock", "locks:Event", "locks:Condition", "locks:Semaphore
 
 
 # The constructor wrapper, compiled with the exact signature of asyncio's constructor: a
-# ``*args, **kwargs`` wrapper costs as much again as everything else it does.  When the
-# caller is the user's code (one dict look-up says so), the creation is recorded right here:
-# a call to a function would cost as much as the recording itself.  Anything else (a library,
-# asyncio itself, a subclass's ``__init__``) goes to ``facts.created_elsewhere()``.
+# ``*args, **kwargs`` wrapper costs as much again as everything else it does.  The two common
+# cases are recorded right here, in constant time (a call to a function would cost as much as
+# the recording itself):
+# - the caller is the user's code (one dict look-up says so): its code object and offset;
+# - the caller is a library's code while a loop runs (anyio's Event per httpx request, a
+#   driver's lock per connection): the library's line and the line the task's own coroutine
+#   is at, with no walk up the stack (``facts.task_line``).
+# Anything else (a library with no loop running, asyncio itself, a subclass's ``__init__``)
+# goes to ``facts.created_elsewhere()``, which walks to the user's line.
 _INIT_SOURCE = """\
 def __init__({params}):
     _original({args})
     frame = _getframe(1)
     code = frame.f_code
-    if _kinds_get(code.co_filename) == _USER and type({self}) in _BASES:
-        creation = (
-            code,
-            frame.f_lasti,
-            _env_get(_TEST_KEY) if _context.in_pytest else None,
-            _running() is not None,
-            None,
-            None,
-        )
-        _CREATED[_ref({self}, _forget)] = creation
-    else:
-        _created_elsewhere({self}, frame)
+    if type({self}) in _BASES:
+        kind = _kinds_get(code.co_filename)
+        if kind == _USER:
+            _CREATED[_ref({self}, _forget)] = (
+                code,
+                frame.f_lasti,
+                _env_get(_TEST_KEY) if _context.in_pytest else None,
+                _running() is not None,
+                None,
+                None,
+            )
+            return
+        if kind == _LIBRARY:
+            loop = _running()
+            if loop is not None:
+                task_code, task_lasti = _task_line(loop)
+                _CREATED[_ref({self}, _forget)] = (
+                    task_code,
+                    task_lasti,
+                    _env_get(_TEST_KEY) if _context.in_pytest else None,
+                    True,
+                    (frame.f_globals.get("__name__"), code, frame.f_lasti),
+                    None,
+                )
+                return
+    _created_elsewhere({self}, frame)
 """
 
 
@@ -101,6 +120,8 @@ def _make_init(original: Callable[..., None]) -> Callable[..., None]:
         "_getframe": sys._getframe,
         "_kinds_get": facts._kinds.get,
         "_USER": facts._USER,
+        "_LIBRARY": facts._LIBRARY,
+        "_task_line": facts.task_line,
         "_BASES": facts.BASES,
         "_CREATED": facts.CREATED,
         "_ref": weakref.ref,
