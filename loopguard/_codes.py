@@ -64,6 +64,9 @@ CREATION_FIELDS = (
 OBJECT_FIELDS = tuple(
     "name" if field == "url" else field for field in MISMATCH_FIELDS if field != "pool_class"
 )
+# psycopg_pool pools (LG112): the pool's ``name`` besides its URL and class.
+_AFTER_URL = MISMATCH_FIELDS.index("url") + 1
+PSYCOPG_POOL_FIELDS = (*MISMATCH_FIELDS[:_AFTER_URL], "name", *MISMATCH_FIELDS[_AFTER_URL:])
 # Records about a pool's connections rather than a use of it (LG104, LG106).
 POOL_EVENT_FIELDS = (
     "code",
@@ -182,6 +185,16 @@ CODES: dict[str, Code] = {
             True,
             OBJECT_FIELDS,
             (),
+        ),
+        Code(
+            "LG112",
+            "a psycopg_pool AsyncConnectionPool used on an event loop other than the one that "
+            "opened it",
+            EVENT_LOOP_MISMATCH,
+            LoopMismatchWarning,
+            True,
+            PSYCOPG_POOL_FIELDS,
+            ("psycopg_pool AsyncConnectionPool",),
         ),
     )
 }

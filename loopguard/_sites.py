@@ -50,6 +50,7 @@ def _internal_prefixes() -> tuple[str, ...]:
         "asyncpg",
         "asyncio",
         "psycopg",
+        "psycopg_pool",
         "uvloop",
         "pytest_asyncio",
         "_pytest",

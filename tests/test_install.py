@@ -332,7 +332,7 @@ def test_repr_of_the_state_says_what_is_guarded(monkeypatch: pytest.MonkeyPatch)
     loopguard.install("warn")
     assert repr(_state.STATE) == (
         f"<loopguard state: mode='warn' (from install() at {where}), "
-        "guarding=['sqlalchemy', 'asyncpg'], skipped={}, log_file=None>"
+        "guarding=['sqlalchemy', 'asyncpg', 'psycopg_pool'], skipped={}, log_file=None>"
     )
     loopguard.uninstall()
     monkeypatch.setenv("LOOPGUARD", "warn")
@@ -447,7 +447,9 @@ def test_without_asyncpg_the_sqlalchemy_guard_still_installs(tmp_path: Path) -> 
 NOT_INSTALLED = (
     "sqlalchemy: SQLAlchemy is not installed (No module named 'sqlalchemy'); "
     "pip install 'sqlalchemy[asyncio]'; "
-    "asyncpg: asyncpg is not installed (No module named 'asyncpg'); pip install asyncpg."
+    "asyncpg: asyncpg is not installed (No module named 'asyncpg'); pip install asyncpg; "
+    "psycopg_pool: psycopg_pool is not installed (No module named 'psycopg_pool'); "
+    "pip install psycopg-pool."
 )
 
 

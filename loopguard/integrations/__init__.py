@@ -15,6 +15,7 @@ BUILTIN = (
     "loopguard._loop_close:UvloopLoops",
     "loopguard.integrations._sqlalchemy:SQLAlchemyIntegration",
     "loopguard.integrations._asyncpg:AsyncpgIntegration",
+    "loopguard.integrations._psycopg_pool:PsycopgPoolIntegration",
 )
 ENTRY_POINT_GROUP = "loopguard.integrations"
 
