@@ -283,12 +283,13 @@ RAW_SYMPTOMS = {
     "LG103": f"InterfaceError: .*{ASYNCPG_BUSY}$",
     "LG104": "^Exception closing connection <",
     "LG106": "ResourceWarning: unclosed connection <asyncpg",
+    "LG112": r"^psycopg_pool\.PoolTimeout: couldn't get a connection after",
 }
 
 
 # Script bugs that loopguard stops with LoopMismatchError in raise mode (the others are
 # reported with a record and run to their end).
-STOPPED = {"LG101", "LG102", "LG103"}
+STOPPED = {"LG101", "LG102", "LG103", "LG112"}
 
 
 @needs_documented_stack
@@ -351,6 +352,28 @@ def test_asyncpg_script_bug_in_warn_mode_reports_then_asyncpg_fails(
         assert ": PoolCreatedOutsideLoopWarning: asyncpg Pool created" in done.stderr
     else:
         assert actions == [("LG103", "warned")]
+
+
+PSYCOPG_POOL_SCRIPT_BUGS = [name for name in SCRIPT_BUGS if _code(name) == "LG112"]
+
+
+@needs_documented_stack
+@pytest.mark.parametrize("name", PSYCOPG_POOL_SCRIPT_BUGS)
+def test_psycopg_pool_script_bug_in_warn_mode_reports_then_times_out(
+    name: str, database_url: str, tmp_path: Path
+) -> None:
+    """LOOPGUARD=warn: the misuse of a psycopg_pool pool is reported (a LoopMismatchWarning
+    and a warned LG112 record), then the call goes ahead and the pool's own PoolTimeout
+    follows: a pool cannot move to another loop, so nothing is healed."""
+    log = tmp_path / "loopguard.jsonl"
+    done = _run_script(name, tmp_path, LOOPGUARD="warn", LOOPGUARD_LOG_FILE=str(log))
+    assert done.returncode == 1
+    assert ": LoopMismatchWarning: psycopg_pool AsyncConnectionPool used on event loop #2" in (
+        done.stderr
+    )
+    assert "LoopMismatchError" not in done.stderr
+    assert re.search(RAW_SYMPTOMS["LG112"], done.stderr, re.M)
+    assert [(record["code"], record["action"]) for record in _records(log)] == [("LG112", "warned")]
 
 
 @needs_documented_stack
