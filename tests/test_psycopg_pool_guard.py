@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import gc
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -184,7 +185,7 @@ def test_without_loopguard_a_pool_of_an_earlier_loop_hangs_then_times_out(
     pools.append(pool)
     assert asyncio.run(_select(pool, 2)) == 2  # the idle connection: it "works"
     started = time.monotonic()
-    with pytest.raises(PoolTimeout, match="couldn't get a connection after 1.00 sec"):
+    with pytest.raises(PoolTimeout, match=r"couldn't get a connection after 1\.0+ sec"):
         asyncio.run(_two_at_once(pool))
     assert time.monotonic() - started >= 1.0
 
@@ -753,6 +754,15 @@ def _app_suite(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, dsn: 
     (pytester.path / "tests" / "test_fixture.py").write_text(FIXTURE_TESTS.lstrip("\n"))
 
 
+# How test_two fails without loopguard: the hang, then PoolTimeout; psycopg_pool before 3.2
+# may fail first on the dead loop itself, with asyncio's "Event loop is closed".
+RAW_FAILURE = re.compile(
+    r"^FAILED tests/test_app.py::test_two - (?:psycopg_pool\.PoolTimeout|RuntimeError: Event loop "
+    r"is closed)",
+    re.M,
+)
+
+
 def _line_of(source: str, text: str) -> int:
     return 1 + next(n for n, line in enumerate(source.lstrip("\n").splitlines()) if text in line)
 
@@ -763,7 +773,7 @@ def test_pytest_suite_with_a_module_level_pool(
 ) -> None:
     """A module-level pool opened by the first test, on pytest-asyncio's loop for that test:
     unguarded, the next test that needs a new connection hangs for the pool's timeout and
-    fails with PoolTimeout; --loopguard fails it at once with LoopMismatchError naming
+    fails with PoolTimeout (RAW_FAILURE); --loopguard fails it at once with LoopMismatchError naming
     app/db.py and test_one, and summarises it; warn mode warns at test_two's line and
     PoolTimeout follows.  The fix (an async fixture per test) passes, silently."""
     _app_suite(pytester, monkeypatch, pg_env)
@@ -779,7 +789,7 @@ def test_pytest_suite_with_a_module_level_pool(
     assert "test_fixture.py::test" not in text.split("short test summary info")[-1]
     if plugin_mode == "off":
         assert "LoopMismatch" not in text
-        result.stdout.fnmatch_lines(["FAILED tests/test_app.py::test_two - *PoolTimeout*"])
+        assert RAW_FAILURE.search(text), text
     elif plugin_mode == "raise":
         result.stdout.fnmatch_lines(
             [
@@ -807,4 +817,4 @@ def test_pytest_suite_with_a_module_level_pool(
                 "AsyncConnectionPool used on event loop #*",
             ]
         )
-        result.stdout.fnmatch_lines(["FAILED tests/test_app.py::test_two - *PoolTimeout*"])
+        assert RAW_FAILURE.search(text), text

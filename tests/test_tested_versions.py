@@ -65,7 +65,9 @@ def _floor(project: dict[str, object], dist: str) -> str:
     return floors.pop()
 
 
-@pytest.mark.parametrize("dist", ["sqlalchemy", "asyncpg", "pytest", "pytest-asyncio", "structlog"])
+@pytest.mark.parametrize(
+    "dist", ["sqlalchemy", "asyncpg", "pytest", "pytest-asyncio", "structlog", "psycopg-pool"]
+)
 def test_pyproject_floors_are_the_floor_session(
     matrix: ModuleType, project: dict[str, object], dist: str
 ) -> None:

@@ -102,6 +102,10 @@ def render(nox: Optional[ModuleType] = None) -> str:
         f"| asyncpg | {floor['asyncpg']} and newer (the oldest with wheels: {apg_oldest}) | "
         "oldest and newest on every Python |"
     )
+    add(
+        f"| psycopg_pool (`psycopg-pool`) | {floor['psycopg-pool']} and newer | "
+        f"{nox.PSYCOPG_POOL_OLDEST} and newest on every Python |"
+    )
     add(f"| structlog | {floor['structlog']} and newer | {floor['structlog']} (floor), newest |")
     add("| pytest-xdist | 3.5 and newer | newest, in every session (tests/test_xdist.py) |")
     add(
@@ -121,8 +125,11 @@ def render(nox: Optional[ModuleType] = None) -> str:
     add("")
     add("## The sessions")
     add("")
-    add("| session | Python | SQLAlchemy | pytest-asyncio | pytest | asyncpg | CI | note |")
-    add("|---|---|---|---|---|---|---|---|")
+    add(
+        "| session | Python | SQLAlchemy | pytest-asyncio | pytest | asyncpg | psycopg_pool "
+        "| CI | note |"
+    )
+    add("|---|---|---|---|---|---|---|---|---|")
     for row in matrix:
         reqs = row.requirements()
         cells = [
@@ -132,6 +139,7 @@ def render(nox: Optional[ModuleType] = None) -> str:
             _show(_pin(reqs, "pytest-asyncio", nox)),
             _show(_pin(reqs, "pytest", nox)),
             _show(_pin(reqs, "asyncpg", nox)),
+            _show(_pin(reqs, "psycopg-pool", nox)),
             "CI" if "ci" in row.tags else "",
             row.note,
         ]
@@ -157,6 +165,9 @@ def render(nox: Optional[ModuleType] = None) -> str:
     ] + [
         ("asyncpg " + which, lambda r, which=which: r.asyncpg == which, pythons)
         for which in nox.ASYNCPG
+    ] + [
+        ("psycopg_pool " + which, lambda r, which=which: r.psycopg_pool_line == which, pythons)
+        for which in nox.PSYCOPG_POOL
     ]  # fmt: skip
     for label, matches, supported in grid:
         counts = [
