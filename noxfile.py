@@ -82,6 +82,21 @@ ASYNCPG = ["oldest", "newest"]
 PSYCOPG_POOL_OLDEST = "3.1.0"
 PSYCOPG_POOL = ["oldest", "newest"]
 
+# What the matrix does not test, and why (docs/tested-versions.md lists them).
+UNTESTED = [
+    (
+        "aiomysql and asyncmy older than their newest releases",
+        "SQLAlchemy's `mysql+aiomysql` and `mysql+asyncmy` engines are tested with the newest "
+        "aiomysql and asyncmy only (tests/test_mysql_drivers.py, in every session)",
+    ),
+    (
+        "a MySQL server (Oracle's)",
+        "the MySQL dialects are tested against MariaDB 10.11 (Debian's mariadb-server-core, "
+        "which .ci/run installs); no registry the tests can use ships a MySQL server (no Debian "
+        "package, no PyPI wheel)",
+    ),
+]
+
 
 @dataclass(frozen=True)
 class Row:

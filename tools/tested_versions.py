@@ -106,6 +106,11 @@ def render(nox: Optional[ModuleType] = None) -> str:
         f"| psycopg_pool (`psycopg-pool`) | {floor['psycopg-pool']} and newer | "
         f"{nox.PSYCOPG_POOL_OLDEST} and newest on every Python |"
     )
+    add(
+        "| aiomysql, asyncmy (SQLAlchemy's MySQL async dialects) | newest | newest, in every "
+        "session, against a MariaDB server (tests/test_mysql_drivers.py skips where there is "
+        "none) |"
+    )
     add(f"| structlog | {floor['structlog']} and newer | {floor['structlog']} (floor), newest |")
     add("| pytest-xdist | 3.5 and newer | newest, in every session (tests/test_xdist.py) |")
     add(
@@ -122,6 +127,11 @@ def render(nox: Optional[ModuleType] = None) -> str:
         "SQLAlchemy 2.1 on Python 3.9 and 3.10 (it requires 3.11), and the "
         "`postgresql+psycopg` dialect on SQLAlchemy 1.4 (tests/test_psycopg.py skips there)."
     )
+    add("")
+    add("## Untested")
+    add("")
+    for what, why in nox.UNTESTED:
+        add(f"- {what}: {why}.")
     add("")
     add("## The sessions")
     add("")
