@@ -430,7 +430,7 @@ def test_log_fields_table_lists_exactly_the_fields_of_real_records(
     fresh_outputs, run_example, database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The fields table of logs.md names every field of real records: LG101 raised and warned
-    (also by a pytest-xdist worker), LG102, LG103 raised and warned, LG104 and LG106, as
+    (also by a pytest-xdist worker), LG102, LG103 raised and warned, LG104, LG106 and LG112, as
     written to the JSON-lines file."""
     _, workdir = fresh_outputs
     warned_log = tmp_path / "warned.jsonl"
@@ -447,6 +447,7 @@ def test_log_fields_table_lists_exactly_the_fields_of_real_records(
         ("lg104_dispose_bug.py", "1"),
         ("lg102_outside_loop_bug.py", "1"),
         ("lg103_global_pool_bug.py", "warn"),
+        ("lg112_global_pool_bug.py", "1"),
     ):
         _run_script(name, tmp_path, LOOPGUARD=mode, LOOPGUARD_LOG_FILE=str(script_log))
     xdist_records = _records(xdist_log)
@@ -461,5 +462,6 @@ def test_log_fields_table_lists_exactly_the_fields_of_real_records(
     assert {("LG101", "raised"), ("LG101", "warned"), ("LG104", "released")} <= actions
     assert {("LG102", "warned"), ("LG103", "raised"), ("LG103", "warned")} <= actions
     assert ("LG106", "reported") in actions
+    assert ("LG112", "raised") in actions
     fields = set().union(*records)
     assert sorted(_documented_fields()) == sorted(fields)
