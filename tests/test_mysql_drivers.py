@@ -24,7 +24,7 @@ import structlog
 from mysqlserver import sqlalchemy_url
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import NullPool, QueuePool
 
 import loopguard
 
@@ -110,7 +110,9 @@ def test_raise_mode_stops_the_checkout_before_any_io(url: str, engines: list[Asy
     assert err.url == url
     assert err.owner_loop_closed is True
     assert err.record["cause"] == "closed-loop-test"
-    assert engine.sync_engine.pool.checkedin() == 1
+    pool = engine.sync_engine.pool
+    assert isinstance(pool, QueuePool)
+    assert pool.checkedin() == 1
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -121,7 +121,7 @@ CONNECTION_LINE = marker_line(__file__, "connection-site")
 TWO_LINE = marker_line(__file__, "two-site")
 
 
-def _mismatches(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _mismatches(logs: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     return [entry for entry in logs if entry.get("event") == EVENT]
 
 
@@ -561,12 +561,12 @@ def test_no_password_in_any_sink(
 
     parts = urlsplit(dsn)
     query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+    kwargs: dict[str, Any] = {}
     if given == "uri":
-        conninfo, kwargs = dsn.replace("postgres@", f"postgres:{quote(SECRET, safe='')}@"), {}
+        conninfo = dsn.replace("postgres@", f"postgres:{quote(SECRET, safe='')}@")
     elif given == "conninfo":
         escaped = SECRET.replace("\\", "\\\\").replace("'", "\\'")
         conninfo = f"host={query['host']} port={query['port']} user=postgres password='{escaped}'"
-        kwargs = {}
     else:
         conninfo = ""
         kwargs = {"host": query["host"], "port": query["port"], "user": "postgres"}
