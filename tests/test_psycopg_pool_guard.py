@@ -787,6 +787,8 @@ def test_pytest_suite_with_a_module_level_pool(
     use = _line_of(APP_TESTS, "pool.connection() as conn, pool.connection() as audit")
     text = result.stdout.str()
     assert "test_fixture.py::test" not in text.split("short test summary info")[-1]
+    # The fix is silent: no warning, record or traceback points into tests/test_fixture.py.
+    assert "tests/test_fixture.py:" not in text
     if plugin_mode == "off":
         assert "LoopMismatch" not in text
         assert RAW_FAILURE.search(text), text
