@@ -96,6 +96,8 @@ _RECORD = (
 _OUTCOME = (r"^(\d+ (?:passed|failed)\b.*)$",)
 # An exception as Python prints it last: its class name (the rest names tasks and paths).
 _EXCEPTION = (r"^([\w.]+Error): ",)
+# psycopg_pool's PoolTimeout, whole: its words are the symptom.
+_TIMEOUT = (r"^([\w.]+Timeout: .*)$",)
 
 RUNS: dict[str, Run] = {
     "cached_bug_raw": Run(f"{_ERRORS} lg101_cached_bug.py", _FAILED + _OUTCOME),
@@ -146,6 +148,18 @@ RUNS: dict[str, Run] = {
         (*_MESSAGE, *_EXCEPTION),
     ),
     "lg103_fix": Run("LOOPGUARD=1 python -X dev lg103_fix_pool_per_job.py", (r"^(.*)$",)),
+    "lg112_raw": Run(
+        "python lg112_global_pool_bug.py 2>&1"
+        " | grep -E '^(job [0-9]+:|[a-zA-Z._]+(Error|Timeout): )'",
+        (r"^(job \d+: .*)$", *_TIMEOUT),
+    ),
+    "lg112_guarded": Run("LOOPGUARD=1 python lg112_global_pool_bug.py 2>&1 | tail -n 8", _MESSAGE),
+    "lg112_warn": Run(
+        "LOOPGUARD=warn python lg112_global_pool_bug.py 2>&1 >/dev/null"
+        " | grep -E 'LoopMismatchWarning: |^[a-zA-Z._]+(Error|Timeout): '",
+        (*_MESSAGE, *_TIMEOUT),
+    ),
+    "lg112_fix": Run("LOOPGUARD=1 python -X dev lg112_fix_pool_per_job.py", (r"^(.*)$",)),
     "lg104_raw": Run(
         "python lg104_dispose_bug.py 2>&1 | grep -E '^(result|Exception|RuntimeError)'",
         (r"^(result: .*)$", r"^(Exception closing connection)", r"^(RuntimeError: Event loop .*)$"),
@@ -565,6 +579,23 @@ def ref_causes() -> str:
     return "\n".join(rows)
 
 
+def ref_psycopg_pool_causes() -> str:
+    from loopguard._causes import PSYCOPG_POOL
+
+    rows = ["| `cause` | likely cause (as the message says it) | fix (as the message says it) |"]
+    rows.append("|---|---|---|")
+    for key, (cause, fix) in PSYCOPG_POOL.items():
+        rows.append(f"| `{key}` | {cause} | {fix} |")
+    return "\n".join(rows)
+
+
+def ref_psycopg_pool_hooks() -> str:
+    """The psycopg_pool integration's module docstring: what it patches and why."""
+    from loopguard.integrations import _psycopg_pool
+
+    return _docstring_md(_psycopg_pool.__doc__)
+
+
 def ref_asyncpg_causes() -> str:
     from loopguard._causes import ASYNCPG_CONNECTION, ASYNCPG_POOL
 
@@ -634,6 +665,8 @@ REFERENCE: dict[str, Callable[[], str]] = {
     "asyncpg_causes": ref_asyncpg_causes,
     "redis_causes": ref_redis_causes,
     "redis_hooks": ref_redis_hooks,
+    "psycopg_pool_causes": ref_psycopg_pool_causes,
+    "psycopg_pool_hooks": ref_psycopg_pool_hooks,
     "hooks": ref_hooks,
     "asyncpg_hooks": ref_asyncpg_hooks,
     "loop_scopes": ref_loop_scopes,

@@ -160,6 +160,56 @@ ASYNCPG_CONNECTION = {
 }
 
 
+# psycopg_pool (LG112): the pool's worker tasks die with the loop that opened it, so a pool
+# used on a later loop waits for connections nobody opens: a hang, then PoolTimeout.
+_PSYCOPG_POOL_IN_LOOP = (
+    "open the pool inside the loop that uses it and close it before that loop ends: `async "
+    "with AsyncConnectionPool(conninfo, open=False) as pool:`"
+)
+PSYCOPG_POOL = {
+    "closed-loop-test": Cause(
+        "the pool outlived the event loop that opened it: it is kept in a module global or a "
+        "cache (opened during an earlier test, on that test's loop) while pytest-asyncio gives "
+        "each test a new loop; its worker tasks died with that loop, so a connection it has to "
+        "open never comes (a hang, then PoolTimeout).",
+        "open it in an async fixture on the tests' loop scope (`async with "
+        "AsyncConnectionPool(conninfo, open=False) as pool: yield pool`), which closes it "
+        "before that loop ends, or run every test that uses it on one loop (loop_scope=).",
+    ),
+    "closed-loop-run": Cause(
+        "the pool outlived the event loop that opened it: a pool opened during one "
+        "asyncio.run() is used by a later asyncio.run() (one per job or command), on a new "
+        "loop; its worker tasks died with the first loop, so a connection it has to open never "
+        "comes (a hang, then PoolTimeout).",
+        f"{_PSYCOPG_POOL_IN_LOOP} in each job, or run every job on one long-lived loop.",
+    ),
+    "idle-loop-test": Cause(
+        "it belongs to a loop that is still open but not running: typically a fixture with a "
+        "wider loop scope (session, package, module or class) than the test that uses the pool; "
+        "its worker tasks only run while that loop does.",
+        _RUN_ON_FIXTURE_LOOP.format(noun="pool"),
+    ),
+    "idle-loop-run": Cause(
+        "it belongs to another event loop that is still open but not running; its worker tasks "
+        "only run while that loop does.",
+        f"use each pool on one loop only: {_PSYCOPG_POOL_IN_LOOP}, one pool per loop.",
+    ),
+    "running-loop": Cause(
+        "it belongs to another event loop that is running right now, most likely in another "
+        "thread: its lock, queues and worker tasks are that loop's.",
+        "give each thread's loop its own pool, or run the work on the pool's loop "
+        "(asyncio.run_coroutine_threadsafe()).",
+    ),
+    "forked-child": Cause(
+        "this process was forked from one whose event loop opened the pool (os.fork() or "
+        "multiprocessing's fork start method): its worker tasks are the parent's, and its "
+        "connections' sockets are shared with the parent.",
+        "open a new pool in the child, after the fork (and leave the parent's alone), or use "
+        "the spawn start method.",
+    ),
+}
+
+
 _TEST_CLIENT_THREAD = (
     " (Starlette's and FastAPI's TestClient run the application on an event loop of their own, "
     "in a thread)"
@@ -383,6 +433,7 @@ _BY_RESOURCE: dict[str, dict[str, Cause]] = {
     "redis.asyncio client": REDIS_CLIENT,
     # A held connection of no known pool (connected before install()).
     "redis.asyncio connection": REDIS_CLIENT,
+    "psycopg_pool AsyncConnectionPool": PSYCOPG_POOL,
 }
 
 

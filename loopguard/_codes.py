@@ -64,6 +64,9 @@ CREATION_FIELDS = (
 OBJECT_FIELDS = tuple(
     "name" if field == "url" else field for field in MISMATCH_FIELDS if field != "pool_class"
 )
+# psycopg_pool pools (LG112): the pool's ``name`` besides its URL and class.
+_AFTER_URL = MISMATCH_FIELDS.index("url") + 1
+PSYCOPG_POOL_FIELDS = (*MISMATCH_FIELDS[:_AFTER_URL], "name", *MISMATCH_FIELDS[_AFTER_URL:])
 # HTTP clients (LG108 httpx, LG109 aiohttp): ``url`` is the origin of the client's base_url
 # (``scheme://host:port``), ``name`` the library class that built the client, if one did.
 CLIENT_FIELDS = tuple(
@@ -215,6 +218,16 @@ CODES: dict[str, Code] = {
             True,
             MISMATCH_FIELDS,
             ("redis.asyncio client", "redis.asyncio connection"),
+        ),
+        Code(
+            "LG112",
+            "a psycopg_pool AsyncConnectionPool used on an event loop other than the one that "
+            "opened it",
+            EVENT_LOOP_MISMATCH,
+            LoopMismatchWarning,
+            True,
+            PSYCOPG_POOL_FIELDS,
+            ("psycopg_pool AsyncConnectionPool",),
         ),
     )
 }

@@ -54,6 +54,7 @@ def _internal_prefixes() -> tuple[str, ...]:
         "asyncio",
         "psycopg",
         "redis",
+        "psycopg_pool",
         "uvloop",
         "pytest_asyncio",
         "_pytest",

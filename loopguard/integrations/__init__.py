@@ -18,6 +18,7 @@ BUILTIN = (
     "loopguard.integrations._httpx:HttpxIntegration",
     "loopguard.integrations._aiohttp:AiohttpIntegration",
     "loopguard.integrations._redis:RedisIntegration",
+    "loopguard.integrations._psycopg_pool:PsycopgPoolIntegration",
 )
 ENTRY_POINT_GROUP = "loopguard.integrations"
 
