@@ -349,7 +349,13 @@ class LoopScopeCheck:
 
         @fixture_wrapper
         def pytest_fixture_setup(self, fixturedef: Any, request: Any) -> Generator[None, Any, Any]:
-            result = yield
+            # What the fixture creates is created by it (_registry.Origin reads the stack).
+            in_setup = _context.fixtures_in_setup
+            in_setup.append((fixturedef, fixturedef.func))
+            try:
+                result = yield
+            finally:
+                in_setup.pop()
             # Also names pytest-asyncio's loops (_pytest_loops): one wrapper around every
             # fixture setup instead of two (~55k instructions per test each, measured).
             name_loop_fixture(fixturedef, request, result)
