@@ -221,7 +221,8 @@ EXPLANATIONS = {
     ),
     "LG105": Cause(
         "an async fixture hands what it yields, bound to its pytest-asyncio loop, to tests "
-        "that run on another loop scope: their first use of it fails.",
+        "that run on another loop scope: their use of it fails (an engine in warn mode is "
+        "moved to each test's loop instead).",
         "run the tests on the fixture's loop (@pytest.mark.asyncio(loop_scope=...) on them, or "
         "asyncio_default_test_loop_scope), or give the fixture the tests' loop scope.",
     ),
