@@ -253,7 +253,8 @@ _TERMS: dict[str, Terms] = {
     "asyncpg Connection": Terms("connection", "`await conn.close()`"),
 }
 
-# Placeholders: {noun}, {release}, {alternative} (Terms), {created_by} (the record's fixture).
+# Placeholders: {noun}, {release}, {alternative} (Terms), {created_by} (the record's fixture,
+# "the session-scoped fixture 'engine' at conftest.py:12", or "a fixture").
 _ASGI_TRANSPORT = (
     "or call the app on the test's own loop with "
     "`httpx.AsyncClient(transport=httpx.ASGITransport(app=app))` from an async test"
@@ -307,7 +308,7 @@ PATTERNS: dict[str, Cause] = {
         "to keep anyio's loop, and the {noun}, for every test{alternative}.",
     ),
     "closed-loop-fixture": Cause(
-        "the {noun} is created by the {created_by} and shared by its tests, but each test "
+        "the {noun} is created by {created_by} and shared by its tests, but each test "
         "runs on a new event loop: the {noun} stays bound to the loop of the first test that "
         "used it, which is closed now.",
         "give the fixture the tests' scope (a new {noun} per test, with {release} in its "
@@ -318,12 +319,12 @@ PATTERNS: dict[str, Cause] = {
     ),
     "idle-loop-fixture": Cause(
         "it belongs to a loop that is still open but not running: the {noun} is created by "
-        "the {created_by}, whose loop scope is wider than the test's (the test runs on a loop "
+        "{created_by}, whose loop scope is wider than the test's (the test runs on a loop "
         "of its own).",
         _RUN_ON_FIXTURE_LOOP,
     ),
 }
-_UNKNOWN_FIXTURE = "fixture (of a wider scope than its tests)"
+_UNKNOWN_FIXTURE = "a fixture"  # `loopguard report` reads no fixture
 
 
 # resource (as records name it) -> its causes; integrations add theirs with ``register``.
@@ -357,7 +358,7 @@ def cause_for(resource: str, key: str, created_by: Optional[str] = None) -> Opti
         "{noun}": terms.noun,
         "{release}": terms.release,
         "{alternative}": terms.alternative,
-        "{created_by}": created_by or _UNKNOWN_FIXTURE,
+        "{created_by}": f"the {created_by}" if created_by else _UNKNOWN_FIXTURE,
     }
     text, fix = cause
     for placeholder, value in values.items():

@@ -41,6 +41,10 @@ _REFINABLE = frozenset(
     {"closed-loop-test", "closed-loop-run", "idle-loop-test", "idle-loop-run", "running-loop"}
 )
 _FIXTURE = {"closed-loop-test": "closed-loop-fixture", "idle-loop-test": "idle-loop-fixture"}
+# asgiref's functions that run an async_to_sync call on a loop of its own: new_loop_wrap
+# (3.8+, under asyncio.run()), _run_event_loop (before).  main_wrap alone is no sign: it also
+# runs the call on an outer loop that is already running.
+_ASYNC_TO_SYNC_LOOPS = frozenset({"new_loop_wrap", "_run_event_loop"})
 MAX_FRAMES = 160  # a guard's frames, SQLAlchemy's greenlet bridge, the loop's, a task runner's
 
 
@@ -93,7 +97,7 @@ def task_runner(frame: Optional[FrameType]) -> Optional[str]:
             if frame is None:
                 return None
         code = frame.f_code
-        if code.co_filename == asgiref_sync and code.co_name == "new_loop_wrap":
+        if code.co_filename == asgiref_sync and code.co_name in _ASYNC_TO_SYNC_LOOPS:
             return "async-to-sync"
         if celery is not None and code.co_filename.startswith(celery):
             return "celery-task"
