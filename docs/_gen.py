@@ -119,7 +119,7 @@ RUNS: dict[str, Run] = {
         f"{_ERRORS} lg101_testclient_bug.py --loopguard", _MESSAGE + _SUMMARY + _OUTCOME
     ),
     "anyio_bug_guarded": Run(f"{_ERRORS} lg101_anyio_bug.py --loopguard", _MESSAGE + _OUTCOME),
-    "fixture_bug_guarded": Run(f"{_ERRORS} lg101_fixture_bug.py --loopguard", _MESSAGE + _OUTCOME),
+    "shared_bug_guarded": Run(f"{_ERRORS} lg101_shared_bug.py --loopguard", _MESSAGE + _OUTCOME),
     "async_to_sync_bug_raw": Run(
         "python lg101_async_to_sync_bug.py 2>&1 | tail -n 2", (r"^([\w.]+Error): ",)
     ),
@@ -198,6 +198,7 @@ def normalize(text: str) -> str:
     """Blank out what differs between two runs of the same command: URLs, paths, timings."""
     text = re.sub(r"postgresql(?:\+asyncpg)?://\S+?(?=[\s\]`|'])", "<URL>", text)
     text = re.sub(r"(?:/[^\s:/]+)+/(?=lg\d{3}_\w+\.py)", "", text)
+    text = re.sub(r"-portal-[0-9a-f]+\b", "-portal-<id>", text)  # anyio's portal threads
     return re.sub(r" in \d+\.\d+s\b", " in <T>s", text)
 
 

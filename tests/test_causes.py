@@ -729,3 +729,41 @@ def test_pytest_asyncio_warning_is_not_given_again_for_a_fixture_lg105_reports(
     result.assert_outcomes(failed=1, warnings=2)
     assert _asyncio_warnings(result) == ["settings"]
     assert output(result).count("LoopScopeMismatchWarning: fixture 'engine' yields") == 1
+
+
+# -- the patches that name anyio's loops -------------------------------------------------------
+
+
+def test_anyio_patches_go_on_with_install_and_come_off_exactly() -> None:
+    """start_blocking_portal and anyio's TestRunner.__enter__ are wrapped while installed and
+    hold their very objects again after uninstall()."""
+    import anyio._backends._asyncio as anyio_asyncio
+    import anyio.from_thread
+
+    slots = (
+        (anyio.from_thread, "start_blocking_portal"),
+        (anyio_asyncio.TestRunner, "__enter__"),
+    )
+    before = [owner.__dict__[name] for owner, name in slots]
+    loopguard.install()
+    try:
+        during = [owner.__dict__[name] for owner, name in slots]
+    finally:
+        loopguard.uninstall()
+    after = [owner.__dict__[name] for owner, name in slots]
+    assert all(d is not b for d, b in zip(during, before))
+    assert all(a is b for a, b in zip(after, before))
+
+
+def test_loopguard_never_imports_anyio_itself() -> None:
+    """A program that never imports anyio does not get it from loopguard: the patches wait
+    for anyio's own import."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, loopguard; loopguard.install(); import sqlalchemy.ext.asyncio; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('anyio', 'starlette')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
