@@ -24,7 +24,11 @@ the notes).  This module finds the mismatch before any test body runs:
 
 Each (fixture, fixture loop scope, test loop scope) is reported once, as a
 ``LoopScopeMismatchWarning`` in pytest's warnings summary, pointing at the fixture, and as the
-record ``loopguard.loop_scope_mismatch`` (structlog and ``LOOPGUARD_LOG_FILE``).
+record ``loopguard.loop_scope_mismatch`` (structlog and ``LOOPGUARD_LOG_FILE``).  The warning
+says what will happen to the tests that use the value, for its kind and loopguard's mode
+(``OUTCOMES``).  Where pytest-asyncio has a loop-scope warning of its own
+(``PytestAsyncioLoopScopeMismatchWarning``, planned for its 2.0 line), that warning is not
+shown again for the fixtures reported here; it stays for the others.
 pytest-asyncio older than 0.23 has a single ``event_loop`` and no loop scopes: nothing to
 compare.  The plugin object is registered only when loopguard is active.
 """
@@ -483,17 +487,19 @@ class _DeduplicatedAsyncioWarning:
         self._check = check
         self._category = category
 
-    @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, Any, Any]:
-        names = self._check.reported_fixtures.get(item.nodeid)
-        if not names:
-            return (yield)
-        # Filters set inside the call phase go with it (catch_warnings restores them).
-        with warnings.catch_warnings():
-            for name in names:
-                pattern = f".*fixture {re.escape(repr(name))}"
-                warnings.filterwarnings("ignore", pattern, self._category)
-            return (yield)
+    if fixture_wrapper is not None:  # registered only where new-style wrappers exist
+
+        @fixture_wrapper
+        def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, Any, Any]:
+            names = self._check.reported_fixtures.get(item.nodeid)
+            if not names:
+                return (yield)
+            # Filters set inside the call phase go with it (catch_warnings restores them).
+            with warnings.catch_warnings():
+                for name in names:
+                    pattern = f".*fixture {re.escape(repr(name))}"
+                    warnings.filterwarnings("ignore", pattern, self._category)
+                return (yield)
 
     def __repr__(self) -> str:
         return f"<loopguard: LG105 over {self._category.__name__}>"
