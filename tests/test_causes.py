@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import asyncpg
 import pytest
 import test_loop_scopes as scope_tests
 import test_pytest_plugin as plugin_tests
+from guard_helpers import display_path, marker_line
 from pgserver import sqlalchemy_url
 from test_pytest_plugin import RunPytest, assert_silent, ini, line_of, output, write
 from teststack import PYTEST_ASYNCIO, describe
@@ -767,3 +769,21 @@ def test_loopguard_never_imports_anyio_itself() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.usefixtures("_guard")
+def test_any_blocking_portal_loop_is_named_with_its_line_and_thread() -> None:
+    """A portal started by other code than TestClient: named as anyio's, where it started."""
+    import anyio.from_thread
+
+    from loopguard._loops import loop_id, loop_name
+
+    with anyio.from_thread.start_blocking_portal() as portal:  # started here
+        loop = portal.call(asyncio.get_running_loop)
+        thread = portal.call(lambda: threading.current_thread().name)
+        name = loop_name(loop_id(loop))
+    line = marker_line(__file__, "started here")
+    assert name == (
+        f" (an anyio blocking portal's loop, started at {display_path(__file__)}:{line} in "
+        f"test_any_blocking_portal_loop_is_named_with_its_line_and_thread, in thread {thread})"
+    )
