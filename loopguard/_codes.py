@@ -66,6 +66,11 @@ CREATION_FIELDS = (
 OBJECT_FIELDS = tuple(
     "name" if field == "url" else field for field in MISMATCH_FIELDS if field != "pool_class"
 )
+# HTTP clients (LG108 httpx, LG109 aiohttp): ``url`` is the origin of the client's base_url
+# (``scheme://host:port``), ``name`` the library class that built the client, if one did.
+CLIENT_FIELDS = tuple(
+    "name" if field == "pool_class" else field for field in MISMATCH_FIELDS if field != "name"
+)
 # Records about a pool's connections rather than a use of it (LG104, LG106).
 POOL_EVENT_FIELDS = (
     "code",
@@ -185,6 +190,24 @@ CODES: dict[str, Code] = {
             True,
             OBJECT_FIELDS,
             (),
+        ),
+        Code(
+            "LG108",
+            "an httpx AsyncClient used on an event loop other than its pooled connections'",
+            EVENT_LOOP_MISMATCH,
+            LoopMismatchWarning,
+            True,
+            CLIENT_FIELDS,
+            ("httpx AsyncClient",),
+        ),
+        Code(
+            "LG109",
+            "an aiohttp ClientSession used on an event loop other than its own",
+            EVENT_LOOP_MISMATCH,
+            LoopMismatchWarning,
+            True,
+            CLIENT_FIELDS,
+            ("aiohttp ClientSession",),
         ),
     )
 }

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from httpserver import ENV_URL, throwaway_http_server
 from pgserver import ENV_DSN, throwaway_postgres
 from teststack import PYTEST_ASYNCIO
 
@@ -39,6 +40,22 @@ def pg_env(pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv(ENV_DSN, pg_dsn)
     assert os.environ[ENV_DSN] == pg_dsn
     return pg_dsn
+
+
+@pytest.fixture(scope="session")
+def http_url() -> Iterator[str]:
+    """Base URL of a throwaway HTTP/1.1 keep-alive server on 127.0.0.1, shared by the session
+    (tools/httpserver.py; or LOOPGUARD_TEST_HTTP_URL)."""
+    with throwaway_http_server() as url:
+        yield url
+
+
+@pytest.fixture
+def http_env(http_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Export the URL as LOOPGUARD_TEST_HTTP_URL and HTTP_URL for child processes."""
+    monkeypatch.setenv(ENV_URL, http_url)
+    monkeypatch.setenv("HTTP_URL", http_url)
+    return http_url
 
 
 # -- the guard tests (test_sqlalchemy_guard.py, test_asyncpg_guard.py) ----------------------

@@ -549,10 +549,10 @@ def celery_worker_app(engine_url: str) -> Iterator[Any]:
         async with engine.connect() as conn:
             return await conn.scalar(text("select 1"))
 
-    @app.task(name="jobs.select_one")
-    def select_one_task() -> Any:
+    def select_one_job() -> Any:
         return asyncio.run(select_one())
 
+    select_one_task = app.task(name="jobs.select_one")(select_one_job)  # celery is untyped
     with start_worker(app, pool="solo", perform_ping_check=False, loglevel="ERROR"):
         yield select_one_task
     asyncio.run(engine.dispose())  # its connections are of closed loops: closed directly

@@ -28,6 +28,8 @@ ASYNCPG_BUSY = "another operation is in progress"
 ASYNCPG_PROTOCOL_STATE = "unknown protocol state"
 
 RunPytest = Callable[..., pytest.RunResult]
+# The integrations the header names: every library of the test extra is installed.
+GUARDING = "guarding sqlalchemy, asyncpg, httpx, aiohttp"
 
 # The nox matrix runs this module on pytest-asyncio 0.21 to 1.x (see noxfile.py).
 needs_loop_scope = pytest.mark.skipif(
@@ -238,7 +240,7 @@ def test_scenario1_raise_mode_explains_each_failure_and_summarises(
     site = f"src/configs/db.py:{CACHED_DB_LINE}"
     result.stdout.fnmatch_lines(
         [
-            f"loopguard: mode=raise (from {source}), guarding sqlalchemy, asyncpg",
+            f"loopguard: mode=raise (from {source}), {GUARDING}",
             "*test_list_users*",
             "E   loopguard.LoopMismatchError: SQLAlchemy AsyncEngine used on event loop #*, but "
             "its pooled connections belong to loop #*; stopped before any I/O.",
@@ -281,7 +283,7 @@ def test_scenario1_warn_mode_heals_and_warns(cached_engine_suite: Path, run: Run
     result.assert_outcomes(passed=3, warnings=2)
     result.stdout.fnmatch_lines(
         [
-            "loopguard: mode=warn (from the --loopguard-mode option), guarding sqlalchemy, asyncpg",
+            f"loopguard: mode=warn (from the --loopguard-mode option), {GUARDING}",
             "*warnings summary*",
             T_LIST,
             "*tests/test_users.py:*: LoopMismatchWarning: SQLAlchemy AsyncEngine used on event "
@@ -1125,9 +1127,7 @@ def test_mode_source_precedence_header_and_patches(
         result.stdout.fnmatch_lines(["loopguard: off"])
         result.stdout.no_fnmatch_line("loopguard: mode=*")
     else:
-        result.stdout.fnmatch_lines(
-            [f"loopguard: mode={mode} (from {source}), guarding sqlalchemy, asyncpg"]
-        )
+        result.stdout.fnmatch_lines([f"loopguard: mode={mode} (from {source}), {GUARDING}"])
     after = json.loads((pytester.path / "after_run.json").read_text())
     assert after == {"installed": False, "wrapped": False}
 

@@ -13,7 +13,7 @@ import re
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import List, Optional
+from typing import Any, Callable, List, Optional, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
 NOXFILE = ROOT / "noxfile.py"
@@ -69,7 +69,8 @@ def render(nox: Optional[ModuleType] = None) -> str:
     add("")
     add(
         "Every row below is a `nox` session that installs loopguard with exactly these "
-        "versions and runs its whole test suite against a real PostgreSQL. `nox` runs them "
+        "versions and runs its whole test suite against a real PostgreSQL (and a real HTTP "
+        "server on 127.0.0.1 for httpx and aiohttp). `nox` runs them "
         "all; `nox -t ci` runs the rows marked CI (so does `.ci/run`). Versions written "
         "`x` are the newest release of that line when the session runs; `newest` is the "
         "newest release that installs on that Python."
@@ -102,6 +103,20 @@ def render(nox: Optional[ModuleType] = None) -> str:
         f"| asyncpg | {floor['asyncpg']} and newer (the oldest with wheels: {apg_oldest}) | "
         "oldest and newest on every Python |"
     )
+    aiohttp_oldest = ", ".join(
+        f"{v} on {p}" for p, v in nox.AIOHTTP_OLDEST.items() if v != floor["aiohttp"]
+    )
+    httpx_oldest = ", ".join(
+        f"{v} on {p}" for p, v in nox.HTTPX_OLDEST.items() if v != floor["httpx"]
+    )
+    add(
+        f"| httpx | {floor['httpx']} and newer (the oldest that imports: {httpx_oldest}) | "
+        "oldest and newest on every Python |"
+    )
+    add(
+        f"| aiohttp | {floor['aiohttp']} and newer (the oldest with wheels: {aiohttp_oldest}) | "
+        "oldest and newest on every Python |"
+    )
     add(f"| structlog | {floor['structlog']} and newer | {floor['structlog']} (floor), newest |")
     add("| pytest-xdist | 3.5 and newer | newest, in every session (tests/test_xdist.py) |")
     add(
@@ -117,12 +132,18 @@ def render(nox: Optional[ModuleType] = None) -> str:
         f"'sqlalchemy[asyncio]>={floor['sqlalchemy']}'`. Not run because they do not exist: "
         "SQLAlchemy 2.1 on Python 3.9 and 3.10 (it requires 3.11), and the "
         "`postgresql+psycopg` dialect on SQLAlchemy 1.4 (tests/test_psycopg.py skips there)."
+        f" httpx older than {floor['httpx']} and aiohttp older than {floor['aiohttp']} are "
+        "left unguarded (the pytest header's `guarding` list leaves them out); everything else "
+        "is guarded as usual."
     )
     add("")
     add("## The sessions")
     add("")
-    add("| session | Python | SQLAlchemy | pytest-asyncio | pytest | asyncpg | CI | note |")
-    add("|---|---|---|---|---|---|---|---|")
+    add(
+        "| session | Python | SQLAlchemy | pytest-asyncio | pytest | asyncpg | httpx | aiohttp "
+        "| CI | note |"
+    )
+    add("|---|---|---|---|---|---|---|---|---|---|")
     for row in matrix:
         reqs = row.requirements()
         cells = [
@@ -132,6 +153,8 @@ def render(nox: Optional[ModuleType] = None) -> str:
             _show(_pin(reqs, "pytest-asyncio", nox)),
             _show(_pin(reqs, "pytest", nox)),
             _show(_pin(reqs, "asyncpg", nox)),
+            _show(_pin(reqs, "httpx", nox)),
+            _show(_pin(reqs, "aiohttp", nox)),
             "CI" if "ci" in row.tags else "",
             row.note,
         ]
@@ -147,7 +170,7 @@ def render(nox: Optional[ModuleType] = None) -> str:
     add("")
     add("| line | " + " | ".join(pythons) + " |")
     add("|---|" + "---|" * len(pythons))
-    grid = [
+    grid: List[Tuple[str, Callable[..., Any], List[str]]] = [
         ("SQLAlchemy " + line, lambda r, line=line: r.sqlalchemy == line,
          nox.SQLALCHEMY_PYTHONS[line])
         for line in nox.SQLALCHEMY
@@ -157,10 +180,15 @@ def render(nox: Optional[ModuleType] = None) -> str:
     ] + [
         ("asyncpg " + which, lambda r, which=which: r.asyncpg == which, pythons)
         for which in nox.ASYNCPG
+    ] + [
+        ("httpx, aiohttp " + which, lambda r, which=which: r.clients_line == which, pythons)
+        for which in nox.HTTP_CLIENTS
     ]  # fmt: skip
     for label, matches, supported in grid:
         counts = [
-            str(sum(1 for r in matrix if r.python == p and matches(r))) if p in supported else "-"
+            str(sum(1 for r in matrix if r.python == p and bool(matches(r))))
+            if p in supported
+            else "-"
             for p in pythons
         ]
         add(f"| {label} | " + " | ".join(counts) + " |")
