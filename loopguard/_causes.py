@@ -353,6 +353,8 @@ _TERMS: dict[str, Terms] = {
     ),
     "asyncpg Pool": Terms("pool", "`await pool.close()`"),
     "asyncpg Connection": Terms("connection", "`await conn.close()`"),
+    "httpx AsyncClient": Terms("client", "`await client.aclose()`"),
+    "aiohttp ClientSession": Terms("session", "`await session.close()`"),
 }
 
 # Placeholders: {noun}, {release}, {alternative} (Terms), {created_by} (the record's fixture,

@@ -457,6 +457,61 @@ def test_engine_of_a_session_scoped_sync_fixture_is_described_as_that_fixture(
     assert (record["cause"], record["created_by"]) == ("closed-loop-fixture", fixture)
 
 
+HTTPX_FIXTURE_CONFTEST_PY = """
+    import os
+
+    import httpx
+    import pytest
+
+
+    @pytest.fixture(scope="session")
+    def client():
+        return httpx.AsyncClient(base_url=os.environ["HTTP_URL"])
+"""
+HTTPX_FIXTURE_TESTS_PY = """
+    async def test_first(client):
+        assert (await client.get("/")).status_code == 200
+
+
+    async def test_second(client):
+        assert (await client.get("/")).status_code == 200
+"""
+
+
+def test_http_client_of_a_session_scoped_fixture_is_described_as_that_fixture(
+    pytester: pytest.Pytester, http_env: str, run: RunPytest
+) -> None:
+    """Not only engines: an httpx client built by a sync session-scoped fixture gets the
+    fixture's cause in the client's words (LG108), ``created_by`` in its record."""
+    write(
+        pytester.path,
+        {
+            "pytest.ini": ini(),
+            "conftest.py": HTTPX_FIXTURE_CONFTEST_PY,
+            "test_http.py": HTTPX_FIXTURE_TESTS_PY,
+        },
+    )
+    log = pytester.path / "lg.jsonl"
+    result = run("--loopguard", "--tb=short", env={"LOOPGUARD_LOG_FILE": str(log)})
+    result.assert_outcomes(passed=1, failed=1)
+    line = line_of(HTTPX_FIXTURE_CONFTEST_PY, "@pytest.fixture")
+    fixture = f"session-scoped fixture 'client' at conftest.py:{line}"
+    result.stdout.fnmatch_lines(
+        [
+            f"E     likely cause:  the client is created by the {fixture} and shared by its tests, "
+            "but each test runs on a new event loop: the client stays bound to the loop of the "
+            "first test that used it, which is closed now.",
+            "E     fix:           give the fixture the tests' scope (a new client per test, with "
+            "`await client.aclose()` in its teardown), or run every test on the fixture's "
+            "loop: an async fixture with `await client.aclose()` in its teardown and "
+            'loop_scope="session" (pytest-asyncio: with asyncio_default_test_loop_scope = '
+            "session; anyio: with a session-scoped `anyio_backend`).",
+        ]
+    )
+    [record] = [r for r in records(log) if r["code"] == "LG108"]
+    assert (record["cause"], record["created_by"]) == ("closed-loop-fixture", fixture)
+
+
 @needs_loop_scope
 def test_engine_of_a_session_loop_fixture_is_described_as_that_fixture(
     pytester: pytest.Pytester, db_url: str, run: RunPytest
@@ -566,6 +621,41 @@ def test_celery_task_names_the_loop_per_task(log_file: Path, celery_worker_app: 
         celery_worker_app.delay().get(timeout=30)
     [record] = [r for r in records(log_file) if r["event"] == "loopguard.loop_mismatch"]
     assert (record["code"], record["cause"]) == ("LG101", "celery-task")
+
+
+@pytest.mark.parametrize("mode", ["raise", "warn"])
+@pytest.mark.usefixtures("_guard")
+def test_patterns_are_looked_for_only_when_a_mismatch_is_reported(
+    engine_url: str, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not on a guarded call: 100 checkouts and statements on the engine's own loop make no
+    refine() call; the mismatch that follows makes one."""
+    import warnings
+
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    calls: list[str] = []
+
+    def counting(record: Record) -> Record:
+        calls.append(record.code)
+        return refine(record)
+
+    monkeypatch.setattr("loopguard._emit.refine", counting)
+    engine = create_async_engine(engine_url)
+
+    async def statements() -> None:
+        for _ in range(100):
+            async with engine.connect() as conn:
+                assert await conn.scalar(text("select 1")) == 1
+
+    asyncio.run(statements())
+    assert calls == []
+    with warnings.catch_warnings(record=True), contextlib.suppress(loopguard.LoopMismatchError):
+        warnings.simplefilter("always")
+        asyncio.run(statements())
+    assert calls == ["LG101"]
+    asyncio.run(engine.dispose())  # the connections of closed loops: closed directly
 
 
 # -- the patterns that are not refined -------------------------------------------------------
