@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import test_pytest_plugin as plugin_tests
 from test_pytest_plugin import RunPytest, ini, line_of, output, write
-from teststack import PYTEST_ASYNCIO, describe
+from teststack import PYTEST_ASYNCIO, SQLALCHEMY, describe
 
 import loopguard
 from loopguard import _loops
@@ -795,6 +795,10 @@ def test_the_warning_says_what_will_happen_to_the_tests(kind: str, mode: str, ou
     )
 
 
+@pytest.mark.skipif(
+    SQLALCHEMY < (2, 0),
+    reason=f"{describe('sqlalchemy')} has no postgresql+psycopg (psycopg 3) dialect",
+)
 def test_held_connections_are_told_apart_by_their_driver(pg_dsn: str) -> None:
     """A SQLAlchemy AsyncConnection held open fails on another loop over asyncpg, and works
     for plain queries over psycopg: the warning's kind follows the driver."""
