@@ -398,6 +398,8 @@ _TERMS: dict[str, Terms] = {
     "asyncpg Connection": Terms("connection", "`await conn.close()`"),
     "httpx AsyncClient": Terms("client", "`await client.aclose()`"),
     "aiohttp ClientSession": Terms("session", "`await session.close()`"),
+    "redis.asyncio client": Terms("client", "`await client.aclose()`"),
+    "redis.asyncio connection": Terms("client", "`await client.aclose()`"),
 }
 
 # Placeholders: {noun}, {release}, {alternative} (Terms), {created_by} (the record's fixture,
