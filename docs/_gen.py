@@ -120,6 +120,21 @@ RUNS: dict[str, Run] = {
             *_OUTCOME,
         ),
     ),
+    "testclient_bug_raw": Run(f"{_ERRORS} lg101_testclient_bug.py", _FAILED + _OUTCOME),
+    "testclient_bug_guarded": Run(
+        f"{_ERRORS} lg101_testclient_bug.py --loopguard", _MESSAGE + _SUMMARY + _OUTCOME
+    ),
+    "anyio_bug_guarded": Run(f"{_ERRORS} lg101_anyio_bug.py --loopguard", _MESSAGE + _OUTCOME),
+    "shared_bug_guarded": Run(f"{_ERRORS} lg101_shared_bug.py --loopguard", _MESSAGE + _OUTCOME),
+    "async_to_sync_bug_raw": Run(
+        "python lg101_async_to_sync_bug.py 2>&1 | tail -n 2", (r"^([\w.]+Error): ",)
+    ),
+    "async_to_sync_bug_guarded": Run(
+        "LOOPGUARD=1 python lg101_async_to_sync_bug.py 2>&1 | tail -n 9", _MESSAGE
+    ),
+    "async_to_sync_fix": Run(
+        "LOOPGUARD=1 python lg101_async_to_sync_fix_per_call.py", (r"^(.*)$",)
+    ),
     "jobs_bug_raw": Run("python lg101_jobs_bug.py 2>&1 | tail -n 2", (r"^([\w.]+Error): ",)),
     "jobs_bug_guarded": Run("LOOPGUARD=1 python lg101_jobs_bug.py 2>&1 | tail -n 9", _MESSAGE),
     "lg106_raw": Run(
@@ -248,6 +263,7 @@ def normalize(text: str) -> str:
     text = re.sub(r"postgresql(?:\+asyncpg)?://\S+?(?=[\s\]`|'])", "<URL>", text)
     text = re.sub(r"redis://127\.0\.0\.1:\d+/\d+", "<REDIS_URL>", text)
     text = re.sub(r"(?:/[^\s:/]+)+/(?=lg\d{3}_\w+\.py)", "", text)
+    text = re.sub(r"-portal-[0-9a-f]+\b", "-portal-<id>", text)  # anyio's portal threads
     text = re.sub(r"http://127\.0\.0\.1:\d+", "<HTTP_URL>", text)
     return re.sub(r" in \d+\.\d+s\b", " in <T>s", text)
 
@@ -596,6 +612,19 @@ def ref_psycopg_pool_hooks() -> str:
     return _docstring_md(_psycopg_pool.__doc__)
 
 
+def ref_patterns() -> str:
+    """The causes that name a pattern (``_causes.PATTERNS``), in an engine's words."""
+    from loopguard._causes import PATTERNS, cause_for
+
+    rows = ["| `cause` | likely cause (as the message says it) | fix (as the message says it) |"]
+    rows.append("|---|---|---|")
+    for key in PATTERNS:
+        cause = cause_for("SQLAlchemy AsyncEngine", key, "`{created_by}`")
+        assert cause is not None
+        rows.append(f"| `{key}` | {cause.text} | {cause.fix} |")
+    return "\n".join(rows)
+
+
 def ref_asyncpg_causes() -> str:
     from loopguard._causes import ASYNCPG_CONNECTION, ASYNCPG_POOL
 
@@ -663,6 +692,7 @@ REFERENCE: dict[str, Callable[[], str]] = {
     "cli": ref_cli,
     "causes": ref_causes,
     "asyncpg_causes": ref_asyncpg_causes,
+    "patterns": ref_patterns,
     "redis_causes": ref_redis_causes,
     "redis_hooks": ref_redis_hooks,
     "psycopg_pool_causes": ref_psycopg_pool_causes,

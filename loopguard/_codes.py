@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import NamedTuple, Optional
 
-from ._causes import Cause, causes_for
+from ._causes import Cause, cause_for
 from ._errors import (
     LoopguardWarning,
     LoopMismatchWarning,
@@ -33,6 +33,7 @@ MISMATCH_FIELDS = (
     "created_at",
     "created_in",
     "created_during",
+    "created_by",
     "bound_during",
     "bound_at",
     "used_at",
@@ -54,6 +55,7 @@ CREATION_FIELDS = (
     "created_at",
     "created_in",
     "created_during",
+    "created_by",
     "used_at",
     "used_during",
     "owner_loop_id",
@@ -82,6 +84,7 @@ POOL_EVENT_FIELDS = (
     "created_at",
     "created_in",
     "created_during",
+    "created_by",
     "bound_during",
     "bound_at",
     "used_at",
@@ -112,7 +115,7 @@ class Code(NamedTuple):
         return "error" if action == "raised" else "warning"
 
     def cause(self, resource: str, key: str) -> Optional[Cause]:
-        return causes_for(resource).get(key)
+        return cause_for(resource, key)
 
 
 CODES: dict[str, Code] = {

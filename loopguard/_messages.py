@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-from ._causes import Cause, causes_for
+from ._causes import Cause, cause_for
 from ._codes import docs_link
 from ._loops import loop_name
 from ._record import Record
@@ -17,8 +17,8 @@ def _during(test: Optional[str]) -> str:
 
 
 def _cause(record: Record) -> Cause:
-    causes = causes_for(record.resource)
-    return causes.get(record.cause or "") or Cause("unknown.", "see the documentation.")
+    cause = cause_for(record.resource, record.cause or "", record.created_by)
+    return cause or Cause("unknown.", "see the documentation.")
 
 
 def _used_now(record: Record) -> str:

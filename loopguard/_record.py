@@ -10,7 +10,9 @@ from ._codes import CODES, Code
 from ._errors import LoopMismatchError
 
 # Logged only when they have a value: they belong to some actions or resources only.
-OPTIONAL_FIELDS = frozenset({"name", "operation", "released", "sockets_closed", "held"})
+OPTIONAL_FIELDS = frozenset(
+    {"name", "operation", "created_by", "released", "sockets_closed", "held"}
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,6 +26,7 @@ class Record:
     created_at: Optional[str] = None  # path:line
     created_in: Optional[str] = None  # function
     created_during: Optional[str] = None  # test (phase)
+    created_by: Optional[str] = None  # the fixture whose setup created it (_context)
     bound_during: Optional[str] = None
     bound_at: Optional[str] = None  # path:line in function
     used_at: Optional[str] = None
