@@ -96,6 +96,9 @@ AIOHTTP_OLDEST = {
     "3.13": "3.10.5",
 }
 HTTP_CLIENTS = ["oldest", "newest"]
+# redis-py (redis.asyncio, LG110): the oldest supported line and the newest release that installs
+# on the row's Python (8.x needs 3.10+, 8.2 3.11+; 3.9 gets 7.0, 3.10 gets 8.1).
+REDIS = {"oldest": "redis==5.0.*", "newest": None}
 
 
 @dataclass(frozen=True)
@@ -117,9 +120,13 @@ class Row:
     def clients_line(self) -> str:
         return self.clients or self.asyncpg
 
+    redis: str = "newest"  # a key of REDIS
+
     @property
     def id(self) -> str:
-        return self.name or f"sa{self.sqlalchemy}-pa{self.pytest_asyncio}-apg-{self.asyncpg}"
+        redis = "-redis-oldest" if self.redis == "oldest" else ""
+        default = f"sa{self.sqlalchemy}-pa{self.pytest_asyncio}-apg-{self.asyncpg}{redis}"
+        return self.name or default
 
     @property
     def param_id(self) -> str:
@@ -141,7 +148,14 @@ class Row:
             if self.clients_line == "oldest"
             else []
         )
-        wanted = [SQLALCHEMY[self.sqlalchemy], pytest_asyncio, pytest, asyncpg, *clients]
+        wanted = [
+            SQLALCHEMY[self.sqlalchemy],
+            pytest_asyncio,
+            pytest,
+            asyncpg,
+            *clients,
+            REDIS[self.redis],
+        ]
         overridden = {_dist(pin) for pin in self.pins}
         return [r for r in wanted if r and _dist(r) not in overridden] + list(self.pins)
 
@@ -162,33 +176,34 @@ FLOOR_PINS = (
     "structlog==21.1.0",
     "httpx==0.23.0",
     "aiohttp==3.8.0",
+    "redis==5.0.2",
 )
 
 # fmt: off
 MATRIX: List[Row] = [
     # python  SQLAlchemy  pytest-asyncio  asyncpg
-    Row("3.9",  "1.4", "0.21", "oldest", ("ci",), name="floor", pins=FLOOR_PINS,
+    Row("3.9",  "1.4", "0.21", "oldest", ("ci",), name="floor", pins=FLOOR_PINS, redis="oldest",
         note="every dependency at the oldest version pyproject.toml allows"),
-    Row("3.9",  "2.0", "0.23", "newest"),
+    Row("3.9",  "2.0", "0.23", "newest", redis="oldest"),
     Row("3.9",  "2.0", "0.24", "oldest"),
     Row("3.9",  "1.4", "0.26", "newest"),
     Row("3.9",  "2.0", "1.x",  "newest"),
-    Row("3.10", "2.0", "0.21", "oldest"),
+    Row("3.10", "2.0", "0.21", "oldest", redis="oldest"),
     Row("3.10", "1.4", "0.23", "newest"),
     Row("3.10", "2.0", "0.25", "oldest"),
     Row("3.10", "2.0", "0.26", "newest"),
     Row("3.10", "1.4", "1.x",  "newest", ("ci",)),
-    Row("3.11", "1.4", "0.21", "newest"),
+    Row("3.11", "1.4", "0.21", "newest", redis="oldest"),
     Row("3.11", "2.1", "0.23", "oldest"),
     Row("3.11", "1.4", "0.24", "oldest"),
     Row("3.11", "2.0", "0.26", "oldest"),
     Row("3.11", "2.1", "1.x",  "newest"),
-    Row("3.12", "2.0", "0.21", "oldest"),
+    Row("3.12", "2.0", "0.21", "oldest", redis="oldest"),
     Row("3.12", "2.1", "0.23", "newest", ("ci",)),
     Row("3.12", "2.1", "0.25", "oldest"),
     Row("3.12", "1.4", "0.26", "newest"),
     Row("3.12", "2.0", "1.x",  "oldest"),
-    Row("3.13", "1.4", "0.21", "newest"),
+    Row("3.13", "1.4", "0.21", "newest", redis="oldest"),
     Row("3.13", "2.0", "0.23", "oldest"),
     Row("3.13", "2.1", "0.24", "newest"),
     Row("3.13", "2.0", "0.26", "oldest"),
@@ -209,6 +224,8 @@ def check_covering(matrix: List[Row]) -> None:
     want |= {(p, "pytest-asyncio", a) for a in PYTEST_ASYNCIO_LINES for p in PYTHONS}
     want |= {(p, "asyncpg", a) for a in ASYNCPG for p in PYTHONS}
     want |= {(p, "httpx/aiohttp", c) for c in HTTP_CLIENTS for p in PYTHONS}
+    have |= {(r.python, "redis", r.redis) for r in matrix}
+    want |= {(p, "redis", r) for r in REDIS for p in PYTHONS}
     missing = sorted(want - have)
     if missing:
         raise AssertionError(f"the nox matrix does not cover: {missing}")
@@ -289,7 +306,7 @@ def _install_and_test(session: nox.Session, row: Row) -> None:
         "import platform, importlib.metadata as m; print('stack: Python ' + "
         "platform.python_version(), *(f'{d} {m.version(d)}' for d in ('sqlalchemy', "
         "'pytest', 'pytest-asyncio', 'asyncpg', 'structlog', 'pytest-xdist', 'httpx', "
-        "'aiohttp')), sep=' | ')",
+        "'aiohttp', 'redis')), sep=' | ')",
         silent=False,
     )
     args = session.posargs or ["-p", "no:cacheprovider", "-q"]

@@ -10,8 +10,9 @@ Kinds:
 - ``ref:NAME``: a reference table rendered from loopguard itself (see ``REFERENCE``).
 - ``file:NAME``: the source of ``docs_examples/NAME``, the file tests/test_docs.py runs.
 - ``output:NAME``: the real output of the command ``RUNS[NAME]``, run against a real
-  PostgreSQL; ``captured:versions``: the versions those outputs were captured with.  Only
-  ``--capture`` rewrites these.
+  PostgreSQL (and a throwaway redis-server, tools/redisserver.py, for the redis examples);
+  ``captured:versions``: the versions those outputs were captured with.  Only ``--capture``
+  rewrites these.
 
 Usage (from the repository root)::
 
@@ -22,8 +23,9 @@ Usage (from the repository root)::
 
 ``--capture`` runs each command with bash in a fresh copy of docs_examples/, with
 DATABASE_URL pointing at the server of LOOPGUARD_TEST_DSN, HTTP_URL at a throwaway HTTP server
-on 127.0.0.1 (tools/httpserver.py), this Python's bin directory first on PATH and COLUMNS=80;
-stdout and stderr are kept together, unedited.
+on 127.0.0.1 (tools/httpserver.py), REDIS_URL at a throwaway redis-server (or
+LOOPGUARD_TEST_REDIS_URL), this Python's bin directory first on PATH and COLUMNS=80; stdout and
+stderr are kept together, unedited.
 """
 
 from __future__ import annotations
@@ -221,6 +223,16 @@ RUNS: dict[str, Run] = {
         "grep -m 1 loopguard.loop_mismatch loopguard.jsonl | python -m json.tool",
         (r'^    "(\w+)": ',),
     ),
+    "lg110_raw": Run(
+        "python lg110_jobs_bug.py 2>&1 | grep -E '^(job [0-9]+:|[a-zA-Z._]+Error: )'",
+        (r"^(job \d+: .*)$", r"^([\w.]+Error): "),
+    ),
+    "lg110_guarded": Run("LOOPGUARD=1 python lg110_jobs_bug.py 2>&1 | tail -n 9", _MESSAGE),
+    "lg110_warn": Run(
+        "LOOPGUARD=warn python lg110_jobs_bug.py 2>&1 | grep -E '^job|LoopMismatchWarning: '",
+        (r"^(job \d+: .*)$", *_MESSAGE),
+    ),
+    "lg110_fix": Run("LOOPGUARD=1 python -X dev lg110_fix_client_per_job.py", (r"^(.*)$",)),
     "report_table": Run('loopguard report loopguard.jsonl; echo "exit status: $?"', (r"^(.*)$",)),
     "report_markdown": Run(
         "loopguard report --format markdown --fail-on never loopguard.jsonl", (r"^(.*)$",)
@@ -231,6 +243,7 @@ RUNS: dict[str, Run] = {
 def normalize(text: str) -> str:
     """Blank out what differs between two runs of the same command: URLs, paths, timings."""
     text = re.sub(r"postgresql(?:\+asyncpg)?://\S+?(?=[\s\]`|'])", "<URL>", text)
+    text = re.sub(r"redis://127\.0\.0\.1:\d+/\d+", "<REDIS_URL>", text)
     text = re.sub(r"(?:/[^\s:/]+)+/(?=lg\d{3}_\w+\.py)", "", text)
     text = re.sub(r"http://127\.0\.0\.1:\d+", "<HTTP_URL>", text)
     return re.sub(r" in \d+\.\d+s\b", " in <T>s", text)
@@ -278,9 +291,10 @@ def scrub(text: str, paths: list[tuple[str, str]]) -> str:
     return text
 
 
-def run_all(workdir: Path, dsn: str) -> dict[str, str]:
+def run_all(workdir: Path, dsn: str, redis_url: str = "") -> dict[str, str]:
     """Run every command of RUNS, in order, in a fresh copy of docs_examples/ at ``workdir``
-    (``dsn``: the PostgreSQL server's), and scrub this machine's paths from the outputs."""
+    (``dsn``: the PostgreSQL server's, ``redis_url``: the redis server's), and scrub this
+    machine's paths from the outputs."""
     shutil.copytree(EXAMPLES, workdir, dirs_exist_ok=True, ignore=_ignore)
     env = {
         k: v
@@ -296,17 +310,23 @@ def run_all(workdir: Path, dsn: str) -> dict[str, str]:
 
     env[ENV_DSN] = dsn  # for examples/demo.py
     with throwaway_http_server() as http_url:
-        outputs = _run_each(workdir, env, sqlalchemy_url(dsn), http_url, bin_dir)
+        outputs = _run_each(workdir, env, sqlalchemy_url(dsn), http_url, redis_url, bin_dir)
     paths = machine_paths(workdir, dsn)
     return {name: scrub(output, paths) for name, output in outputs.items()}
 
 
 def _run_each(
-    workdir: Path, env: dict[str, str], database_url: str, http_url: str, bin_dir: str
+    workdir: Path,
+    env: dict[str, str],
+    database_url: str,
+    http_url: str,
+    redis_url: str,
+    bin_dir: str,
 ) -> dict[str, str]:
     env.update(
         HTTP_URL=http_url,
         DATABASE_URL=database_url,
+        REDIS_URL=redis_url,
         PATH=bin_dir + os.pathsep + env.get("PATH", ""),
         COLUMNS="80",
         PYTHONDONTWRITEBYTECODE="1",
@@ -331,6 +351,7 @@ CAPTURE_STACK = (
     "asyncpg",
     "httpx",
     "aiohttp",
+    "redis",
     "pytest",
     "pytest-asyncio",
     "structlog",
@@ -617,6 +638,12 @@ def _cause_table(causes: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def ref_redis_causes() -> str:
+    from loopguard._causes import REDIS_CLIENT
+
+    return _cause_table(REDIS_CLIENT)
+
+
 def ref_httpx_causes() -> str:
     from loopguard._causes import HTTPX_CLIENT
 
@@ -636,6 +663,13 @@ def ref_client_hooks() -> str:
     return "\n\n".join(_docstring_md(module.__doc__) for module in (_httpx, _aiohttp))
 
 
+def ref_redis_hooks() -> str:
+    """The redis.asyncio integration's module docstring: what it patches and why."""
+    from loopguard.integrations import _redis
+
+    return _docstring_md(_redis.__doc__)
+
+
 REFERENCE: dict[str, Callable[[], str]] = {
     "env": ref_env,
     "api_tracking": ref_api_tracking,
@@ -645,6 +679,8 @@ REFERENCE: dict[str, Callable[[], str]] = {
     "cli": ref_cli,
     "causes": ref_causes,
     "asyncpg_causes": ref_asyncpg_causes,
+    "redis_causes": ref_redis_causes,
+    "redis_hooks": ref_redis_hooks,
     "hooks": ref_hooks,
     "asyncpg_hooks": ref_asyncpg_hooks,
     "loop_scopes": ref_loop_scopes,
@@ -898,9 +934,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.capture:
         sys.path.insert(0, str(ROOT / "tools"))
         from pgserver import ENV_DSN
+        from redisserver import throwaway_redis
 
-        with tempfile.TemporaryDirectory() as workdir:
-            outputs = run_all(Path(workdir) / "examples", os.environ[ENV_DSN])
+        with tempfile.TemporaryDirectory() as workdir, throwaway_redis() as redis_url:
+            outputs = run_all(Path(workdir) / "examples", os.environ[ENV_DSN], redis_url)
         outputs["versions"] = "Captured with " + versions() + "."
     for page in pages():
         new = rendered(page, outputs)

@@ -306,6 +306,49 @@ def standard_causes(noun: str, release: str) -> dict[str, Cause]:
     }
 
 
+REDIS_CLIENT = {
+    "closed-loop-test": Cause(
+        "the client outlived the event loop its connections were opened on: it is cached (a "
+        "module-level client, an @lru_cache factory, or a client built once at import) while "
+        "pytest-asyncio gives each test a new loop.",
+        "create the client in an async fixture on the test's loop and `await client.aclose()` "
+        "in its teardown, or run every test that uses it on one loop (loop_scope=).",
+    ),
+    "closed-loop-run": Cause(
+        "the client outlived the event loop its connections were opened on: a module-level or "
+        "cached client is shared by several asyncio.run() calls (one per job or command, as "
+        "Celery tasks or Django management commands do), each with a new loop.",
+        "create the client inside each job and `await client.aclose()` before the job returns "
+        "(`async with redis.asyncio.Redis(...) as client:`), or run every job on one "
+        "long-lived loop: one client per loop.",
+    ),
+    "idle-loop-test": Cause(
+        "its connections belong to a loop that is still open but not running: typically a "
+        "fixture with a wider loop scope (session, package, module or class) than the test "
+        "that uses the client.",
+        _RUN_ON_FIXTURE_LOOP.format(noun="client"),
+    ),
+    "idle-loop-run": Cause(
+        "its connections belong to another event loop that is still open but not running.",
+        "use each client on one loop only: one client per loop, created inside it, and "
+        "`await client.aclose()` on that loop before switching loops.",
+    ),
+    "running-loop": Cause(
+        "its connections belong to another event loop that is running right now, most likely "
+        "in another thread.",
+        "give each thread's loop its own client, or run the work on the client's loop "
+        "(asyncio.run_coroutine_threadsafe()).",
+    ),
+    "forked-child": Cause(
+        "this process was forked from one whose event loop owns the client's connections "
+        "(os.fork() or multiprocessing's fork start method): their sockets are shared with "
+        "the parent, and using them here corrupts the parent's replies.",
+        "create a new client in the child, after the fork (and leave the parent's alone), or "
+        "use the spawn start method.",
+    ),
+}
+
+
 # Codes whose records carry no ``cause``: one explanation for the code.
 EXPLANATIONS = {
     "LG104": Cause(
@@ -337,6 +380,9 @@ _BY_RESOURCE: dict[str, dict[str, Cause]] = {
     "asyncpg Connection": ASYNCPG_CONNECTION,
     "httpx AsyncClient": HTTPX_CLIENT,
     "aiohttp ClientSession": AIOHTTP_SESSION,
+    "redis.asyncio client": REDIS_CLIENT,
+    # A held connection of no known pool (connected before install()).
+    "redis.asyncio connection": REDIS_CLIENT,
 }
 
 

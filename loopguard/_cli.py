@@ -31,8 +31,9 @@ DETAILS = ("engine", "first test", "last test", "bound during", "loops", "cause"
 CODE_CELLS = ("created", "engine", "first test", "last test", "bound during")
 REPORT_DESCRIPTION = """\
 Summarise the records loopguard writes to LOOPGUARD_LOG_FILE (JSON lines), one group per
-code and engine (or pool, or pytest fixture for LG105): where it was created, its URL, how
-many records and of which action, the tests and loops involved, the cause and the fix."""
+code and engine (or pool, redis client, or pytest fixture for LG105): where it was created,
+its URL, how many records and of which action, the tests and loops involved, the cause and
+the fix."""
 
 
 def _actions() -> str:
@@ -210,11 +211,19 @@ def render_markdown(groups: list[Group]) -> str:
     return "\n".join(lines)
 
 
+def _noun(resource: Optional[str]) -> str:
+    """What a group is counted as: an engine (also the word for pools, fixtures and records
+    without a resource, as before), or a client."""
+    return "client" if (resource or "").lower().endswith("client") else "engine"
+
+
 def summary(groups: list[Group]) -> str:
     total, actions = sum(g.count for g in groups), Counter[str]()
     for group in groups:
         actions.update(group.actions)
-    engines = f"{len(groups)} engine{'s' * (len(groups) != 1)}"
+    nouns = Counter(_noun(group.resource) for group in groups)
+    engines = " and ".join(f"{n} {noun}{'s' * (n != 1)}" for noun, n in nouns.items())
+    engines = engines or "0 engines"
     done = ", ".join(f"{n} {action}" for action, n in actions.items())
     return f"{total} loopguard record{'s' * (total != 1)} ({done}) from {engines}"
 

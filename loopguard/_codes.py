@@ -204,6 +204,16 @@ CODES: dict[str, Code] = {
             CLIENT_FIELDS,
             ("aiohttp ClientSession",),
         ),
+        Code(
+            "LG110",
+            "a redis.asyncio client or connection used on an event loop other than its "
+            "connections'",
+            EVENT_LOOP_MISMATCH,
+            LoopMismatchWarning,
+            True,
+            MISMATCH_FIELDS,
+            ("redis.asyncio client", "redis.asyncio connection"),
+        ),
     )
 }
 

@@ -53,6 +53,7 @@ def _internal_prefixes() -> tuple[str, ...]:
         "aiohttp",
         "asyncio",
         "psycopg",
+        "redis",
         "uvloop",
         "pytest_asyncio",
         "_pytest",

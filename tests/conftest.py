@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from httpserver import ENV_URL, throwaway_http_server
 from pgserver import ENV_DSN, throwaway_postgres
+from redisserver import ENV_URL as ENV_REDIS_URL
+from redisserver import throwaway_redis
 from teststack import PYTEST_ASYNCIO
 
 import loopguard
@@ -86,3 +88,17 @@ def log_file(_guard: None, tmp_path: Path, mode: str) -> Path:
     loopguard.install(mode, log_file=str(path))
     path.touch()
     return path
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """URL of a throwaway redis-server shared by the session (or LOOPGUARD_TEST_REDIS_URL)."""
+    with throwaway_redis() as url:
+        yield url
+
+
+@pytest.fixture
+def redis_env(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Export the URL as LOOPGUARD_TEST_REDIS_URL, for runpytest_subprocess children."""
+    monkeypatch.setenv(ENV_REDIS_URL, redis_url)
+    return redis_url

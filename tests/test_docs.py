@@ -106,11 +106,15 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def database_url(pg_dsn: str, http_env: str, monkeypatch: pytest.MonkeyPatch) -> str:
+def database_url(
+    pg_dsn: str, http_env: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> str:
     """The throwaway server's SQLAlchemy URL, exported as DATABASE_URL as the examples expect
-    (and the HTTP server's URL as HTTP_URL, for the httpx and aiohttp examples)."""
+    (and the HTTP server's URL as HTTP_URL, for the httpx and aiohttp examples, and the
+    throwaway redis-server's as REDIS_URL, for the redis examples)."""
     url = sqlalchemy_url(pg_dsn)
     monkeypatch.setenv("DATABASE_URL", url)
+    monkeypatch.setenv("REDIS_URL", redis_url)
     return url
 
 
@@ -369,6 +373,7 @@ RAW_SYMPTOMS = {
     "LG107": f"RuntimeError: .*{ASYNCPG_DIFFERENT_LOOP}$",
     "LG108": "^RuntimeError: Event loop is closed$",
     "LG109": "^RuntimeError: Event loop is closed$",
+    "LG110": "^RuntimeError: Event loop is closed$",
 }
 
 
@@ -378,7 +383,7 @@ SLOW_CALLBACK = re.compile(
 
 # Script bugs that loopguard stops with LoopMismatchError in raise mode (the others are
 # reported with a record and run to their end).
-STOPPED = {"LG101", "LG102", "LG103", "LG107", "LG108", "LG109"}
+STOPPED = {"LG101", "LG102", "LG103", "LG107", "LG108", "LG109", "LG110"}
 # What the first job of a stopped script prints (LG107's example pings the server: "N" or "S";
 # the HTTP examples print the status code).
 FIRST_JOB = {"LG107": r"job 1: [NS]\n", "LG108": r"job 1: 200\n", "LG109": r"job 1: 200\n"}
@@ -481,6 +486,21 @@ def test_aiohttp_script_bug_in_warn_mode_reports_then_aiohttp_fails(
 
 
 @needs_documented_stack
+def test_redis_script_bug_in_warn_mode_moves_the_client_and_every_job_runs(
+    database_url: str, tmp_path: Path
+) -> None:
+    """LOOPGUARD=warn: each move of the module-level client to a new loop is warned about
+    (a LoopMismatchWarning and a warned LG110 record with what was closed), and healed: the old
+    loop is closed, so its connection is dropped without I/O and every job runs."""
+    log = tmp_path / "loopguard.jsonl"
+    done = _run_script("lg110_jobs_bug.py", tmp_path, LOOPGUARD="warn", LOOPGUARD_LOG_FILE=str(log))
+    assert (done.returncode, done.stdout) == (0, "job 1: 1\njob 2: 2\njob 3: 3\n")
+    assert done.stderr.count(": LoopMismatchWarning: redis.asyncio client used on") == 2
+    records = [(r["code"], r["action"], r["released"], r["sockets_closed"]) for r in _records(log)]
+    assert records == [("LG110", "warned", 1, 1)] * 2
+
+
+@needs_documented_stack
 @pytest.mark.parametrize("name", SCRIPT_FIXES)
 def test_script_fix_runs_clean_under_loopguard(
     name: str, database_url: str, tmp_path: Path
@@ -504,13 +524,13 @@ def test_script_fix_runs_clean_under_loopguard(
 
 @pytest.fixture(scope="module")
 def fresh_outputs(
-    pg_dsn: str, tmp_path_factory: pytest.TempPathFactory
+    pg_dsn: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[dict[str, str], Path]]:
     """Every command of RUNS run again, as docs/_gen.py --capture runs them."""
     workdir = tmp_path_factory.mktemp("docs-runs") / "examples"
     saved = os.environ.pop("PYTEST_CURRENT_TEST", None)
     try:
-        yield gen.run_all(workdir, pg_dsn), workdir
+        yield gen.run_all(workdir, pg_dsn, redis_url), workdir
     finally:
         if saved is not None:
             os.environ["PYTEST_CURRENT_TEST"] = saved

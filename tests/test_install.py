@@ -336,7 +336,8 @@ def test_repr_of_the_state_says_what_is_guarded(monkeypatch: pytest.MonkeyPatch)
     loopguard.install("warn")
     assert repr(_state.STATE) == (
         f"<loopguard state: mode='warn' (from install() at {where}), "
-        "guarding=['sqlalchemy', 'asyncpg', 'httpx', 'aiohttp'], skipped={}, log_file=None>"
+        "guarding=['sqlalchemy', 'asyncpg', 'httpx', 'aiohttp', 'redis'], skipped={}, "
+        "log_file=None>"
     )
     loopguard.uninstall()
     monkeypatch.setenv("LOOPGUARD", "warn")
@@ -418,7 +419,8 @@ def test_without_sqlalchemy_import_works_and_install_refuses_clearly(tmp_path: P
         "(No module named 'sqlalchemy'); pip install 'sqlalchemy[asyncio]'; "
         "asyncpg: asyncpg is not installed (No module named 'asyncpg'); pip install asyncpg; "
         "httpx: httpx is not installed (No module named 'httpx'); pip install httpx; "
-        "aiohttp: aiohttp is not installed (No module named 'aiohttp'); pip install aiohttp.",
+        "aiohttp: aiohttp is not installed (No module named 'aiohttp'); pip install aiohttp; "
+        "redis: redis-py is not installed (No module named 'redis'); pip install redis.",
         "IMPORTERROR: True",
         "INSTALLED: False",
     ]

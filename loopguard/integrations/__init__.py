@@ -17,6 +17,7 @@ BUILTIN = (
     "loopguard.integrations._asyncpg:AsyncpgIntegration",
     "loopguard.integrations._httpx:HttpxIntegration",
     "loopguard.integrations._aiohttp:AiohttpIntegration",
+    "loopguard.integrations._redis:RedisIntegration",
 )
 ENTRY_POINT_GROUP = "loopguard.integrations"
 
