@@ -754,7 +754,9 @@ def test_version(run: Run) -> None:
     assert result.stdout == f"loopguard {loopguard.__version__}\n"
 
 
-@pytest.mark.parametrize("args", [["--help"], ["report", "--help"], ["run", "--help"]])
+@pytest.mark.parametrize(
+    "args", [["--help"], ["report", "--help"], ["run", "--help"], ["explain", "--help"]]
+)
 def test_help_is_plain_text(run: Run, args: list[str]) -> None:
     """Help texts read well in a terminal: no reST markup (``code``, :role:`name`)."""
     result = run(*args)
