@@ -177,6 +177,9 @@ FLOOR_PINS = (
     "httpx==0.23.0",
     "aiohttp==3.8.0",
     "redis==5.0.2",
+    # pytest 7.4.0's own time: pluggy 1.4+ turns an error raised under pytest 7's old-style
+    # hook wrappers (any plugin's UsageError at start-up) into PluggyTeardownRaisedWarning.
+    "pluggy==1.2.0",
 )
 
 # fmt: off

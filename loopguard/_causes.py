@@ -68,8 +68,8 @@ ENGINE = {
         "(os.fork() or multiprocessing's fork start method): their sockets are shared with the "
         "parent, and using them here corrupts the parent's connections.",
         "call `engine.sync_engine.dispose(close=False)` in the child before using the engine "
-        "(SQLAlchemy's documented recipe for forks), or create the engine after the fork, or "
-        "use the spawn start method.",
+        "(SQLAlchemy's documented recipe for forks, SQLAlchemy 1.4.33 and newer), or create the "
+        "engine after the fork, or use the spawn start method.",
     ),
 }
 

@@ -1363,7 +1363,11 @@ def test_connection_left_checked_out_on_a_closed_loop_is_closed_when_collected(
     assert pool.checkedout() == 0
     closing = ("Exception closing", "Exception terminating")
     assert [message for message in errors if message.startswith(closing)] == []
-    assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []
+    # SQLAlchemy before 1.4.3x neither closes nor terminates an async connection the collector
+    # takes (it says so: "unsupported on async dbapi"): asyncpg's and asyncio's own
+    # ResourceWarnings follow, with or without loopguard.
+    if not any("unsupported on async dbapi" in str(w.message) for w in caught):
+        assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []
     if SQLALCHEMY >= (2, 0):  # 1.4 logs a failed reset instead ("Exception during reset")
         assert any("non-checked-in connection" in str(w.message) for w in caught)
     assert asyncio.run(_wait_backends_gone(pg_dsn, [pid]))

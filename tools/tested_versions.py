@@ -142,7 +142,10 @@ def render(nox: Optional[ModuleType] = None) -> str:
         "`postgresql+psycopg` dialect on SQLAlchemy 1.4 (tests/test_psycopg.py skips there)."
         f" httpx older than {floor['httpx']} and aiohttp older than {floor['aiohttp']} are "
         "left unguarded (the pytest header's `guarding` list leaves them out); everything else "
-        "is guarded as usual."
+        "is guarded as usual. The floor session pins pluggy 1.2.0, the one of pytest 7.4.0's "
+        "time: with pluggy 1.4 and newer, pytest 7 follows any plugin's start-up usage error "
+        "(loopguard's one-line errors included) with a `PluggyTeardownRaisedWarning`; "
+        "`dispose(close=False)`, the fix LG101 names for a forked child, needs SQLAlchemy 1.4.33."
     )
     add("")
     add("## The sessions")
