@@ -277,7 +277,8 @@ def test_second_asyncio_run_message_is_exact(
         "  fix:           dispose it when its loop ends (`await engine.dispose()` in the "
         "teardown of a fixture on the test's loop), or create it per test in a fixture, or "
         "build it with `poolclass=NullPool` for tests.",
-        "  (Background on this error at: docs/errors.md#lg101, code LG101)",
+        "  (Background on this error: `loopguard explain LG101`, "
+        "or LG101 on the Error codes page of the docs)",
     ]
 
 
