@@ -29,9 +29,11 @@ ORIGINALS = {
 
 import asyncpg  # noqa: E402, F401 - its patch points are in the tables checked below
 
-with contextlib.suppress(ImportError):  # the HTTP clients' patch points too, where installed
+with contextlib.suppress(ImportError):  # the HTTP clients' and redis's patch points too
     import aiohttp  # noqa: F401
     import httpx  # noqa: F401
+with contextlib.suppress(ImportError):
+    import redis.asyncio  # noqa: F401
 
 from _patch_tables import changed, originals  # noqa: E402
 from _worker import patched_attributes  # noqa: E402 - every class in every loaded module

