@@ -63,10 +63,15 @@ out["wrapped"] = patched_attributes()
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 # Any listener of loopguard's left on the Engine class (it listens to none since issue 11.2).
+def listeners(collection):
+    try:
+        return list(collection)
+    except TypeError:  # SQLAlchemy 2.1: on the class, the listeners are per class
+        return [fn for fns in getattr(collection, "_clslevel", {}).values() for fn in fns]
 out["listener"] = any(
     (getattr(fn, "__module__", "") or "").startswith("loopguard")
     for name in ("engine_disposed", "engine_connect", "before_cursor_execute")
-    for fn in getattr(Engine.dispatch, name)
+    for fn in listeners(getattr(Engine.dispatch, name))
 )
 out["engine_has_events"] = Engine._has_events
 print(json.dumps(out))
