@@ -85,7 +85,7 @@ PROGRAM = textwrap.dedent(
             after = f"{type(exc).__name__}: {exc}"
         print(json.dumps({"child": outcome, "parent_before": before, "parent_after": after}))
         if pool is not None:
-            await pool.close()
+            pool.terminate()  # its connection may be the one the child broke: no graceful close
         await engine.dispose()
 
     asyncio.run(main())
