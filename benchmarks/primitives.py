@@ -484,6 +484,11 @@ def measure(
     return rows
 
 
+def rows(quick: bool = False, log: Any = None) -> List[Dict[str, Any]]:
+    """Every row, for benchmarks/run.py's libraries section (L3); progress goes to stderr."""
+    return measure(quick)
+
+
 def table(rows: List[Dict[str, Any]]) -> str:
     lines = [
         "| # | measurement | off | raise | raise vs off | target |",

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 from typing import NamedTuple, Optional
 
-from ._causes import PRIMITIVE_NOUNS, Cause, causes_for
+from ._causes import PRIMITIVE_NOUNS, Cause, cause_for
 from ._errors import (
     LoopguardWarning,
     LoopMismatchWarning,
     LoopScopeMismatchWarning,
     PoolCreatedOutsideLoopWarning,
 )
-
-# One place for the documentation address: every message links a code to its section here.
-DOCS_PAGE = "docs/errors.md"
+from ._errors import docs_link as docs_link  # re-exported: the docs link codes through here
 
 EVENT_LOOP_MISMATCH = "loopguard.loop_mismatch"
 
@@ -33,6 +31,7 @@ MISMATCH_FIELDS = (
     "created_at",
     "created_in",
     "created_during",
+    "created_by",
     "bound_during",
     "bound_at",
     "used_at",
@@ -54,6 +53,7 @@ CREATION_FIELDS = (
     "created_at",
     "created_in",
     "created_during",
+    "created_by",
     "used_at",
     "used_during",
     "owner_loop_id",
@@ -64,13 +64,16 @@ CREATION_FIELDS = (
 OBJECT_FIELDS = tuple(
     "name" if field == "url" else field for field in MISMATCH_FIELDS if field != "pool_class"
 )
+# psycopg_pool pools (LG112): the pool's ``name`` besides its URL and class.
+_AFTER_URL = MISMATCH_FIELDS.index("url") + 1
+PSYCOPG_POOL_FIELDS = (*MISMATCH_FIELDS[:_AFTER_URL], "name", *MISMATCH_FIELDS[_AFTER_URL:])
 # HTTP clients (LG108 httpx, LG109 aiohttp): ``url`` is the origin of the client's base_url
 # (``scheme://host:port``), ``name`` the library class that built the client, if one did.
 CLIENT_FIELDS = tuple(
     "name" if field == "pool_class" else field for field in MISMATCH_FIELDS if field != "name"
 )
 # LG111: asyncio's own primitives.  ``name`` is a subclass's name (asyncpg's pool queue),
-# ``created_by`` the library whose code created it, ``healed`` what warn mode did.
+# ``created_via`` the library code that created it, ``healed`` what warn mode did.
 PRIMITIVE_FIELDS = (
     "code",
     "action",
@@ -81,6 +84,7 @@ PRIMITIVE_FIELDS = (
     "created_in",
     "created_during",
     "created_by",
+    "created_via",
     "bound_during",
     "bound_at",
     "used_at",
@@ -101,6 +105,7 @@ POOL_EVENT_FIELDS = (
     "created_at",
     "created_in",
     "created_during",
+    "created_by",
     "bound_during",
     "bound_at",
     "used_at",
@@ -125,13 +130,13 @@ class Code(NamedTuple):
 
     @property
     def anchor(self) -> str:
-        return f"{DOCS_PAGE}#{self.code.lower()}"
+        return docs_link(self.code)
 
     def level(self, action: str) -> str:
         return "error" if action == "raised" else "warning"
 
     def cause(self, resource: str, key: str) -> Optional[Cause]:
-        return causes_for(resource).get(key)
+        return cause_for(resource, key)
 
 
 CODES: dict[str, Code] = {
@@ -248,6 +253,16 @@ CODES: dict[str, Code] = {
             PRIMITIVE_FIELDS,
             tuple(PRIMITIVE_NOUNS),
         ),
+        Code(
+            "LG112",
+            "a psycopg_pool AsyncConnectionPool used on an event loop other than the one that "
+            "opened it",
+            EVENT_LOOP_MISMATCH,
+            LoopMismatchWarning,
+            True,
+            PSYCOPG_POOL_FIELDS,
+            ("psycopg_pool AsyncConnectionPool",),
+        ),
     )
 }
 
@@ -257,7 +272,3 @@ EVENTS = {code.event for code in CODES.values()}
 def primitive_noun(resource: Optional[str]) -> Optional[str]:
     """ "lock", "queue", ... for an asyncio primitive (summaries count them so); else None."""
     return PRIMITIVE_NOUNS.get(resource or "")
-
-
-def docs_link(code: str) -> str:
-    return f"{DOCS_PAGE}#{code.lower()}"

@@ -112,6 +112,8 @@ FIELD_TYPES: dict[str, type] = {
             "created_at",
             "created_in",
             "created_during",
+            "created_by",
+            "created_via",
             "bound_during",
             "used_during",
             "cause",

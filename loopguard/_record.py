@@ -11,7 +11,16 @@ from ._errors import LoopMismatchError
 
 # Logged only when they have a value: they belong to some actions or resources only.
 OPTIONAL_FIELDS = frozenset(
-    {"name", "operation", "released", "sockets_closed", "held", "created_by", "healed"}
+    {
+        "name",
+        "operation",
+        "created_by",
+        "created_via",
+        "released",
+        "sockets_closed",
+        "held",
+        "healed",
+    }
 )
 
 
@@ -26,7 +35,8 @@ class Record:
     created_at: Optional[str] = None  # path:line
     created_in: Optional[str] = None  # function
     created_during: Optional[str] = None  # test (phase)
-    created_by: Optional[str] = None  # the library whose code created it (module:line in function)
+    created_by: Optional[str] = None  # the fixture whose setup created it (_context)
+    created_via: Optional[str] = None  # the library code that created it (module:line in function)
     bound_during: Optional[str] = None
     bound_at: Optional[str] = None  # path:line in function
     used_at: Optional[str] = None

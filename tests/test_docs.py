@@ -31,6 +31,7 @@ import pytest
 from pgserver import sqlalchemy_url
 
 from loopguard._codes import CODES, docs_link
+from loopguard._errors import DOCS_PAGE_TITLE, docs_section
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -164,12 +165,74 @@ def test_generated_parts_match_the_code() -> None:
     assert stale == [], f"stale pages {stale}: run .venv/bin/python docs/_gen.py"
 
 
+# What a captured output must not show: a home, a checkout, a virtualenv or a temporary
+# directory of the machine that captured it (docs/_gen.py shortens them to "...").
+MACHINE_PATH = re.compile(
+    r"(?<![\w.])/(?:home|root|work|Users|opt|usr|var|private)/[^\s'\"]*"
+    r"|/tmp/(?!pg-socket-dir\b)[^\s'\"&]+"
+    r"|%2Ftmp%2F(?!pg-socket-dir\b)[^\s&]+"
+)
+
+
+def machine_paths_shown(text: str) -> list[str]:
+    return MACHINE_PATH.findall(text)
+
+
+def test_shown_outputs_name_no_path_of_the_machine_that_captured_them() -> None:
+    """The real outputs on the pages, in the README and in the ``loopguard explain`` texts
+    show ``.../site-packages/...``, not ``/work/main/.venv/lib/python3.11/site-packages``."""
+    shown = {
+        f"{page.name} {name}": body
+        for page in gen.pages()
+        for name, body in gen.blocks(page).items()
+        if name.startswith("output:")
+    }
+    shown.update({f"explain {code}": text for code, text in gen.explanations().items()})
+    assert len(shown) > len(gen.RUNS)
+    found = {where: machine_paths_shown(text) for where, text in shown.items()}
+    assert {where: paths for where, paths in found.items() if paths} == {}
+    assert sys.prefix not in "".join(shown.values())
+
+
+def test_the_machine_path_pattern_finds_what_it_must() -> None:
+    """The check above is not vacuous: the paths of an uncleaned capture are found, the
+    shortened ones are not."""
+    assert machine_paths_shown(
+        "/work/main/.venv/lib/python3.11/site-packages/sqlalchemy/pool/base.py:728: x "
+        "at /usr/lib/python3.11/asyncio/base_events.py:180 "
+        "host=%2Ftmp%2Floopguard-pg-xzzvhq78&port=5432 /tmp/tmpab12cd/examples/x.py"
+    ) == [
+        "/work/main/.venv/lib/python3.11/site-packages/sqlalchemy/pool/base.py:728:",
+        "/usr/lib/python3.11/asyncio/base_events.py:180",
+        "%2Ftmp%2Floopguard-pg-xzzvhq78",
+        "/tmp/tmpab12cd/examples/x.py",
+    ]
+    assert not machine_paths_shown(
+        ".../site-packages/sqlalchemy/pool/base.py:728 .../python3.11/asyncio/base_events.py "
+        "host=%2Ftmp%2Fpg-socket-dir&port=5432 host=/tmp/pg-socket-dir&port=5432"
+    )
+
+
+def test_explain_texts_are_the_error_page_s_sections() -> None:
+    """The texts ``loopguard explain`` prints (loopguard/explanations/, in the wheel) are the
+    sections of docs/errors.md as docs/_gen.py renders them now: one per documented code."""
+    stale = gen.stale_explanations()
+    assert stale == [], f"stale texts of {stale}: run .venv/bin/python docs/_gen.py"
+    assert set(gen.explanations()) == set(CODES) - SECTIONS_TO_WRITE
+
+
 def test_every_message_link_lands_on_a_heading() -> None:
-    """Messages link docs/errors.md#lg101: that file has the heading whose anchor that is."""
+    """Messages send the reader to "LG101 on the Error codes page of the docs": the site's
+    navigation has a page of that title, it is docs/errors.md, and it has LG101's heading."""
     link = docs_link("LG101")
     page, anchor = link.split("#")
     assert (ROOT / page).is_file()
-    headings = re.findall(r"^#+ (.+)$", (ROOT / page).read_text(encoding="utf-8"), re.M)
+    text = (ROOT / page).read_text(encoding="utf-8")
+    assert text.startswith(f"# {DOCS_PAGE_TITLE}\n")
+    nav = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
+    assert f"  - {DOCS_PAGE_TITLE}: {Path(page).name}\n" in nav
+    assert docs_section("LG101") == f"LG101 on the {DOCS_PAGE_TITLE} page of the docs"
+    headings = re.findall(r"^#+ (.+)$", text, re.M)
     assert anchor in [h.strip().lower() for h in headings]
 
 
@@ -255,7 +318,9 @@ def test_pytest_bug_fails_with_loop_mismatch_under_loopguard(
     assert outcomes.get("failed", 0) >= 1, outcomes
     text = _output(result)
     assert "loopguard.LoopMismatchError" in text
-    assert f"(Background on this error at: {docs_link(code)}, code {code})" in text
+    assert (
+        f"(Background on this error: `loopguard explain {code}`, or {docs_section(code)})" in text
+    )
     assert not RAW_PYTEST_ERRORS[code].search(text)
 
 
@@ -319,6 +384,7 @@ RAW_SYMPTOMS = {
     "LG109": "^RuntimeError: Event loop is closed$",
     "LG110": "^RuntimeError: Event loop is closed$",
     "LG111": ASYNCIO_PRIMITIVE_ERROR.pattern,
+    "LG112": r"^psycopg_pool\.PoolTimeout: couldn't get a connection after",
 }
 
 
@@ -328,7 +394,7 @@ SLOW_CALLBACK = re.compile(
 
 # Script bugs that loopguard stops with LoopMismatchError in raise mode (the others are
 # reported with a record and run to their end).
-STOPPED = {"LG101", "LG102", "LG103", "LG107", "LG108", "LG109", "LG110", "LG111"}
+STOPPED = {"LG101", "LG102", "LG103", "LG107", "LG108", "LG109", "LG110", "LG111", "LG112"}
 # What the first job of a stopped script prints (LG107's example pings the server: "N" or "S";
 # the HTTP examples print the status code).
 FIRST_JOB = {"LG107": r"job 1: [NS]\n", "LG108": r"job 1: 200\n", "LG109": r"job 1: 200\n"}
@@ -396,6 +462,28 @@ def test_asyncpg_script_bug_in_warn_mode_reports_then_asyncpg_fails(
         assert ": PoolCreatedOutsideLoopWarning: asyncpg Pool created" in done.stderr
     else:
         assert actions == [("LG103", "warned")]
+
+
+PSYCOPG_POOL_SCRIPT_BUGS = [name for name in SCRIPT_BUGS if _code(name) == "LG112"]
+
+
+@needs_documented_stack
+@pytest.mark.parametrize("name", PSYCOPG_POOL_SCRIPT_BUGS)
+def test_psycopg_pool_script_bug_in_warn_mode_reports_then_times_out(
+    name: str, database_url: str, tmp_path: Path
+) -> None:
+    """LOOPGUARD=warn: the misuse of a psycopg_pool pool is reported (a LoopMismatchWarning
+    and a warned LG112 record), then the call goes ahead and the pool's own PoolTimeout
+    follows: a pool cannot move to another loop, so nothing is healed."""
+    log = tmp_path / "loopguard.jsonl"
+    done = _run_script(name, tmp_path, LOOPGUARD="warn", LOOPGUARD_LOG_FILE=str(log))
+    assert done.returncode == 1
+    assert ": LoopMismatchWarning: psycopg_pool AsyncConnectionPool used on event loop #2" in (
+        done.stderr
+    )
+    assert "LoopMismatchError" not in done.stderr
+    assert re.search(RAW_SYMPTOMS["LG112"], done.stderr, re.M)
+    assert [(record["code"], record["action"]) for record in _records(log)] == [("LG112", "warned")]
 
 
 @needs_documented_stack
@@ -477,7 +565,7 @@ def fresh_outputs(
     workdir = tmp_path_factory.mktemp("docs-runs") / "examples"
     saved = os.environ.pop("PYTEST_CURRENT_TEST", None)
     try:
-        yield gen.run_all(workdir, sqlalchemy_url(pg_dsn), redis_url), workdir
+        yield gen.run_all(workdir, pg_dsn, redis_url), workdir
     finally:
         if saved is not None:
             os.environ["PYTEST_CURRENT_TEST"] = saved
@@ -523,7 +611,7 @@ def _run_sdk_jobs(tmp_path: Path, **env: str) -> None:
 
 
 # A library (a directory named site-packages) whose client makes its own lock, and a program
-# that builds the client at import time: LG111 names the library's line as created_by.
+# that builds the client at import time: LG111 names the library's line as created_via.
 LIBRARY_CLIENT = """\
 import asyncio
 
@@ -588,7 +676,7 @@ def test_log_fields_table_lists_exactly_the_fields_of_real_records(
 ) -> None:
     """The fields table of logs.md names every field of real records: LG101 raised and warned
     (also by a pytest-xdist worker), LG102, LG103 raised and warned, LG104, LG106, LG111
-    raised (a library's lock) and warned, as written to the JSON-lines file."""
+    raised (a library's lock) and warned, and LG112, as written to the JSON-lines file."""
     _, workdir = fresh_outputs
     warned_log = tmp_path / "warned.jsonl"
     monkeypatch.setenv("LOOPGUARD_LOG_FILE", str(warned_log))
@@ -605,6 +693,7 @@ def test_log_fields_table_lists_exactly_the_fields_of_real_records(
         ("lg102_outside_loop_bug.py", "1"),
         ("lg103_global_pool_bug.py", "warn"),
         ("lg111_module_lock_bug.py", "warn"),
+        ("lg112_global_pool_bug.py", "1"),
     ):
         _run_script(name, tmp_path, LOOPGUARD=mode, LOOPGUARD_LOG_FILE=str(script_log))
     _run_library_lock_script(tmp_path, script_log)
@@ -626,7 +715,7 @@ def test_log_fields_table_lists_exactly_the_fields_of_real_records(
     assert {("LG101", "raised"), ("LG101", "warned"), ("LG104", "released")} <= actions
     assert {("LG102", "warned"), ("LG103", "raised"), ("LG103", "warned")} <= actions
     assert ("LG106", "reported") in actions
-    assert {("LG108", "warned"), ("LG109", "raised")} <= actions
+    assert {("LG108", "warned"), ("LG109", "raised"), ("LG112", "raised")} <= actions
     assert {("LG111", "warned"), ("LG111", "raised")} <= actions
     fields = set().union(*records)
     assert sorted(_documented_fields()) == sorted(fields)

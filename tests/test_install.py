@@ -336,9 +336,8 @@ def test_repr_of_the_state_says_what_is_guarded(monkeypatch: pytest.MonkeyPatch)
     loopguard.install("warn")
     assert repr(_state.STATE) == (
         f"<loopguard state: mode='warn' (from install() at {where}), "
-        "guarding=['sqlalchemy', 'asyncpg', 'httpx', 'aiohttp', 'redis', 'asyncio'], "
-        "skipped={}, "
-        "log_file=None>"
+        "guarding=['sqlalchemy', 'asyncpg', 'httpx', 'aiohttp', 'redis', 'psycopg_pool', "
+        "'asyncio'], skipped={}, log_file=None>"
     )
     loopguard.uninstall()
     monkeypatch.setenv("LOOPGUARD", "warn")
@@ -441,6 +440,8 @@ def test_without_sqlalchemy_or_asyncpg_install_guards_asyncio_primitives(tmp_pat
         "SKIPPED: aiohttp aiohttp is not installed (No module named 'aiohttp'); "
         "pip install aiohttp",
         "SKIPPED: redis redis-py is not installed (No module named 'redis'); pip install redis",
+        "SKIPPED: psycopg_pool psycopg_pool is not installed (No module named 'psycopg_pool'); "
+        "pip install psycopg-pool",
         "RAISED: LG111 asyncio.Lock",
         "INSTALLED: False",
     ]

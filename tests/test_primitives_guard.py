@@ -252,7 +252,8 @@ def test_a_module_level_lock_used_on_a_second_loop_raises_with_the_facts(
         f"  used now:      during {test} on loop #{current}, at {waits} (Lock.acquire)",
         f"  likely cause:  {cause.text}",
         f"  fix:           {cause.fix}",
-        "  (Background on this error at: docs/errors.md#lg111, code LG111)",
+        "  (Background on this error: `loopguard explain LG111`, "
+        "or LG111 on the Error codes page of the docs)",
     ]
     assert isinstance(error, RuntimeError)
     assert (error.code, error.resource, error.created_at) == ("LG111", "asyncio.Lock", created)
@@ -265,7 +266,7 @@ def test_a_module_level_lock_used_on_a_second_loop_raises_with_the_facts(
         "LG111",
         "error",
     )
-    assert "healed" not in log and "created_by" not in log
+    assert "healed" not in log and "created_by" not in log and "created_via" not in log
 
 
 @bound_at_creation
@@ -544,7 +545,7 @@ def test_a_librarys_primitive_is_attributed_to_the_users_line_and_names_the_libr
     library: Any, import_time_loop: Optional[asyncio.AbstractEventLoop]
 ) -> None:
     """The library's lock is created in its client's __init__: the creation site is the
-    user's line that created the client, and ``created_by`` the library's line."""
+    user's line that created the client, and ``created_via`` the library's line."""
     client = library.Client()  # client created
 
     async def use() -> None:
@@ -560,7 +561,7 @@ def test_a_librarys_primitive_is_attributed_to_the_users_line_and_names_the_libr
     error = excinfo.value
     function = "Client.__init__" if sys.version_info >= (3, 11) else "__init__"
     assert error.created_at == f"{HERE}:{marker_line(__file__, 'client created')}"
-    assert error.record["created_by"] == f"fakeclient:6 in {function}"
+    assert error.record["created_via"] == f"fakeclient:6 in {function}"
     assert error.used_at == f"{HERE}:{marker_line(__file__, 'call: library')} in call"
     assert f", by fakeclient:6 in {function}\n" in str(error)
 
@@ -594,7 +595,7 @@ def test_a_librarys_primitive_made_deep_in_a_task_is_attributed_to_the_tasks_lin
 
     error = _second_loop_error(asyncio.run(make()))
     assert error.created_at == f"{HERE}:{marker_line(__file__, 'deep client created')}"
-    assert error.record["created_by"].startswith("fakeclient:6 in ")
+    assert error.record["created_via"].startswith("fakeclient:6 in ")
 
 
 @pytest.mark.usefixtures("_guard")
@@ -605,7 +606,7 @@ def test_a_librarys_primitive_made_deep_in_a_library_task_says_its_line_was_not_
     the line was not recorded, and why, and still names the library's line."""
     error = _second_loop_error(asyncio.run(library.client_task()))
     assert error.created_at is None
-    assert error.record["created_by"].startswith("fakeclient:6 in ")
+    assert error.record["created_via"].startswith("fakeclient:6 in ")
     message = str(error)
     assert f"not recorded (during {current_test_id(request)}, in a running loop): " in message
     assert (
@@ -637,7 +638,7 @@ def test_warn_mode_moves_a_primitive_whose_loop_is_closed(
         ("LG111", "warned", True)
     ] * expected
     logged = set(records[0]) - {"timestamp", "level", "event", "pid", "schema"}
-    assert logged == set(CODES["LG111"].fields) - {"name", "created_by"}
+    assert logged == set(CODES["LG111"].fields) - {"name", "created_by", "created_via"}
 
 
 @pytest.mark.parametrize("mode", ["warn"])

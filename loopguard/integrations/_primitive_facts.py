@@ -12,7 +12,7 @@ does a bounded walk go further up the stack:
 
 - a primitive created by a library (a file in site-packages) is attributed to the user's line
   that led there (the client's constructor call, the first request that built the library's
-  object), and the library's line is kept as ``created_by``: the user's line is where a fix
+  object), and the library's line is kept as ``created_via``: the user's line is where a fix
   goes, the library's says which object the primitive belongs to;
 - a primitive asyncio creates for another one (a Condition's Lock, a Queue's Event, a
   Barrier's Condition) is reported as that one (``asyncio.Condition``, ...);
@@ -397,11 +397,11 @@ def mismatch_record(
     in ``frame``."""
     creation, binding = _get(CREATED, obj), _get(BOUND, obj)
     resource, name = describe(type(obj))
-    created_site = created_during = created_by = in_loop = None
+    created_site = created_during = created_via = in_loop = None
     if creation is not None:
         code, lasti, test, in_loop, by, outer = creation
         created_site, created_during = _site(code, lasti), _test_name(test)
-        created_by = _library_line(by)
+        created_via = _library_line(by)
         if outer is not None:  # created by asyncio for another primitive: reported as that
             resource, name = describe(outer)
     how: Optional[str] = None
@@ -430,7 +430,7 @@ def mismatch_record(
         created_at=created_site.location if created_site else None,
         created_in=created_site.function if created_site else None,
         created_during=created_during,
-        created_by=created_by,
+        created_via=created_via,
         bound_during=bound_during,
         bound_at=str(bound_site) if bound_site else None,
         used_at=str(used_site) if used_site else None,

@@ -66,7 +66,9 @@ class EngineFacts(Origin):
     __slots__ = ("_url", "_rendered", "pool_class")
 
     def __init__(self, url: Any, pool_class: str, origin: Origin) -> None:
-        super().__init__(origin.site, origin.created_during, origin.created_in_loop, origin.known)
+        super().__init__(
+            origin.site, origin.created_during, origin.created_in_loop, origin.known, origin.fixture
+        )
         self._url = url  # SQLAlchemy's URL (immutable); rendered only when a record needs it
         self._rendered: Optional[str] = None
         self.pool_class = pool_class
@@ -112,6 +114,19 @@ _pool_lookup = POOLS.lookup
 _connection_lookup = CONNECTIONS.lookup
 
 _guarded_pool_class: Any = None  # sqlalchemy.pool.QueuePool, set by setup()
+
+# Loop number -> the ids of the pools bound on that loop (in the order they were bound): the
+# pools a closing loop may leave connections in (LG106), found without scanning every tracked
+# pool.  Disposed engines' pools wait in POOLS for the garbage collector, often until a full
+# collection: a scan at each loop close made each test of a long suite cost more than the
+# one before.  A pool bound again on another loop is listed under both; the report checks
+# the binding it has when the loop closes.
+_bound_on: dict[int, dict[int, None]] = {}
+
+
+def _bind(pool: Any, state: PoolState, binding: Binding) -> None:
+    state.binding = binding
+    _bound_on.setdefault(binding.loop.id, {})[id(pool)] = None
 
 
 def _is_guarded_pool(pool: Any) -> bool:
@@ -177,9 +192,12 @@ def _make_guarded_do_get(original: Callable[[Any], Any]) -> Callable[[Any], Any]
             ):
                 # Adopt it for the loop it really belongs to: it may have been opened before
                 # install(), or reconnected by an earlier checkout on another loop.
-                conn = _adopt_connection(state, record, _driver_loop(dbapi_connection) or loop)
+                conn = _adopt_connection(
+                    self, state, record, _driver_loop(dbapi_connection) or loop
+                )
             elif binding is None:
-                state.binding = binding = conn.binding  # tracked again after a reinstall
+                _bind(self, state, conn.binding)  # tracked again after a reinstall
+                binding = conn.binding
             if conn.binding.loop._ref() is loop:
                 return record
             _on_connection_mismatch(self, state, record, conn, loop)  # raises, or releases
@@ -193,14 +211,14 @@ def _driver_loop(dbapi_connection: Any) -> Any:
     return getattr(driver, "_loop", None)
 
 
-def _adopt_connection(state: PoolState, record: Any, loop: Any) -> ConnectionFacts:
+def _adopt_connection(pool: Any, state: PoolState, record: Any, loop: Any) -> ConnectionFacts:
     """A connection seen for the first time: it belongs to ``loop``."""
     site = _sites.user_site(_context.rootdir, skip=3)
     binding = Binding(LoopRef(loop), site, _context.current_test())
     facts = ConnectionFacts(binding, id(record.dbapi_connection), record.starttime)
     conn = CONNECTIONS.add(record, facts)
     if state.binding is None:
-        state.binding = binding
+        _bind(pool, state, binding)
     return conn
 
 
@@ -274,6 +292,7 @@ def _pool_record(
         created_at=site.location if site else None,
         created_in=site.function if site else None,
         created_during=engine.created_during,
+        created_by=engine.fixture,
         bound_during=binding.during,
         bound_at=str(binding.site) if binding.site else None,
         used_at=str(used) if used else None,
@@ -327,7 +346,14 @@ def _release_foreign_before_dispose(pool: Any, state: PoolState) -> None:
 
 def _report_connections_left_on(loop: Any) -> None:
     """LG106: a loop is closing while pools still hold its connections: they can only leak."""
-    for pool, state in POOLS.live():
+    bound = _bound_on.pop(loop_id(loop), None)
+    if not bound:
+        return
+    for key in bound:
+        found = POOLS.find(key)
+        if found is None:  # collected (or disposed and untracked) since
+            continue
+        pool, state = found
         binding = state.binding
         if binding is None or binding.loop() is not loop:
             continue
@@ -408,6 +434,7 @@ class SQLAlchemyIntegration(Integration):
         remove_fork_listener(_keep_inherited_connections)
         POOLS.clear()
         CONNECTIONS.clear()
+        _bound_on.clear()
 
     def __repr__(self) -> str:
         return f"<SQLAlchemyIntegration tracking {len(POOLS)} pools>"
