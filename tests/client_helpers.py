@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
+import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Callable
 
 import pytest
+
+import loopguard
 
 _keys = itertools.count(1)
 
@@ -71,3 +76,49 @@ def stop_loop_thread(loop: asyncio.AbstractEventLoop, thread: object) -> None:
     loop.call_soon_threadsafe(loop.stop)
     thread.join(10)  # type: ignore[attr-defined]
     loop.close()
+
+
+def run_script(
+    source: str, tmp_path: Path, http_url: str, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """Run ``source`` as a program of its own (``HTTP_URL`` set, no loopguard or pytest
+    setting inherited; ``env`` adds more, such as ``LOOPGUARD="1"``)."""
+    script = tmp_path / "jobs.py"
+    script.write_text(source)
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("LOOPGUARD", "PYTEST_"))}
+    return subprocess.run(
+        [sys.executable, str(script)],
+        env={**environ, "HTTP_URL": http_url, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def install_round_trip(
+    classes: tuple[type, ...], while_installed: Callable[[], object] = lambda: None
+) -> list[str]:
+    """The ``Class.attribute`` names of ``classes`` that ``loopguard.install()`` changes
+    (from uninstalled; ``while_installed`` runs before it is undone), after asserting that
+    ``uninstall()`` puts back every attribute exactly: the same objects, no more, no fewer."""
+
+    def class_dicts() -> dict[str, dict[str, object]]:
+        return {cls.__qualname__: dict(vars(cls)) for cls in classes}
+
+    loopguard.uninstall()
+    before = class_dicts()
+    loopguard.install()
+    during = class_dicts()
+    while_installed()
+    loopguard.uninstall()
+    after = class_dicts()
+    for cls, attrs in before.items():
+        assert after[cls].keys() == attrs.keys(), cls
+        for name, value in attrs.items():
+            assert after[cls][name] is value, f"{cls}.{name}"
+    return sorted(
+        f"{cls}.{name}"
+        for cls, attrs in during.items()
+        for name, value in attrs.items()
+        if before[cls].get(name) is not value
+    )
