@@ -53,7 +53,7 @@ def test_run_sets_the_variable_passes_the_exit_status_and_stops_the_server(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv(ENV_URL, raising=False)
-    child = f"import os, sys; print(os.environ[{ENV_URL!r}]); sys.exit(3)"  # noqa: ISC003
+    child = f"import os, sys; print(os.environ[{ENV_URL!r}]); sys.exit(3)"
     done = subprocess.run(
         [sys.executable, str(TOOLS / "redisserver.py"), "run", "--", sys.executable, "-c", child],
         capture_output=True,
