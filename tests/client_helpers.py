@@ -17,11 +17,8 @@ import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import Callable
 
 import pytest
-
-import loopguard
 
 _keys = itertools.count(1)
 
@@ -92,33 +89,4 @@ def run_script(
         capture_output=True,
         text=True,
         timeout=60,
-    )
-
-
-def install_round_trip(
-    classes: tuple[type, ...], while_installed: Callable[[], object] = lambda: None
-) -> list[str]:
-    """The ``Class.attribute`` names of ``classes`` that ``loopguard.install()`` changes
-    (from uninstalled; ``while_installed`` runs before it is undone), after asserting that
-    ``uninstall()`` puts back every attribute exactly: the same objects, no more, no fewer."""
-
-    def class_dicts() -> dict[str, dict[str, object]]:
-        return {cls.__qualname__: dict(vars(cls)) for cls in classes}
-
-    loopguard.uninstall()
-    before = class_dicts()
-    loopguard.install()
-    during = class_dicts()
-    while_installed()
-    loopguard.uninstall()
-    after = class_dicts()
-    for cls, attrs in before.items():
-        assert after[cls].keys() == attrs.keys(), cls
-        for name, value in attrs.items():
-            assert after[cls][name] is value, f"{cls}.{name}"
-    return sorted(
-        f"{cls}.{name}"
-        for cls, attrs in during.items()
-        for name, value in attrs.items()
-        if before[cls].get(name) is not value
     )

@@ -22,7 +22,6 @@ import structlog
 from client_helpers import (
     forget_modules,
     hits,
-    install_round_trip,
     new_key,
     run_script,
     running_loop_thread,
@@ -32,6 +31,7 @@ from client_helpers import (
 from guard_helpers import (
     current_test_id,
     display_path,
+    install_round_trip,
     marker_line,
     on_new_loop,
     silence_checked,
