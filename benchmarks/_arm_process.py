@@ -87,14 +87,16 @@ RoundSamples = Dict[str, List[List[float]]]  # arm -> its [wall, cpu] samples of
 
 
 def alternating_rounds(
-    start: Callable[[str], ArmProcess], rounds: int, samples: int
+    command: Callable[[str], List[str]], cwd: str, rounds: int, samples: int
 ) -> List[RoundSamples]:
-    """Each round: a fresh off and raise worker (``start(arm)``), ready, then ``samples``
-    samples each, taking turns, who goes first alternating, so that a burst of load from
-    other processes lands on both alike."""
+    """Each round: a fresh off and raise worker (``command(arm)``, run in ``cwd`` with
+    ``library_worker_env()``), ready, then ``samples`` samples each, taking turns, who goes
+    first alternating, so that a burst of load from other processes lands on both alike."""
     result = []
     for number in range(rounds):
-        workers = {arm: start(arm) for arm in OFF_RAISE}
+        workers = {
+            arm: ArmProcess(arm, command(arm), library_worker_env(), cwd) for arm in OFF_RAISE
+        }
         try:
             for arm, worker in workers.items():
                 if worker.ask(None) != "ready":

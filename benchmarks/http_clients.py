@@ -36,14 +36,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "tools"))
 sys.path.insert(0, str(HERE))
 
-from _arm_process import (  # noqa: E402
-    OFF_RAISE,
-    ArmProcess,
-    alternating_rounds,
-    library_worker_env,
-    serve,
-    summarize,
-)
+import _arm_process  # noqa: E402 - benchmarks/ on sys.path first
 
 LIBRARIES = ("httpx", "aiohttp")
 TARGET = 1.02  # the httpx row's target: within 2 % of off
@@ -110,7 +103,7 @@ def _worker(arm: str, library: str, url: str, n: int) -> int:
         for _ in range(200):  # the connection opened, the caches filled
             await get()
         _assert_arm(arm, library, client)
-        await serve(get, n)
+        await _arm_process.serve(get, n)
         await (client.aclose() if library == "httpx" else client.close())
 
     asyncio.run(main())
@@ -126,14 +119,10 @@ def _command(arm: str, library: str, url: str, n: int) -> List[str]:
 
 def timed(library: str, url: str, rounds: int, samples: int, n: int) -> Dict[str, Any]:
     """Per arm the median seconds per GET (wall, CPU); the median of the rounds' ratios."""
-    by_round = alternating_rounds(
-        lambda arm: ArmProcess(
-            arm, _command(arm, library, url, n), library_worker_env(), str(ROOT)
-        ),
-        rounds,
-        samples,
+    by_round = _arm_process.alternating_rounds(
+        lambda arm: _command(arm, library, url, n), str(ROOT), rounds, samples
     )
-    return {"library": library, **summarize(by_round)}
+    return {"library": library, **_arm_process.summarize(by_round)}
 
 
 def instructions(library: str, url: str, n: int) -> Dict[str, float]:
@@ -141,10 +130,12 @@ def instructions(library: str, url: str, n: int) -> Dict[str, float]:
     import _instructions
 
     counts = {}
-    for arm in OFF_RAISE:
+    for arm in _arm_process.OFF_RAISE:
         command = _command(arm, library, url, n)
-        _instructions.warm(command, library_worker_env(), str(ROOT), stdin="quit\n")
-        counts[arm] = _instructions.per_operation(command, n, library_worker_env(), str(ROOT))
+        _instructions.warm(command, _arm_process.library_worker_env(), str(ROOT), stdin="quit\n")
+        counts[arm] = _instructions.per_operation(
+            command, n, _arm_process.library_worker_env(), str(ROOT)
+        )
     return counts
 
 

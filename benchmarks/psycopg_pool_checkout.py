@@ -30,14 +30,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "tools"))
 sys.path.insert(0, str(HERE))
 
-from _arm_process import (  # noqa: E402
-    OFF_RAISE,
-    ArmProcess,
-    alternating_rounds,
-    library_worker_env,
-    serve,
-    summarize,
-)
+import _arm_process  # noqa: E402 - benchmarks/ on sys.path first
 
 
 def _assert_arm(arm: str, pool: Any) -> None:
@@ -83,7 +76,7 @@ def _worker(arm: str, dsn: str, n: int) -> int:
             for _ in range(500):  # caches filled, the connection warm
                 await operation()
             _assert_arm(arm, pool)
-            await serve(operation, n)
+            await _arm_process.serve(operation, n)
 
     asyncio.run(main())
     return 0
@@ -95,12 +88,10 @@ def _command(arm: str, dsn: str, n: int) -> List[str]:
 
 def timed(dsn: str, rounds: int, samples: int, n: int) -> Dict[str, Any]:
     """Per arm the median seconds per operation (wall, CPU); the median of the rounds' ratios."""
-    by_round = alternating_rounds(
-        lambda arm: ArmProcess(arm, _command(arm, dsn, n), library_worker_env(), str(ROOT)),
-        rounds,
-        samples,
+    by_round = _arm_process.alternating_rounds(
+        lambda arm: _command(arm, dsn, n), str(ROOT), rounds, samples
     )
-    return summarize(by_round)
+    return _arm_process.summarize(by_round)
 
 
 def instructions(dsn: str, n: int) -> Dict[str, float]:
@@ -109,8 +100,10 @@ def instructions(dsn: str, n: int) -> Dict[str, float]:
     if not _instructions.available():
         return {}
     return {
-        arm: _instructions.per_operation(_command(arm, dsn, n), n, library_worker_env(), str(ROOT))
-        for arm in OFF_RAISE
+        arm: _instructions.per_operation(
+            _command(arm, dsn, n), n, _arm_process.library_worker_env(), str(ROOT)
+        )
+        for arm in _arm_process.OFF_RAISE
     }
 
 
