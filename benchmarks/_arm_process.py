@@ -158,3 +158,20 @@ async def serve(operation: Callable[[], Awaitable[object]], n: int) -> None:
             print("done", flush=True)
         else:
             break
+
+
+def instructions_per_operation(
+    command: Callable[[str], List[str]], n: int, cwd: str
+) -> Dict[str, float]:
+    """Client instructions per operation of each arm's worker (``command(arm)``, doing ``n``
+    operations per ``run``) under valgrind, after one run without it that writes the .pyc
+    files: otherwise compiling a changed module would count in one process and not the
+    other (``_instructions.per_operation`` is a difference of two processes)."""
+    import _instructions
+
+    counts = {}
+    for arm in OFF_RAISE:
+        cmd = command(arm)
+        _instructions.warm(cmd, library_worker_env(), cwd, stdin="quit\n")
+        counts[arm] = _instructions.per_operation(cmd, n, library_worker_env(), cwd)
+    return counts

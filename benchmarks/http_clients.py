@@ -127,16 +127,9 @@ def timed(library: str, url: str, rounds: int, samples: int, n: int) -> Dict[str
 
 def instructions(library: str, url: str, n: int) -> Dict[str, float]:
     """Client instructions per GET, per arm (valgrind)."""
-    import _instructions
-
-    counts = {}
-    for arm in _arm_process.OFF_RAISE:
-        command = _command(arm, library, url, n)
-        _instructions.warm(command, _arm_process.library_worker_env(), str(ROOT), stdin="quit\n")
-        counts[arm] = _instructions.per_operation(
-            command, n, _arm_process.library_worker_env(), str(ROOT)
-        )
-    return counts
+    return _arm_process.instructions_per_operation(
+        lambda arm: _command(arm, library, url, n), n, str(ROOT)
+    )
 
 
 def rows(quick: bool = False, log: Callable[[str], None] = print) -> List[Dict[str, Any]]:

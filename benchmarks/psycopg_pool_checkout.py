@@ -99,12 +99,7 @@ def instructions(dsn: str, n: int) -> Dict[str, float]:
 
     if not _instructions.available():
         return {}
-    return {
-        arm: _instructions.per_operation(
-            _command(arm, dsn, n), n, _arm_process.library_worker_env(), str(ROOT)
-        )
-        for arm in _arm_process.OFF_RAISE
-    }
+    return _arm_process.instructions_per_operation(lambda arm: _command(arm, dsn, n), n, str(ROOT))
 
 
 def main(argv: List[str]) -> int:
