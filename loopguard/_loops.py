@@ -9,6 +9,7 @@ pytest-asyncio's loops), and a weak reference that can say whether a loop is clo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import sys
@@ -91,15 +92,36 @@ def _forget_name(key: int) -> None:
     _loop_kinds.pop(key, None)
 
 
+# Set by whoever names loops late (the pytest plugin names pytest-asyncio's loops once a
+# test's setup is done): called when a message asks for a name or kind not given yet, so that
+# a mismatch during the setup names a loop made in that same setup.
+late_namer: Optional[Callable[[], None]] = None
+
+
+def _name_late() -> None:
+    if late_namer is not None:
+        with contextlib.suppress(Exception):  # a message without a loop's name, not a crash
+            late_namer()
+
+
 def loop_name(key: int) -> str:
     """`` (name)`` for a loop number that has a name, else an empty string."""
     name = _loop_names.get(key)
+    if name is None and late_namer is not None:
+        _name_late()
+        name = _loop_names.get(key)
     return f" ({name})" if name else ""
 
 
 def loop_kind(key: Optional[int]) -> Optional[str]:
     """What made the loop numbered ``key`` (see ``name_loop``), if its maker said."""
-    return _loop_kinds.get(key) if key is not None else None
+    if key is None:
+        return None
+    kind = _loop_kinds.get(key)
+    if kind is None and late_namer is not None:
+        _name_late()
+        kind = _loop_kinds.get(key)
+    return kind
 
 
 # -- fork -----------------------------------------------------------------------------------
