@@ -23,9 +23,24 @@ worker: Optional[str] = None
 fixtures_in_setup: list[tuple[Any, Any]] = []
 
 
+_VARIABLE = "PYTEST_CURRENT_TEST"
+# os.environ.get() costs three Python calls (Mapping.get, __getitem__, encodekey) and is
+# asked a few times per test (each engine, connection and loop): CPython's os.environ keeps
+# the encoded variables in a dict, read here directly while os.environ is that object.
+_environ = os.environ
+_data = getattr(_environ, "_data", None)
+_key = _environ.encodekey(_VARIABLE) if hasattr(_environ, "encodekey") else None
+_decode = getattr(_environ, "decodevalue", None)
+
+
 def current_test() -> Optional[str]:
     """The pytest node id and phase running now, e.g. ``tests/test_a.py::test_x (call)``."""
-    return os.environ.get("PYTEST_CURRENT_TEST") if in_pytest else None
+    if not in_pytest:
+        return None
+    if os.environ is _environ and _data is not None and _decode is not None:
+        raw = _data.get(_key)
+        return None if raw is None else _decode(raw)
+    return os.environ.get(_VARIABLE)
 
 
 def fixture_in_setup() -> Optional[tuple[Any, Any]]:

@@ -38,10 +38,10 @@ _COLLECTOR_LOOP_SUFFIX = "::<event_loop>"  # 0.23 to 0.26: class, module and pac
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 
-def _new_style_wrapper(**options: bool) -> Optional[Decorator]:
-    """``pytest.hookimpl(wrapper=True, **options)``, or None where pluggy predates it (< 1.1)."""
+def _new_style_wrapper(trylast: bool = False) -> Optional[Decorator]:
+    """``pytest.hookimpl(wrapper=True, trylast=...)``, or None where pluggy predates it (< 1.1)."""
     try:
-        decorator: Decorator = pytest.hookimpl(wrapper=True, **options)
+        decorator: Decorator = pytest.hookimpl(wrapper=True, trylast=trylast)
     except TypeError:
         return None
     return decorator
