@@ -78,13 +78,7 @@ def loop_label(scope: str, node_id: str) -> str:
     return f"pytest-asyncio's {scope}-scoped loop for {node_id}"
 
 
-def _is_loop_fixture(argname: str) -> bool:
-    return (
-        argname in _RUNNER_FIXTURES
-        or argname in _LOOP_FIXTURES
-        or argname.endswith(_COLLECTOR_LOOP_SUFFIX)
-    )
-
+_NAMED_FIXTURES = _RUNNER_FIXTURES | _LOOP_FIXTURES
 
 # The node a fixture of each scope belongs to (what ``request.node`` is for its fixture).
 _SCOPE_NODES: dict[str, type[pytest.Collector]] = {
@@ -127,17 +121,26 @@ def _name_loops_in_setup() -> None:
 _loops.late_namer = _name_loops_in_setup
 
 
+# id(FixtureDef) -> the number of the loop last named for it: a loop fixture's value is the
+# same for every test of its scope, and is named once (numbers are never reused).
+_named: dict[int, int] = {}
+
+
 def name_loops_of(item: pytest.Item) -> None:
     """Name the loops of pytest-asyncio's loop fixtures set up for ``item``.  Called once the
     test's setup is done, from the ``pytest_runtest_setup`` wrapper of
     ``_pytest_scopes.LoopScopeCheck``: one call per test, not one per fixture."""
     for argname, fixturedef in _fixture_defs(item):
-        if not _is_loop_fixture(argname):
+        if argname not in _NAMED_FIXTURES and not argname.endswith(_COLLECTOR_LOOP_SUFFIX):
             continue
         cached = getattr(fixturedef, "cached_result", None)
         if cached is None or cached[2] is not None:
             continue
         loop = loop_of(argname, cached[0])
-        if loop is not None:
+        if loop is None:
+            continue
+        number = _loops.loop_id(loop)
+        if _named.get(id(fixturedef)) != number:
+            _named[id(fixturedef)] = number
             label = loop_label(fixturedef.scope, _node_id(item, fixturedef.scope))
             _loops.name_loop(loop, label, PYTEST_ASYNCIO)
