@@ -222,6 +222,25 @@ RUNS: dict[str, Run] = {
         (r"^(job \d+: .*)$", *_MESSAGE, *_EXCEPTION),
     ),
     "lg109_fix": Run("LOOPGUARD=1 python lg109_fix_session_per_job.py", (r"^(.*)$",)),
+    "lg111_raw": Run(
+        "python lg111_module_lock_bug.py 2>&1 | grep -E '^(job [0-9]+:|[a-zA-Z._]+Error: )'",
+        (
+            r"^(job \d+: .*)$",
+            r"^(RuntimeError: <asyncio\.locks\.Lock object at) ",
+            r"(> is bound .*)$",
+        ),
+    ),
+    "lg111_guarded": Run("LOOPGUARD=1 python lg111_module_lock_bug.py 2>&1 | tail -n 8", _MESSAGE),
+    "lg111_warn": Run(
+        "LOOPGUARD=warn python lg111_module_lock_bug.py 2>&1"
+        " | grep -E '^job [0-9]+:|LoopMismatchWarning: '",
+        (r"^(job \d+: .*)$", *_MESSAGE),
+    ),
+    "lg111_fix": Run("LOOPGUARD=1 python -X dev lg111_fix_lock_per_job.py", (r"^(.*)$",)),
+    "lg111_tests_raw": Run(f"{_ERRORS} lg111_tests_bug.py", _FAILED + _OUTCOME),
+    "lg111_tests_guarded": Run(
+        f"{_ERRORS} lg111_tests_bug.py --loopguard", _MESSAGE + _SUMMARY + _OUTCOME
+    ),
     # The README's "before and after": what scripts/demo runs once its server is up.
     "demo": Run(
         "python examples/demo.py",
@@ -648,6 +667,17 @@ def ref_causes() -> str:
     return "\n".join(rows)
 
 
+def ref_primitive_causes() -> str:
+    """LG111's causes, worded for a lock (the other primitives get their own noun)."""
+    from loopguard._causes import primitive_causes
+
+    rows = ["| `cause` | likely cause (as the message says it) | fix (as the message says it) |"]
+    rows.append("|---|---|---|")
+    for key, (cause, fix) in primitive_causes("lock").items():
+        rows.append(f"| `{key}` | {cause} | {fix} |")
+    return "\n".join(rows)
+
+
 def ref_psycopg_pool_causes() -> str:
     from loopguard._causes import PSYCOPG_POOL
 
@@ -656,6 +686,13 @@ def ref_psycopg_pool_causes() -> str:
     for key, (cause, fix) in PSYCOPG_POOL.items():
         rows.append(f"| `{key}` | {cause} | {fix} |")
     return "\n".join(rows)
+
+
+def ref_primitives_hooks() -> str:
+    """The asyncio primitives integration's module docstring: what it patches and why."""
+    from loopguard.integrations import _primitives
+
+    return _docstring_md(_primitives.__doc__)
 
 
 def ref_psycopg_pool_hooks() -> str:
@@ -748,6 +785,8 @@ REFERENCE: dict[str, Callable[[], str]] = {
     "patterns": ref_patterns,
     "redis_causes": ref_redis_causes,
     "redis_hooks": ref_redis_hooks,
+    "primitive_causes": ref_primitive_causes,
+    "primitives_hooks": ref_primitives_hooks,
     "psycopg_pool_causes": ref_psycopg_pool_causes,
     "psycopg_pool_hooks": ref_psycopg_pool_hooks,
     "hooks": ref_hooks,

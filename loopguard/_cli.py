@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 from . import __version__, _explain, _run
 from ._causes import cause_for
-from ._codes import CODES
+from ._codes import CODES, primitive_noun
 from ._errors import where_to_read
 from ._log_reader import Entry, Inputs
 
@@ -31,9 +31,9 @@ DETAILS = ("engine", "first test", "last test", "bound during", "loops", "cause"
 CODE_CELLS = ("created", "engine", "first test", "last test", "bound during")
 REPORT_DESCRIPTION = """\
 Summarise the records loopguard writes to LOOPGUARD_LOG_FILE (JSON lines), one group per
-code and engine (or pool, redis client, or pytest fixture for LG105): where it was created,
-its URL, how many records and of which action, the tests and loops involved, the cause and
-the fix."""
+code and engine (or pool, redis client, asyncio primitive, or pytest fixture for LG105):
+where it was created, its URL, how many records and of which action, the tests and loops
+involved, the cause and the fix."""
 
 
 def _actions() -> str:
@@ -221,11 +221,12 @@ def summary(groups: list[Group]) -> str:
     total, actions = sum(g.count for g in groups), Counter[str]()
     for group in groups:
         actions.update(group.actions)
-    nouns = Counter(_noun(group.resource) for group in groups)
-    engines = " and ".join(f"{n} {noun}{'s' * (n != 1)}" for noun, n in nouns.items())
-    engines = engines or "0 engines"
+    # asyncio primitives are counted as what they are (LG111): locks, queues...
+    nouns = Counter(primitive_noun(g.resource) or _noun(g.resource) for g in groups)
+    sources = " and ".join(f"{n} {noun}{'s' * (n != 1)}" for noun, n in nouns.items())
+    sources = sources or "0 engines"
     done = ", ".join(f"{n} {action}" for action, n in actions.items())
-    return f"{total} loopguard record{'s' * (total != 1)} ({done}) from {engines}"
+    return f"{total} loopguard record{'s' * (total != 1)} ({done}) from {sources}"
 
 
 def report(args: argparse.Namespace) -> int:

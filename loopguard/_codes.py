@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import NamedTuple, Optional
 
-from ._causes import Cause, cause_for
+from ._causes import PRIMITIVE_NOUNS, Cause, cause_for
 from ._errors import (
     LoopguardWarning,
     LoopMismatchWarning,
@@ -71,6 +71,29 @@ PSYCOPG_POOL_FIELDS = (*MISMATCH_FIELDS[:_AFTER_URL], "name", *MISMATCH_FIELDS[_
 # (``scheme://host:port``), ``name`` the library class that built the client, if one did.
 CLIENT_FIELDS = tuple(
     "name" if field == "pool_class" else field for field in MISMATCH_FIELDS if field != "name"
+)
+# LG111: asyncio's own primitives.  ``name`` is a subclass's name (asyncpg's pool queue),
+# ``created_via`` the library code that created it, ``healed`` what warn mode did.
+PRIMITIVE_FIELDS = (
+    "code",
+    "action",
+    "resource",
+    "operation",
+    "name",
+    "created_at",
+    "created_in",
+    "created_during",
+    "created_by",
+    "created_via",
+    "bound_during",
+    "bound_at",
+    "used_at",
+    "used_during",
+    "owner_loop_id",
+    "owner_loop_closed",
+    "current_loop_id",
+    "cause",
+    "healed",
 )
 # Records about a pool's connections rather than a use of it (LG104, LG106).
 POOL_EVENT_FIELDS = (
@@ -221,6 +244,16 @@ CODES: dict[str, Code] = {
             ("redis.asyncio client", "redis.asyncio connection"),
         ),
         Code(
+            "LG111",
+            "an asyncio Lock, Event, Condition, Semaphore, Queue or Barrier used on an event loop "
+            "other than the one asyncio bound it to",
+            EVENT_LOOP_MISMATCH,
+            LoopMismatchWarning,
+            True,
+            PRIMITIVE_FIELDS,
+            tuple(PRIMITIVE_NOUNS),
+        ),
+        Code(
             "LG112",
             "a psycopg_pool AsyncConnectionPool used on an event loop other than the one that "
             "opened it",
@@ -234,3 +267,8 @@ CODES: dict[str, Code] = {
 }
 
 EVENTS = {code.event for code in CODES.values()}
+
+
+def primitive_noun(resource: Optional[str]) -> Optional[str]:
+    """ "lock", "queue", ... for an asyncio primitive (summaries count them so); else None."""
+    return PRIMITIVE_NOUNS.get(resource or "")

@@ -39,8 +39,10 @@ class Guards:
         self.skipped: dict[str, str] = {}  # name -> why it is not enabled
         self._patches: dict[str, PatchStack] = {}
         self._hooks: dict[str, _after_import.AfterImport] = {}
+        self._order: dict[str, int] = {}  # name -> position in the list given to start()
 
     def start(self, integrations: list[Integration]) -> None:
+        self._order = {integration.name: n for n, integration in enumerate(integrations)}
         for integration in integrations:
             module = sys.modules.get(integration.module)
             if module is not None:
@@ -112,6 +114,8 @@ class Guards:
     def names(self) -> list[str]:
         """The integrations that guard or will guard once their library is imported."""
         found = [*self.enabled, *self.waiting.values()]
+        # In the order of the list, whichever library was imported first: a stable header.
+        found.sort(key=lambda i: self._order.get(i.name, len(self._order)))
         return [i.name for i in found if not i.core]
 
     def __repr__(self) -> str:

@@ -113,6 +113,7 @@ FIELD_TYPES: dict[str, type] = {
             "created_in",
             "created_during",
             "created_by",
+            "created_via",
             "bound_during",
             "used_during",
             "cause",

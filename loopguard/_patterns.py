@@ -40,6 +40,9 @@ ANYIO_PORTAL = "anyio-portal"  # any other anyio blocking portal
 _REFINABLE = frozenset(
     {"closed-loop-test", "closed-loop-run", "idle-loop-test", "idle-loop-run", "running-loop"}
 )
+# Codes whose records keep their own causes: the patterns' fixes tell how to close or end
+# the object ("ending it with ..."), and an asyncio primitive (LG111) has nothing to close.
+_OWN_CAUSES_ONLY = frozenset({"LG111"})
 _FIXTURE = {"closed-loop-test": "closed-loop-fixture", "idle-loop-test": "idle-loop-fixture"}
 # asgiref's functions that run an async_to_sync call on a loop of its own: new_loop_wrap
 # (3.8+, under asyncio.run()), _run_event_loop (before).  main_wrap alone is no sign: it also
@@ -51,7 +54,7 @@ MAX_FRAMES = 160  # a guard's frames, SQLAlchemy's greenlet bridge, the loop's, 
 def refine(record: Record) -> Record:
     """``record`` with its ``cause`` naming the pattern behind it, where one is recognised."""
     key = record.cause
-    if key not in _REFINABLE:
+    if key not in _REFINABLE or record.code in _OWN_CAUSES_ONLY:
         return record
     refined = _pattern(record, key)
     return record.replace(cause=refined) if refined is not None else record

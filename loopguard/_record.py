@@ -11,7 +11,16 @@ from ._errors import LoopMismatchError
 
 # Logged only when they have a value: they belong to some actions or resources only.
 OPTIONAL_FIELDS = frozenset(
-    {"name", "operation", "created_by", "released", "sockets_closed", "held"}
+    {
+        "name",
+        "operation",
+        "created_by",
+        "created_via",
+        "released",
+        "sockets_closed",
+        "held",
+        "healed",
+    }
 )
 
 
@@ -27,6 +36,7 @@ class Record:
     created_in: Optional[str] = None  # function
     created_during: Optional[str] = None  # test (phase)
     created_by: Optional[str] = None  # the fixture whose setup created it (_context)
+    created_via: Optional[str] = None  # the library code that created it (module:line in function)
     bound_during: Optional[str] = None
     bound_at: Optional[str] = None  # path:line in function
     used_at: Optional[str] = None
@@ -39,6 +49,7 @@ class Record:
     released: Optional[int] = None
     sockets_closed: Optional[int] = None
     held: Optional[int] = None
+    healed: Optional[bool] = None  # warn mode, asyncio primitives: moved to the current loop
     # For the message and the warning only, never logged:
     owner_loop: str = ""  # the owning loop described: "loop #1, which is now closed"
     used_site: Optional[tuple[str, int]] = None  # (filename, line) the warning points at

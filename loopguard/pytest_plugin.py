@@ -20,6 +20,7 @@ import pytest
 
 from . import _activation, _autoload, _context, _install, _log
 from ._activation import Activation
+from ._codes import primitive_noun
 from ._errors import ConfigError, MissingDependencyError
 from ._log import EVENT_LOOP_MISMATCH
 from ._state import STATE
@@ -274,15 +275,19 @@ class _Collector:
         for record in self.records:
             if (record.get("event") == EVENT_LOOP_MISMATCH) is not mismatches:
                 continue
-            what = record.get("url") or record.get("name")  # an engine's URL, an object's name
+            # An engine's URL, an object's name, or what an asyncio primitive is.
+            what = record.get("url") or record.get("name") or record.get("resource")
             key = (record["code"], record.get("created_at"), record.get("created_in"), what)
             grouped[key].append(record)
         return grouped
 
 
 def _noun(resource: Any) -> str:
-    """What the summary counts: engines, pools, connections, clients, sessions, or other
-    objects."""
+    """What the summary counts: engines, pools, connections, clients, sessions, locks,
+    queues..., or other objects."""
+    primitive = primitive_noun(resource)
+    if primitive is not None:
+        return primitive
     text = str(resource or "")
     for noun in ("engine", "pool", "connection", "client", "session"):
         if text.lower().endswith(noun):

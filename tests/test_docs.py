@@ -297,13 +297,21 @@ def test_every_output_block_names_a_command_and_every_command_is_shown() -> None
 # -- the examples ---------------------------------------------------------------------------
 
 
+# asyncio's own error for a primitive used on another loop (3.9: the future of its loop).
+ASYNCIO_PRIMITIVE_ERROR = re.compile(
+    r"RuntimeError: <asyncio\.locks\.\w+ object at 0x\w+.*> is bound to a different event loop"
+    r"|RuntimeError: Task <.*attached to a different loop"
+)
+RAW_PYTEST_ERRORS["LG111"] = ASYNCIO_PRIMITIVE_ERROR
+
+
 @needs_documented_stack
 @pytest.mark.parametrize("name", PYTEST_BUGS)
 def test_pytest_bug_fails_with_loop_mismatch_under_loopguard(
     name: str, run_example: RunExample
 ) -> None:
-    """The failing pattern fails with LoopMismatchError (LG101, LG108) and nothing from the
-    library underneath."""
+    """The failing pattern fails with LoopMismatchError (LG101, LG108, LG111) and nothing from
+    the library underneath (LG111: not asyncio's own error)."""
     code = _code(name)
     result = run_example(name, "--loopguard")
     outcomes = result.parseoutcomes()
@@ -322,7 +330,8 @@ def test_pytest_bug_fails_inside_asyncpg_without_loopguard(
     name: str, run_example: RunExample
 ) -> None:
     """Without loopguard the same pattern fails with asyncpg's different-loop error (httpx:
-    "Event loop is closed")."""
+    "Event loop is closed"; LG111:
+    asyncio's own, for the primitive)."""
     result = run_example(name)
     assert result.parseoutcomes().get("failed", 0) >= 1
     text = _output(result)
@@ -374,6 +383,7 @@ RAW_SYMPTOMS = {
     "LG108": "^RuntimeError: Event loop is closed$",
     "LG109": "^RuntimeError: Event loop is closed$",
     "LG110": "^RuntimeError: Event loop is closed$",
+    "LG111": ASYNCIO_PRIMITIVE_ERROR.pattern,
     "LG112": r"^psycopg_pool\.PoolTimeout: couldn't get a connection after",
 }
 
@@ -384,7 +394,7 @@ SLOW_CALLBACK = re.compile(
 
 # Script bugs that loopguard stops with LoopMismatchError in raise mode (the others are
 # reported with a record and run to their end).
-STOPPED = {"LG101", "LG102", "LG103", "LG107", "LG108", "LG109", "LG110", "LG112"}
+STOPPED = {"LG101", "LG102", "LG103", "LG107", "LG108", "LG109", "LG110", "LG111", "LG112"}
 # What the first job of a stopped script prints (LG107's example pings the server: "N" or "S";
 # the HTTP examples print the status code).
 FIRST_JOB = {"LG107": r"job 1: [NS]\n", "LG108": r"job 1: 200\n", "LG109": r"job 1: 200\n"}
@@ -409,6 +419,8 @@ def test_script_bug_is_reported_under_loopguard(
             assert codes == ["LG102", "LG103"]
             assert ": PoolCreatedOutsideLoopWarning: asyncpg Pool created" in done.stderr
             assert "result:" not in done.stdout
+        elif _code(name) == "LG111" and sys.version_info < (3, 10):
+            assert done.stdout == ""  # 3.9 bound the lock at import: job 1 fails already
         else:
             assert re.match(FIRST_JOB.get(_code(name), r"job 1: 1\n"), done.stdout), done.stdout
     else:  # a record only: the program runs to its end
@@ -598,6 +610,56 @@ def _run_sdk_jobs(tmp_path: Path, **env: str) -> None:
     assert done.returncode == 0, done.stderr
 
 
+# A library (a directory named site-packages) whose client makes its own lock, and a program
+# that builds the client at import time: LG111 names the library's line as created_via.
+LIBRARY_CLIENT = """\
+import asyncio
+
+
+class Client:
+    def __init__(self):
+        self.lock = asyncio.Lock()
+
+    async def call(self):
+        async with self.lock:
+            await asyncio.sleep(0.01)
+"""
+LIBRARY_PROGRAM = """\
+import asyncio
+
+import cacheclient
+
+client = cacheclient.Client()
+
+
+async def job():
+    await asyncio.gather(client.call(), client.call())
+
+
+if __name__ == "__main__":
+    asyncio.run(job())
+    asyncio.run(job())
+"""
+
+
+def _run_library_lock_script(tmp_path: Path, log: Path) -> None:
+    library = tmp_path / "lib" / "site-packages" / "cacheclient"
+    library.mkdir(parents=True)
+    (library / "__init__.py").write_text(LIBRARY_CLIENT)
+    (tmp_path / "library_program.py").write_text(LIBRARY_PROGRAM)
+    environ = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
+    environ.update(PYTHONPATH=str(library.parent), LOOPGUARD="1", LOOPGUARD_LOG_FILE=str(log))
+    done = subprocess.run(
+        [sys.executable, "library_program.py"],
+        cwd=tmp_path,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "loopguard.LoopMismatchError: asyncio.Lock used on event loop" in done.stderr
+
+
 def _documented_fields() -> list[str]:
     text = (DOCS / "logs.md").read_text(encoding="utf-8")
     table = text.split("The fields of a record:", 1)[1].split("\n## ", 1)[0]
@@ -613,8 +675,8 @@ def test_log_fields_table_lists_exactly_the_fields_of_real_records(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The fields table of logs.md names every field of real records: LG101 raised and warned
-    (also by a pytest-xdist worker), LG102, LG103 raised and warned, LG104, LG106 and LG112, as
-    written to the JSON-lines file."""
+    (also by a pytest-xdist worker), LG102, LG103 raised and warned, LG104, LG106, LG111
+    raised (a library's lock) and warned, and LG112, as written to the JSON-lines file."""
     _, workdir = fresh_outputs
     warned_log = tmp_path / "warned.jsonl"
     monkeypatch.setenv("LOOPGUARD_LOG_FILE", str(warned_log))
@@ -630,9 +692,11 @@ def test_log_fields_table_lists_exactly_the_fields_of_real_records(
         ("lg104_dispose_bug.py", "1"),
         ("lg102_outside_loop_bug.py", "1"),
         ("lg103_global_pool_bug.py", "warn"),
+        ("lg111_module_lock_bug.py", "warn"),
         ("lg112_global_pool_bug.py", "1"),
     ):
         _run_script(name, tmp_path, LOOPGUARD=mode, LOOPGUARD_LOG_FILE=str(script_log))
+    _run_library_lock_script(tmp_path, script_log)
     _run_script(
         "lg109_cached_session_bug.py", tmp_path, LOOPGUARD="1", LOOPGUARD_LOG_FILE=str(script_log)
     )
@@ -652,5 +716,6 @@ def test_log_fields_table_lists_exactly_the_fields_of_real_records(
     assert {("LG102", "warned"), ("LG103", "raised"), ("LG103", "warned")} <= actions
     assert ("LG106", "reported") in actions
     assert {("LG108", "warned"), ("LG109", "raised"), ("LG112", "raised")} <= actions
+    assert {("LG111", "warned"), ("LG111", "raised")} <= actions
     fields = set().union(*records)
     assert sorted(_documented_fields()) == sorted(fields)

@@ -21,7 +21,7 @@ from teststack import metadata_closure, requirements_closure
 
 import loopguard
 from loopguard import _state
-from loopguard.integrations import _sqlalchemy, all_integrations
+from loopguard.integrations import _sqlalchemy
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -336,8 +336,8 @@ def test_repr_of_the_state_says_what_is_guarded(monkeypatch: pytest.MonkeyPatch)
     loopguard.install("warn")
     assert repr(_state.STATE) == (
         f"<loopguard state: mode='warn' (from install() at {where}), "
-        "guarding=['sqlalchemy', 'asyncpg', 'httpx', 'aiohttp', 'redis', 'psycopg_pool'], "
-        "skipped={}, log_file=None>"
+        "guarding=['sqlalchemy', 'asyncpg', 'httpx', 'aiohttp', 'redis', 'psycopg_pool', "
+        "'asyncio'], skipped={}, log_file=None>"
     )
     loopguard.uninstall()
     monkeypatch.setenv("LOOPGUARD", "warn")
@@ -392,38 +392,57 @@ def _sanitized_python(
     )
 
 
-def test_without_sqlalchemy_import_works_and_install_refuses_clearly(tmp_path: Path) -> None:
-    """No SQLAlchemy: `import loopguard` works; install() says what is missing, installs nothing."""
+def test_without_sqlalchemy_or_asyncpg_install_guards_asyncio_primitives(tmp_path: Path) -> None:
+    """No SQLAlchemy, no asyncpg: `import loopguard` works; install() guards asyncio's own
+    primitives (LG111) and says why the database integrations are skipped."""
     result = _sanitized_python(
         tmp_path,
         ["structlog"],
         """
+        import asyncio
         import loopguard
+        from loopguard._state import STATE
         try:
             import sqlalchemy
         except ImportError:
             pass
         else:
             raise SystemExit("sqlalchemy should not be importable here")
+        loopguard.install()
+        print("GUARDING:", STATE.enabled)
+        for name, why in STATE.skipped.items():
+            print("SKIPPED:", name, why)
+        lock = asyncio.Lock()
+
+        async def contend():
+            async def hold():
+                async with lock:
+                    await asyncio.sleep(0.01)
+            await asyncio.gather(hold(), hold())
+
+        asyncio.run(contend())
         try:
-            loopguard.install()
-        except loopguard.MissingDependencyError as exc:
-            print("ERROR:", exc)
-            print("IMPORTERROR:", isinstance(exc, ImportError))
+            asyncio.run(contend())
+        except loopguard.LoopMismatchError as exc:
+            print("RAISED:", exc.code, exc.resource)
+        loopguard.uninstall()
         print("INSTALLED:", loopguard.is_installed())
         """,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
-        "ERROR: loopguard has nothing to guard: sqlalchemy: SQLAlchemy is not installed "
-        "(No module named 'sqlalchemy'); pip install 'sqlalchemy[asyncio]'; "
-        "asyncpg: asyncpg is not installed (No module named 'asyncpg'); pip install asyncpg; "
-        "httpx: httpx is not installed (No module named 'httpx'); pip install httpx; "
-        "aiohttp: aiohttp is not installed (No module named 'aiohttp'); pip install aiohttp; "
-        "redis: redis-py is not installed (No module named 'redis'); pip install redis; "
-        "psycopg_pool: psycopg_pool is not installed (No module named 'psycopg_pool'); "
-        "pip install psycopg-pool.",
-        "IMPORTERROR: True",
+        "GUARDING: ['asyncio']",
+        "SKIPPED: sqlalchemy SQLAlchemy is not installed (No module named 'sqlalchemy'); "
+        "pip install 'sqlalchemy[asyncio]'",
+        "SKIPPED: asyncpg asyncpg is not installed (No module named 'asyncpg'); "
+        "pip install asyncpg",
+        "SKIPPED: httpx httpx is not installed (No module named 'httpx'); pip install httpx",
+        "SKIPPED: aiohttp aiohttp is not installed (No module named 'aiohttp'); "
+        "pip install aiohttp",
+        "SKIPPED: redis redis-py is not installed (No module named 'redis'); pip install redis",
+        "SKIPPED: psycopg_pool psycopg_pool is not installed (No module named 'psycopg_pool'); "
+        "pip install psycopg-pool",
+        "RAISED: LG111 asyncio.Lock",
         "INSTALLED: False",
     ]
 
@@ -451,28 +470,21 @@ def test_without_asyncpg_the_sqlalchemy_guard_still_installs(tmp_path: Path) -> 
     assert result.stdout.splitlines() == ["INSTALLED: True", "INSTALLED: False"]
 
 
-# Each integration's reason, in their order ("sqlalchemy: SQLAlchemy is not installed (No
-# module named 'sqlalchemy'); pip install 'sqlalchemy[asyncio]'; asyncpg: ..."): the words of
-# one are checked in test_without_sqlalchemy_import_works_and_install_refuses_clearly.
-NOT_INSTALLED = (
-    "; ".join(f"{i.name}: {i.not_installed()}" for i in all_integrations() if not i.core) + "."
-)
-
-
 @pytest.mark.parametrize(
     ("args", "env", "ini_line", "source"),
     [
         ([], {"LOOPGUARD": "1"}, "", "the LOOPGUARD environment variable"),
         ([], {}, "asyncio_loopguard = warn", "the asyncio_loopguard ini option"),
+        (["--loopguard"], {}, "", "the --loopguard option"),
     ],
-    ids=["env", "ini"],
+    ids=["env", "ini", "cli"],
 )
-def test_nothing_to_guard_under_the_environment_variable_the_suite_runs_as_usual(
+def test_without_any_guarded_library_the_suite_runs_guarding_asyncio_primitives(
     tmp_path: Path, args: list[str], env: dict[str, str], ini_line: str, source: str
 ) -> None:
     """LOOPGUARD=1 exported for a whole CI reaches suites that use neither SQLAlchemy nor
-    asyncpg (redis-py's, httpx's): pytest runs them as usual, and the header says why
-    loopguard is off."""
+    asyncpg nor an HTTP client: pytest runs them as usual, and loopguard guards asyncio's own
+    primitives there (always importable, so there is always something to guard)."""
     suite = tmp_path / "suite"
     suite.mkdir()
     (suite / "pytest.ini").write_text(f"[pytest]\nfilterwarnings = error\n{ini_line}\n")
@@ -486,31 +498,9 @@ def test_nothing_to_guard_under_the_environment_variable_the_suite_runs_as_usual
         **env,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert f"loopguard: off, nothing to guard ({source} asks for it): {NOT_INSTALLED}" in (
+    mode = "warn" if "warn" in ini_line else "raise"
+    assert f"loopguard: mode={mode} (from {source}), guarding asyncio" in (
         result.stdout.splitlines()
     )
     assert "1 passed" in result.stdout
     assert result.stderr == ""
-
-
-@pytest.mark.parametrize("option", ["--loopguard", "--loopguard-mode=warn"])
-def test_nothing_to_guard_is_a_usage_error_for_the_command_line_option(
-    tmp_path: Path, option: str
-) -> None:
-    """`pytest --loopguard` where there is nothing to guard is a mistake worth one line."""
-    suite = tmp_path / "suite"
-    suite.mkdir()
-    (suite / "test_plain.py").write_text("def test_plain():\n    pass\n")
-    result = _sanitized_python(
-        tmp_path,
-        ["structlog", "pytest"],
-        args=("-m", "pytest", "-p", "loopguard.pytest_plugin", "-p", "no:cacheprovider", option),
-        cwd=suite,
-        with_metadata=True,
-    )
-    source = "the --loopguard option" if option == "--loopguard" else "the --loopguard-mode option"
-    assert result.returncode == pytest.ExitCode.USAGE_ERROR, result.stdout + result.stderr
-    assert result.stderr.splitlines()[0] == (
-        f"ERROR: {source} asks for loopguard, but it has nothing to guard: {NOT_INSTALLED}"
-    )
-    assert "Traceback" not in result.stderr

@@ -29,7 +29,7 @@ ASYNCPG_PROTOCOL_STATE = "unknown protocol state"
 
 RunPytest = Callable[..., pytest.RunResult]
 # The integrations the header names: every library of the test extra is installed.
-GUARDING = "guarding sqlalchemy, asyncpg, httpx, aiohttp, redis, psycopg_pool"
+GUARDING = "guarding sqlalchemy, asyncpg, httpx, aiohttp, redis, psycopg_pool, asyncio"
 
 # The nox matrix runs this module on pytest-asyncio 0.21 to 1.x (see noxfile.py).
 needs_loop_scope = pytest.mark.skipif(

@@ -22,6 +22,7 @@ BUILTIN = (
     "loopguard.integrations._aiohttp:AiohttpIntegration",
     "loopguard.integrations._redis:RedisIntegration",
     "loopguard.integrations._psycopg_pool:PsycopgPoolIntegration",
+    "loopguard.integrations._primitives:AsyncioPrimitivesIntegration",
 )
 ENTRY_POINT_GROUP = "loopguard.integrations"
 

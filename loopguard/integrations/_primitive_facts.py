@@ -1,0 +1,447 @@
+"""What the asyncio-primitives guard (LG111) knows about each Lock, Event, Condition,
+Semaphore, Queue and Barrier: captured raw and cheaply, put into words only for a report.
+
+asyncio itself and the libraries create primitives all the time (SQLAlchemy's pool queue and
+connection mutex, asyncpg's pool queue, psycopg's connection lock, anyio's events), so a
+creation must cost next to nothing.  The constructor wrapper looks at one frame, the
+constructor's caller; when that is the user's code it keeps the frame's code object and
+instruction offset (the line number is decoded from them only for a report: ``f_lineno``
+alone costs more than the rest of the capture), the raw ``PYTEST_CURRENT_TEST`` value (decoded
+for a report too) and whether a loop is running.  Only when the caller is not the user's code
+does a bounded walk go further up the stack:
+
+- a primitive created by a library (a file in site-packages) is attributed to the user's line
+  that led there (the client's constructor call, the first request that built the library's
+  object), and the library's line is kept as ``created_via``: the user's line is where a fix
+  goes, the library's says which object the primitive belongs to;
+- a primitive asyncio creates for another one (a Condition's Lock, a Queue's Event, a
+  Barrier's Condition) is reported as that one (``asyncio.Condition``, ...);
+- frames of a subclass's own ``__init__`` (``self`` is the new object) are skipped: the line
+  that created the object counts.
+
+The same applies to where asyncio bound a primitive (3.10+: its first wait, on the contended
+path only).  The tables are keyed by a weak reference to the primitive whose callback is the
+table's own ``pop``: an entry goes when its primitive dies, with no Python code run and no
+sweep.  Nothing is stored on the primitives themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dis
+import os
+import sys
+import weakref
+from types import CodeType, FrameType
+from typing import Any, Callable, Optional
+
+from .. import _context, _sites
+from .._causes import likely_cause
+from .._log import report_once
+from .._loops import LoopRef, loop_id, running_loop
+from .._record import Record
+
+LG111 = "LG111"
+MAX_FRAMES = 60
+# With a loop running, a library's primitive is looked for the user's line this many frames
+# up, no further (``_creation_walk``).
+SHORT_WALK = 4
+NOT_LOOKED_UP = -1  # the ``lasti`` of a creation whose user's line was not looked for
+LEGACY = sys.version_info < (3, 10)  # Python 3.9: bound at construction, no _LoopBoundMixin
+
+# How asyncio bound a primitive (``Record.origin``; the message says it in words).
+FIRST_WAIT = "first-wait"  # 3.10+: the first time it had to wait (_LoopBoundMixin._get_loop)
+AT_CREATION = "at-creation"  # 3.9: the constructor took asyncio.get_event_loop()'s loop
+MOVED = "moved"  # warn mode moved it to the loop that used it
+
+# asyncio's classes, most specific first where one derives from another: what records name.
+_CLASS_NAMES = (
+    "BoundedSemaphore",
+    "Semaphore",
+    "Lock",
+    "Event",
+    "Condition",
+    "Barrier",
+    "PriorityQueue",
+    "LifoQueue",
+    "Queue",
+)
+RESOURCES: dict[type, str] = {
+    getattr(asyncio, name): f"asyncio.{name}" for name in _CLASS_NAMES if hasattr(asyncio, name)
+}
+BASES = frozenset(RESOURCES)  # asyncio's own classes, not subclasses defined elsewhere
+# The classes guarded: theirs and their subclasses' instances (LEGACY has no Barrier).
+GUARDED = tuple(
+    cls
+    for cls in RESOURCES
+    if cls.__name__ in ("Lock", "Event", "Condition", "Semaphore", "Queue", "Barrier")
+)
+
+_getframe = sys._getframe
+_weakref = weakref.ref
+try:  # the tasks running now, by loop: asyncio's own table (C or Python), 3.9 to 3.13
+    import asyncio.tasks
+
+    _current_tasks_get: Callable[[Any], Any] = asyncio.tasks._current_tasks.get  # type: ignore[attr-defined]
+except AttributeError:  # a later Python: the public function
+    _current_tasks_get = asyncio.current_task
+
+# -- the raw PYTEST_CURRENT_TEST -------------------------------------------------------------
+# os.environ.get() encodes the key and decodes the value (~0.4 us); the mapping behind it
+# holds the encoded value, read with one dict lookup and decoded only for a report.
+_environ: Any = os.environ
+try:
+    _env_get: Callable[[Any], Any] = _environ._data.get
+    _TEST_KEY: Any = _environ.encodekey("PYTEST_CURRENT_TEST")
+    _decode: Callable[[Any], str] = _environ.decodevalue
+except AttributeError:  # not CPython's os._Environ
+    _env_get, _TEST_KEY, _decode = os.environ.get, "PYTEST_CURRENT_TEST", str
+
+
+def _test_now() -> Any:
+    return _env_get(_TEST_KEY) if _context.in_pytest else None
+
+
+def _test_name(raw: Any) -> Optional[str]:
+    return None if raw is None else _decode(raw)
+
+
+# -- whose code a frame runs ------------------------------------------------------------------
+
+_OTHER, _USER, _LIBRARY = 0, 1, 2
+_kinds: dict[str, int] = {}  # filename -> _USER, _LIBRARY (site-packages) or _OTHER
+_LOOPGUARD_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+_LIBRARY_DIRS = (f"{os.sep}site-packages{os.sep}", f"{os.sep}dist-packages{os.sep}")
+_stdlib: tuple[str, ...] = ()
+
+
+def _classify(filename: str) -> int:
+    # Not _sites.is_internal(): that computes its list of libraries once, on first use, and
+    # primitives are created long before SQLAlchemy or asyncpg may be imported.
+    global _stdlib
+    if not _stdlib:
+        _stdlib = _sites._stdlib_and_site_packages()[0]
+    if filename.startswith(_LOOPGUARD_DIR):
+        kind = _OTHER
+    elif any(part in filename for part in _LIBRARY_DIRS):
+        kind = _LIBRARY
+    elif filename.startswith("<") or filename.startswith(_stdlib):  # asyncio, "<frozen ...>"
+        kind = _OTHER
+    else:
+        kind = _USER
+    _kinds[filename] = kind
+    return kind
+
+
+def _is_method_of(frame: FrameType, obj: Any) -> bool:
+    """``frame`` runs a method of ``obj`` (a subclass's ``__init__`` calling ``super()``)."""
+    code = frame.f_code
+    return bool(code.co_argcount) and frame.f_locals.get(code.co_varnames[0]) is obj
+
+
+def _next_frame(frame: FrameType, hopped: bool) -> tuple[Optional[FrameType], bool]:
+    """The calling frame; at the top of a greenlet (SQLAlchemy's bridge), its parent's."""
+    back = frame.f_back
+    if back is None and not hopped:
+        return _sites._parent_greenlet_frame(), True
+    return back, hopped
+
+
+def _creation_walk(frame: Optional[FrameType], obj: Any, in_loop: bool) -> tuple[Any, ...]:
+    """The creation facts when the constructor's caller is not simply the user's code.
+
+    With a loop running, the walk stops after ``SHORT_WALK`` frames (the constructor
+    wrappers record a library's primitive made in a task without any walk; what comes here is
+    asyncio's own, a Condition's Lock made for a library, or a subclass's): the user's line
+    is then the line the task's own coroutine is at (``task_line``), if that is the user's
+    code; else it is not known (``lasti`` NOT_LOOKED_UP), and the report says so.
+    """
+    by: Optional[tuple[str, CodeType, int]] = None
+    owner: Optional[type] = None  # the class asyncio creates it for (a Condition's Lock)
+    owner_frame: Optional[FrameType] = None
+    subclassed = type(obj) not in BASES
+    hopped = False
+    for _ in range(SHORT_WALK if in_loop else MAX_FRAMES):
+        if frame is None or id(frame.f_code) in _loop_runners:
+            break
+        code = frame.f_code
+        kind = _kinds.get(code.co_filename)
+        if kind is None:
+            kind = _classify(code.co_filename)
+        if id(code) in _owner_inits:
+            owner, owner_frame = _owner_inits[id(code)], frame  # the outermost one wins
+        elif subclassed and _is_method_of(frame, obj):
+            pass  # a subclass's own __init__: the line that created the object counts
+        elif kind == _USER:
+            if owner_frame is not None and code.co_name == "__init__":
+                outer = owner_frame.f_locals.get("self")  # f_locals: only in this rare case
+                if _is_method_of(frame, outer):
+                    owner = type(outer)  # a subclass of Condition, calling super().__init__()
+                    frame, hopped = _next_frame(frame, hopped)
+                    continue
+            return (code, frame.f_lasti, _test_now(), in_loop, by, owner)
+        elif kind == _LIBRARY and by is None:
+            by = (str(frame.f_globals.get("__name__")), code, frame.f_lasti)
+        frame, hopped = _next_frame(frame, hopped)
+    else:
+        loop = running_loop() if in_loop else None
+        if loop is not None:  # cut short: the task's own line, or not looked up
+            return (*task_line(loop), _test_now(), in_loop, by, owner)
+    return (None, 0, _test_now(), in_loop, by, owner)
+
+
+def task_line(loop: Any) -> tuple[Optional[CodeType], int]:
+    """The line the task running on ``loop`` (this thread's running loop) is at in its own
+    coroutine, if that is the user's code (the ``await`` that led into a library's code);
+    else (None, NOT_LOOKED_UP).  A dict look-up, not ``asyncio.current_task()`` (on Python
+    < 3.12 that asks for the running loop again: a getpid() system call)."""
+    task = _current_tasks_get(loop)
+    coro = task.get_coro() if task is not None else None
+    frame = getattr(coro, "cr_frame", None)
+    if frame is not None:
+        code = frame.f_code
+        kind = _kinds.get(code.co_filename)
+        if kind is None:
+            kind = _classify(code.co_filename)
+        if kind == _USER:
+            return code, frame.f_lasti
+    return None, NOT_LOOKED_UP
+
+
+def user_frame(frame: Optional[FrameType]) -> Optional[FrameType]:
+    """The first frame of the user's code from ``frame`` up (libraries and asyncio skipped),
+    within the task: not the line that runs the event loop."""
+    hopped = False
+    for _ in range(MAX_FRAMES):
+        if frame is None or id(frame.f_code) in _loop_runners:
+            return None
+        kind = _kinds.get(frame.f_code.co_filename)
+        if kind is None:
+            kind = _classify(frame.f_code.co_filename)
+        if kind == _USER:
+            return frame
+        frame, hopped = _next_frame(frame, hopped)
+    return None
+
+
+# -- the tables -------------------------------------------------------------------------------
+# Keyed by a weak reference to the primitive whose callback is the table's own ``pop`` (a C
+# function: no Python code runs when a primitive dies, and no sweep is needed).  A look-up
+# uses ``weakref.ref(obj)``, which equals that key while the primitive lives.
+#
+# CREATED: (code, lasti, raw test, loop running?, library, owner) where the primitive was
+#   created; ``library``: (module, code, lasti) of the library code that created it, or None;
+#   ``owner``: the class of the primitive asyncio created it for (a Condition's Lock), or None.
+# BOUND: (code, lasti, raw test, how) where asyncio bound it (FIRST_WAIT) or warn mode moved
+#   it (MOVED); absent: at creation (3.9) or before install().
+# WARNED: warn mode, the loops it was reported on.
+CREATED: dict[Any, tuple[Any, ...]] = {}
+BOUND: dict[Any, tuple[Any, ...]] = {}
+WARNED: dict[Any, set[int]] = {}
+# Code objects are compared by id(): hash(code) hashes its constants, nested code included.
+# id(constructor code) -> the class of asyncio's that creates primitives of its own there.
+_owner_inits: dict[int, type] = {}
+# Where a task's frames end: the event loop running callbacks.  A walk that reaches them has
+# found no user code in the task (a task running asyncio's own coroutine, barrier.wait()).
+_loop_runners: frozenset[int] = frozenset()
+
+
+def _store(table: dict[Any, Any], obj: Any, value: Any) -> None:
+    """``table[obj] = value``; an existing key is kept (with its callback)."""
+    table[_weakref(obj, table.pop)] = value
+
+
+def _keyable(cls: Any) -> bool:
+    """Instances hash and compare by identity: a weak reference to one can be a key."""
+    return cls.__hash__ is object.__hash__ and cls.__eq__ is object.__eq__
+
+
+def created_elsewhere(obj: Any, frame: FrameType) -> None:
+    """The constructor's caller (``frame``) is not simply the user's code: a library, asyncio
+    (a Condition's own Lock), a subclass's ``__init__``.  Called by the constructor wrappers
+    (``_primitives``)."""
+    try:
+        owner = _owner_inits.get(id(frame.f_code))
+        if owner is not None and type(obj) in BASES:
+            # asyncio's Condition/Queue/Barrier creating it for itself, called by its wrapper
+            # (``_primitives``), called by...: the user's code, most of the time.
+            caller = frame.f_back.f_back if frame.f_back is not None else None
+            if caller is not None and _kinds.get(caller.f_code.co_filename) == _USER:
+                test, in_loop = _test_now(), running_loop() is not None
+                creation = (caller.f_code, caller.f_lasti, test, in_loop, None, owner)
+                _store(CREATED, obj, creation)
+                return
+        if type(obj) not in BASES and not _keyable(type(obj)):
+            return  # a subclass with an equality of its own cannot key the table: untracked
+        _store(CREATED, obj, _creation_walk(frame, obj, running_loop() is not None))
+    except Exception as exc:  # never fail the user's asyncio.Lock()
+        report_once("recording where an asyncio primitive was created", exc, "it goes untracked")
+
+
+def _get(table: dict[Any, Any], obj: Any) -> Any:
+    cls = type(obj)
+    return table.get(_weakref(obj)) if cls in BASES or _keyable(cls) else None
+
+
+def bound(obj: Any, frame: Optional[FrameType], how: str) -> None:
+    """asyncio bound ``obj`` to the running loop (``how``) while ``frame`` (asyncio's method
+    that needed the loop) ran: keep the user's line and the test."""
+    try:
+        if _keyable(type(obj)):
+            found = user_frame(frame)
+            spot = (found.f_code, found.f_lasti) if found is not None else (None, 0)
+            _store(BOUND, obj, (*spot, _test_now(), how))
+    except Exception as exc:  # never fail asyncio's own call
+        report_once("recording where an asyncio primitive was bound", exc, "it is not said")
+
+
+def first_warning(obj: Any, loop: Any) -> bool:
+    """Warn mode: True the first time ``obj`` is reported on ``loop``."""
+    if not _keyable(type(obj)):
+        return True
+    warned = WARNED.get(_weakref(obj))
+    if warned is None:
+        warned = set()
+        _store(WARNED, obj, warned)
+    number = loop_id(loop)
+    if number in warned:
+        return False
+    warned.add(number)
+    return True
+
+
+def set_codes(owner_inits: dict[CodeType, type], loop_runners: list[CodeType]) -> None:
+    """The code of asyncio's constructors that create primitives of their own (and their
+    classes), and of the event loop's methods that run tasks (asyncio's code, which lives as
+    long as the process)."""
+    global _owner_inits, _loop_runners
+    _owner_inits = {id(code): cls for code, cls in owner_inits.items()}
+    _loop_runners = frozenset(map(id, loop_runners))
+
+
+def reset() -> None:
+    """install(): files are classified afresh (libraries may have been installed since)."""
+    _kinds.clear()
+
+
+def clear() -> None:
+    """uninstall(): forget every primitive.  New tables: the old ones empty themselves as their
+    primitives die (their keys' callbacks are the old tables' ``pop``)."""
+    global CREATED, BOUND, WARNED
+    CREATED, BOUND, WARNED = {}, {}, {}
+
+
+def tracked() -> int:
+    """How many live primitives have a creation site."""
+    return len(CREATED)
+
+
+# -- words, for a report ----------------------------------------------------------------------
+
+
+def describe(cls: type) -> tuple[str, Optional[str]]:
+    """The resource (the asyncio class) and, for a subclass defined elsewhere, its name."""
+    base = next((c for c in cls.__mro__ if c in RESOURCES), None)
+    if base is None:
+        return f"{cls.__module__}.{cls.__qualname__}", None
+    name = None if cls is base else f"{cls.__module__}.{cls.__qualname__}"
+    return RESOURCES[base], name
+
+
+def _line(code: CodeType, lasti: int) -> int:
+    """The line of ``code`` that the instruction at byte offset ``lasti`` belongs to."""
+    line = code.co_firstlineno
+    if LEGACY:
+        for offset, start_line in dis.findlinestarts(code):
+            if offset > lasti:
+                break
+            line = start_line or line
+        return line
+    for start, end, number in code.co_lines():
+        if number is not None and start <= lasti:
+            line = number
+        if start <= lasti < end:
+            break
+    return line
+
+
+def _site(code: Optional[CodeType], lasti: int) -> Optional[_sites.Site]:
+    if code is None:
+        return None
+    path = _sites.display_path(code.co_filename, _context.rootdir)
+    return _sites.Site(path, _line(code, lasti), code.co_name, code.co_filename)
+
+
+def _library_line(by: Optional[tuple[str, CodeType, int]]) -> Optional[str]:
+    """``module:line in function`` of the library code that created the primitive."""
+    if by is None:
+        return None
+    module, code, lasti = by
+    return f"{module}:{_line(code, lasti)} in {getattr(code, 'co_qualname', code.co_name)}"
+
+
+def operation(obj: Any, frame: FrameType) -> str:
+    """``Lock.acquire``, ``Queue.get``, ...: the asyncio method running in ``frame``."""
+    code = frame.f_code
+    for cls in type(obj).__mro__:
+        function = cls.__dict__.get(code.co_name)
+        if getattr(function, "__code__", None) is code:
+            return f"{cls.__name__}.{code.co_name}"
+    return code.co_name
+
+
+def mismatch_record(
+    obj: Any, owner: Any, loop: Any, frame: FrameType, action: str, healed: Optional[bool] = None
+) -> Record:
+    """The record of ``obj``, bound to ``owner``, used on ``loop`` by asyncio's method running
+    in ``frame``."""
+    creation, binding = _get(CREATED, obj), _get(BOUND, obj)
+    resource, name = describe(type(obj))
+    created_site = created_during = created_via = in_loop = None
+    if creation is not None:
+        code, lasti, test, in_loop, by, outer = creation
+        created_site, created_during = _site(code, lasti), _test_name(test)
+        created_via = _library_line(by)
+        if outer is not None:  # created by asyncio for another primitive: reported as that
+            resource, name = describe(outer)
+    how: Optional[str] = None
+    bound_site = bound_during = None
+    if binding is not None:
+        code, lasti, test, how = binding
+        bound_site, bound_during = _site(code, lasti), _test_name(test)
+    elif LEGACY and creation is not None:
+        how, bound_site, bound_during = AT_CREATION, created_site, created_during
+    owner_ref = LoopRef(owner)
+    used = user_frame(frame)
+    used_site = _sites.site_of(used, _context.rootdir) if used is not None else None
+    # The warning points at the user's line, or else at asyncio's method, never at loopguard.
+    warn_at = used_site or _sites.site_of(frame, _context.rootdir)
+    used_during = _context.current_test()
+    if how == AT_CREATION and in_loop is False:
+        cause = "outside-loop"
+    else:
+        cause = likely_cause(owner_ref.state(), used_during is not None)
+    return Record(
+        code=LG111,
+        action=action,
+        resource=resource,
+        name=name,
+        operation=operation(obj, frame),
+        created_at=created_site.location if created_site else None,
+        created_in=created_site.function if created_site else None,
+        created_during=created_during,
+        created_via=created_via,
+        bound_during=bound_during,
+        bound_at=str(bound_site) if bound_site else None,
+        used_at=str(used_site) if used_site else None,
+        used_during=used_during,
+        owner_loop_id=owner_ref.id,
+        owner_loop_closed=owner_ref.is_closed(),
+        current_loop_id=loop_id(loop),
+        cause=cause,
+        healed=healed,
+        owner_loop=owner_ref.describe(),
+        used_site=(warn_at.filename, warn_at.lineno),
+        created_in_loop=in_loop,
+        origin=how,
+    )
