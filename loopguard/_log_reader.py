@@ -113,6 +113,7 @@ FIELD_TYPES: dict[str, type] = {
             "created_in",
             "created_during",
             "bound_during",
+            "checked_out_during",
             "used_during",
             "cause",
             "fixture",

@@ -10,7 +10,9 @@ from ._codes import CODES, Code
 from ._errors import LoopMismatchError
 
 # Logged only when they have a value: they belong to some actions or resources only.
-OPTIONAL_FIELDS = frozenset({"name", "operation", "released", "sockets_closed", "held"})
+OPTIONAL_FIELDS = frozenset(
+    {"name", "operation", "checked_out_during", "released", "sockets_closed", "held"}
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +28,7 @@ class Record:
     created_during: Optional[str] = None  # test (phase)
     bound_during: Optional[str] = None
     bound_at: Optional[str] = None  # path:line in function
+    checked_out_during: Optional[str] = None  # a held connection: the test that checked it out
     used_at: Optional[str] = None
     used_during: Optional[str] = None
     operation: Optional[str] = None  # the method called, e.g. Pool.acquire

@@ -82,6 +82,17 @@ def _close_psycopg(connection: Any) -> bool:
     return True
 
 
+def _close_aiosqlite(connection: Any) -> bool:
+    # aiosqlite runs sqlite3 in a thread of its own and binds no loop: stop() (0.22.1+) closes
+    # the sqlite3 connection in that thread and ends it, without waiting.  Older releases
+    # have no way to do that without awaiting: they are left to their own close().
+    stop = getattr(connection, "stop", None)
+    if stop is None or not getattr(connection, "_running", True):
+        return False
+    stop()
+    return True
+
+
 def keep_for_parent(driver_connection: Any) -> None:
     """In a forked child: never close nor collect this connection of the parent's loop."""
     _kept_for_parent.append(driver_connection)
@@ -104,4 +115,6 @@ def close_without_loop(driver_connection: Any, loop_number: Optional[int] = None
         return _close_asyncpg(driver_connection)
     if module.startswith("psycopg"):
         return _close_psycopg(driver_connection)
+    if module.startswith("aiosqlite"):
+        return _close_aiosqlite(driver_connection)
     return False

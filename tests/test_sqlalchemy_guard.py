@@ -1206,10 +1206,11 @@ def test_pool_holding_a_connection_poisoned_on_a_foreign_loop(
     url: str, engines: list[AsyncEngine], mode: str
 ) -> None:
     """A connection checked out on loop A and then misused on loop B while still checked out
-    (no checkout, so nothing for loopguard to stop) fails in asyncpg and goes back into the
-    pool with asyncpg's operation waiter still pending on the closed loop A.  The next
-    checkout on loop C: raise mode raises LoopMismatchError; warn mode heals and works (it
-    must not fail with "Event loop is closed" while dropping that connection)."""
+    with loopguard off (loopguard on stops that misuse: test_held_connections.py) fails in
+    asyncpg and goes back into the pool with asyncpg's operation waiter still pending on the
+    closed loop A.  The next checkout on loop C, with loopguard on again: raise mode raises
+    LoopMismatchError; warn mode heals and works (it must not fail with "Event loop is
+    closed" while dropping that connection)."""
     engine = create_async_engine(url)
     engines.append(engine)
 
@@ -1225,7 +1226,9 @@ def test_pool_holding_a_connection_poisoned_on_a_foreign_loop(
             await conn.execute(text("select 1"))
         await conn.close()
 
+    loopguard.uninstall()
     asyncio.run(misuse())
+    loopguard.install(mode)  # finds the engine again (created before this install)
     pool = engine.sync_engine.pool
     assert (pool.checkedin(), pool.checkedout()) == (1, 0)  # precondition: back in the pool
 
@@ -1251,7 +1254,8 @@ def test_dispose_on_a_new_loop_after_the_owner_loop_closed_is_clean(
     poisoned: bool,
 ) -> None:
     """`await engine.dispose()` on a new loop when the pooled connection belongs to a closed
-    loop (idle, or poisoned by a failed operation on a foreign loop): no exception, no
+    loop (idle, or poisoned by a failed operation on a foreign loop while loopguard was
+    off): no exception, no
     "Exception closing connection" log, no ResourceWarning, and the backend goes away."""
     engine = create_async_engine(url)
     engines.append(engine)
@@ -1272,7 +1276,9 @@ def test_dispose_on_a_new_loop_after_the_owner_loop_closed_is_clean(
                 await conn.execute(text("select 1"))
             await conn.close()
 
+        loopguard.uninstall()  # loopguard on stops the misuse (test_held_connections.py)
         asyncio.run(misuse())
+        loopguard.install(mode)
     else:
         pid = asyncio.run(_pid(engine))
     pool = engine.sync_engine.pool

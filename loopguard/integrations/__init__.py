@@ -14,6 +14,10 @@ BUILTIN = (
     "loopguard._loop_close:AsyncioLoops",
     "loopguard._loop_close:UvloopLoops",
     "loopguard.integrations._sqlalchemy:SQLAlchemyIntegration",
+    "loopguard.integrations._sqlalchemy_held:SQLAlchemyHeldIntegration",
+    "loopguard.integrations._sqlalchemy_held:DbapiStreamCursors",
+    "loopguard.integrations._sqlalchemy_held:PsycopgStreamCursors",
+    "loopguard.integrations._sqlalchemy_held:AiosqliteStreamCursors",
     "loopguard.integrations._asyncpg:AsyncpgIntegration",
 )
 ENTRY_POINT_GROUP = "loopguard.integrations"
