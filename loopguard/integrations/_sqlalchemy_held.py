@@ -42,7 +42,8 @@ What the modes do with a held connection used on another loop:
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable
+from types import FrameType
+from typing import Any, Callable, Optional
 
 from .._causes import likely_cause
 from .._emit import raise_record, warn_record
@@ -89,7 +90,7 @@ def _in_pool_cleanup() -> bool:
     collector's cleanup of a connection never given back).  Raising there would only be
     logged by SQLAlchemy (or, in a finalizer, ignored), so that is left to SQLAlchemy and to
     the pool guard, which closes a connection of a closed loop without it."""
-    frame = sys._getframe(2)
+    frame: Optional[FrameType] = sys._getframe(2)
     for _ in range(_CLEANUP_FRAMES):
         if frame is None:
             return False
