@@ -83,13 +83,25 @@ def _close_psycopg(connection: Any) -> bool:
 
 
 def _close_aiosqlite(connection: Any) -> bool:
-    # aiosqlite runs sqlite3 in a thread of its own and binds no loop: stop() (0.22.1+) closes
-    # the sqlite3 connection in that thread and ends it, without waiting.  Older releases
-    # have no way to do that without awaiting: they are left to their own close().
-    stop = getattr(connection, "stop", None)
-    if stop is None or not getattr(connection, "_running", True):
+    # aiosqlite runs sqlite3 in a thread of its own and binds no loop.  What its stop()
+    # (0.22.1+) queues, without the future stop() would make on the running loop (the thread
+    # would report to that loop after it may have closed): the thread closes the sqlite3
+    # connection and ends.  Older releases are left to their own close().
+    import sys
+
+    sentinel = getattr(sys.modules.get("aiosqlite.core"), "_STOP_RUNNING_SENTINEL", None)
+    queue = getattr(connection, "_tx", None)
+    if sentinel is None or queue is None or not getattr(connection, "_running", False):
         return False
-    stop()
+
+    def close_and_stop() -> Any:
+        if connection._connection is not None:
+            connection._connection.close()
+            connection._connection = None
+        return sentinel
+
+    connection._running = False
+    queue.put_nowait((None, close_and_stop))
     return True
 
 

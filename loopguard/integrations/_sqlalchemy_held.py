@@ -15,8 +15,10 @@ Where each check sits, and why there:
   method, the same in SQLAlchemy 1.4, 2.0 and 2.1, before the driver's cursor is created.
   (``_ConnectionFairy.cursor()``, one step further, is inside SQLAlchemy's error handling,
   which would hand the user a ``StatementError`` wrapping the ``LoopMismatchError``.)
-- Transactions end in ``Connection._commit_impl`` / ``_rollback_impl`` (begin is implicit: the
-  first statement).  Savepoints are statements.
+- Transactions: ``Transaction.commit()`` / ``rollback()``, before SQLAlchemy changes the
+  transaction's state (a failed commit would otherwise leave it waiting for a rollback), and
+  ``Connection._rollback_impl`` for the rollback of ``close()``.  Begin is implicit (the
+  first statement); savepoints are statements.
 - A server-side cursor (``stream()``) fetches through the adapter's own cursor class, which
   differs by version: ``AsyncAdapt_dbapi_ss_cursor`` (2.1, every driver), the psycopg and
   aiosqlite ones (2.0, 1.4).  ``StreamCursors`` patches the methods each class defines itself,
@@ -154,9 +156,11 @@ def _check_record(record: Any, operation: str) -> None:
     """The slow half of the hooks below (kept out of them: they stay small)."""
     __tracebackhide__ = True
     conn = _connection_lookup(id(record))
-    if conn is None or conn.owner is None:
+    if conn is None:
         return
-    owner = conn.owner()
+    # asyncpg's too (no ``owner``): its own check would come after SQLAlchemy changed the
+    # transaction's state, and a failed commit leaves the connection waiting for a rollback.
+    owner = (conn.owner or conn.binding.loop._ref)()
     loop = current_loop(owner)
     if loop is not owner and loop is not None:
         _on_mismatch(conn, loop, operation)
@@ -185,13 +189,18 @@ def _make_execute_context(original: Callable[..., Any]) -> Callable[..., Any]:
     return _execute_context
 
 
-def _make_transaction_end(operation: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """``Connection._commit_impl`` / ``_rollback_impl``: the end of a transaction."""
+def _make_transaction_end(
+    operation: str, of_transaction: bool = True
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``Transaction.commit()`` / ``rollback()`` (``self.connection`` is the Connection) and
+    ``Connection._rollback_impl`` (``self`` is; ``of_transaction=False``): the end of a
+    transaction.  (``Connection.connection`` is a property that revalidates: never read.)"""
 
     def make(original: Callable[..., Any]) -> Callable[..., Any]:
         def end(self: Any, *args: Any, **kwargs: Any) -> Any:
             __tracebackhide__ = True
-            fairy = self._dbapi_connection
+            connection = self.connection if of_transaction else self
+            fairy = connection._dbapi_connection
             if fairy is not None:
                 record = fairy._connection_record
                 if record is not None:
@@ -241,11 +250,12 @@ class SQLAlchemyHeldIntegration(Integration):
     core = True  # listed as "sqlalchemy"
     patches = (
         Patch("sqlalchemy.engine.base:Connection", "_execute_context", _make_execute_context),
-        Patch("sqlalchemy.engine.base:Connection", "_commit_impl", _make_transaction_end("commit")),
+        Patch("sqlalchemy.engine.base:Transaction", "commit", _make_transaction_end("commit")),
+        Patch("sqlalchemy.engine.base:Transaction", "rollback", _make_transaction_end("rollback")),
         Patch(
             "sqlalchemy.engine.base:Connection",
             "_rollback_impl",
-            _make_transaction_end("rollback"),
+            _make_transaction_end("rollback", of_transaction=False),
         ),
     )
 
