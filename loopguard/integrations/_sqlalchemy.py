@@ -165,9 +165,9 @@ def track_engine(sync_engine: Any, origin: Origin) -> None:
 
 def _make_tracking_pool_factory(original: Callable[..., Any]) -> Callable[..., Any]:
     """``create_async_pool_from_url()``: a pool with no AsyncEngine around it, reported at the
-    line that created it."""
+    line that created it (the first frame outside SQLAlchemy)."""
 
-    def create_async_pool_from_url(url: Any, **kwargs: Any) -> Any:
+    def _create_pool_from_url(url: Any, **kwargs: Any) -> Any:
         pool = original(url, **kwargs)
         if _is_guarded_pool(pool) and pool not in POOLS:
             from sqlalchemy.engine import make_url
@@ -179,7 +179,7 @@ def _make_tracking_pool_factory(original: Callable[..., Any]) -> Callable[..., A
             POOLS.add(pool, PoolState(facts, pools.is_queued(pool)))
         return pool
 
-    return create_async_pool_from_url
+    return _create_pool_from_url
 
 
 def _make_tracking_init(original: Callable[..., None]) -> Callable[..., None]:
@@ -471,15 +471,11 @@ class SQLAlchemyIntegration(Integration):
             )
         ),
         Patch("sqlalchemy.ext.asyncio:AsyncEngine", "__init__", _make_tracking_init),
-        Patch(
-            "sqlalchemy.ext.asyncio",
-            "create_async_pool_from_url",
-            _make_tracking_pool_factory,
-            required=False,  # SQLAlchemy 2.0.10+
-        ),
+        # What create_async_pool_from_url() calls, looked up when called: it is patched
+        # whatever name the application imported the function under (SQLAlchemy 2.0.10+).
         Patch(
             "sqlalchemy.ext.asyncio.engine",
-            "create_async_pool_from_url",
+            "_create_pool_from_url",
             _make_tracking_pool_factory,
             required=False,
         ),
