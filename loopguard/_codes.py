@@ -189,6 +189,17 @@ CODES: dict[str, Code] = {
             OBJECT_FIELDS,
             (),
         ),
+        # LG108-LG111: the HTTP clients, redis and asyncio primitives (other branches).
+        Code(
+            "LG112",
+            "a psycopg_pool AsyncConnectionPool used on an event loop other than the one it was "
+            "opened on",
+            EVENT_LOOP_MISMATCH,
+            LoopMismatchWarning,
+            True,
+            MISMATCH_FIELDS,
+            ("psycopg_pool AsyncConnectionPool",),
+        ),
     )
 }
 
