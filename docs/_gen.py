@@ -71,7 +71,8 @@ _ERRORS = f"{_PYTEST} --tb=line --show-capture=no"
 _MESSAGE = (
     r"^(?:E\s+|\s*)(loopguard\.LoopMismatchError: .*)$",
     r"((?:LoopMismatch|PoolCreatedOutsideLoop)Warning: .*)$",
-    r"^(?:E\s+|\s*)((?:engine|pool|connection|created at|bound|used now|likely cause|fix): .*)$",
+    r"^(?:E\s+|\s*)((?:engine|pool|connection|created at|bound|checked out|used now|likely cause"
+    r"|fix): .*)$",
     r"^(?:E\s+|\s*)(\(Background on this (?:error|warning) at: .*)$",
 )
 # The plugin's terminal summary.
@@ -142,6 +143,24 @@ RUNS: dict[str, Run] = {
         (*_MESSAGE, *_EXCEPTION),
     ),
     "lg103_fix": Run("LOOPGUARD=1 python -X dev lg103_fix_pool_per_job.py", (r"^(.*)$",)),
+    "held_bug_raw": Run("python lg101_held_bug.py 2>&1 | tail -n 1", _EXCEPTION),
+    "held_bug_guarded": Run("LOOPGUARD=1 python lg101_held_bug.py 2>&1 | tail -n 9", _MESSAGE),
+    "held_bug_warn": Run(
+        "LOOPGUARD=warn python lg101_held_bug.py 2>&1"
+        " | grep -E '^job|LoopMismatchWarning: |^[a-zA-Z._]+Error: '",
+        (r"^(job \d+: .*)$", *_MESSAGE, r"^([\w.]+Error): .*(connection is closed)"),
+    ),
+    "held_fixture_guarded": Run(
+        f"{_ERRORS} lg101_held_fixture_bug.py --loopguard",
+        _MESSAGE + _SUMMARY + _OUTCOME,
+    ),
+    "held_fix": Run("LOOPGUARD=1 python -X dev lg101_held_fix_session_per_job.py", (r"^(.*)$",)),
+    "lg112_raw": Run(
+        "python lg112_pool_bug.py 2>&1 | grep -E '^job|Timeout'",
+        (r"^(job \d+: .*)$", r"^([\w.]+: couldn't get a connection after \d+)"),
+    ),
+    "lg112_guarded": Run("LOOPGUARD=1 python lg112_pool_bug.py 2>&1 | tail -n 8", _MESSAGE),
+    "lg112_fix": Run("LOOPGUARD=1 python -X dev lg112_fix_pool_per_job.py", (r"^(.*)$",)),
     "lg104_raw": Run(
         "python lg104_dispose_bug.py 2>&1 | grep -E '^(result|Exception|RuntimeError)'",
         (r"^(result: .*)$", r"^(Exception closing connection)", r"^(RuntimeError: Event loop .*)$"),
@@ -499,6 +518,39 @@ def ref_asyncpg_causes() -> str:
     return "\n".join(rows)
 
 
+def ref_held_causes() -> str:
+    from loopguard._causes import HELD_CONNECTION
+
+    return _cause_rows(HELD_CONNECTION)
+
+
+def ref_psycopg_pool_causes() -> str:
+    from loopguard._causes import PSYCOPG_POOL
+
+    return _cause_rows(PSYCOPG_POOL)
+
+
+def _cause_rows(causes: dict[str, Any]) -> str:
+    rows = ["| `cause` | likely cause (as the message says it) | fix (as the message says it) |"]
+    rows.append("|---|---|---|")
+    for key, (cause, fix) in causes.items():
+        rows.append(f"| `{key}` | {cause} | {fix} |")
+    return "\n".join(rows)
+
+
+def ref_held_hooks() -> str:
+    """The held-connection checks' module docstring, without its title line."""
+    from loopguard.integrations import _sqlalchemy_held
+
+    return _docstring_md(_sqlalchemy_held.__doc__, skip=2)
+
+
+def ref_psycopg_pool_hooks() -> str:
+    from loopguard.integrations import _psycopg_pool
+
+    return _docstring_md(_psycopg_pool.__doc__, skip=2)
+
+
 REFERENCE: dict[str, Callable[[], str]] = {
     "env": ref_env,
     "pytest": ref_pytest,
@@ -507,6 +559,10 @@ REFERENCE: dict[str, Callable[[], str]] = {
     "cli": ref_cli,
     "causes": ref_causes,
     "asyncpg_causes": ref_asyncpg_causes,
+    "held_causes": ref_held_causes,
+    "psycopg_pool_causes": ref_psycopg_pool_causes,
+    "held_hooks": ref_held_hooks,
+    "psycopg_pool_hooks": ref_psycopg_pool_hooks,
     "hooks": ref_hooks,
     "asyncpg_hooks": ref_asyncpg_hooks,
     "loop_scopes": ref_loop_scopes,

@@ -189,7 +189,7 @@ CODES: dict[str, Code] = {
             OBJECT_FIELDS,
             (),
         ),
-        # LG108-LG111: the HTTP clients, redis and asyncio primitives (other branches).
+        # The codes just before this one: the HTTP clients', redis' and asyncio primitives'.
         Code(
             "LG112",
             "a psycopg_pool AsyncConnectionPool used on an event loop other than the one it was "

@@ -283,12 +283,13 @@ RAW_SYMPTOMS = {
     "LG103": f"InterfaceError: .*{ASYNCPG_BUSY}$",
     "LG104": "^Exception closing connection <",
     "LG106": "ResourceWarning: unclosed connection <asyncpg",
+    "LG112": "^psycopg_pool.PoolTimeout: couldn't get a connection after",
 }
 
 
 # Script bugs that loopguard stops with LoopMismatchError in raise mode (the others are
 # reported with a record and run to their end).
-STOPPED = {"LG101", "LG102", "LG103"}
+STOPPED = {"LG101", "LG102", "LG103", "LG112"}
 
 
 @needs_documented_stack
@@ -418,12 +419,17 @@ def test_log_fields_table_lists_exactly_the_fields_of_real_records(
     xdist_log = tmp_path / "xdist.jsonl"
     monkeypatch.setenv("LOOPGUARD_LOG_FILE", str(xdist_log))
     run_example("lg101_cached_bug.py", "--loopguard", "-n", "1").assert_outcomes(passed=1, failed=2)
+    held_log = tmp_path / "held.jsonl"  # a held connection's record, in a test
+    monkeypatch.setenv("LOOPGUARD_LOG_FILE", str(held_log))
+    run_example("lg101_held_fixture_bug.py", "--loopguard").assert_outcomes(failed=2)
     monkeypatch.delenv("LOOPGUARD_LOG_FILE")
     script_log = tmp_path / "script.jsonl"
     for name, mode in (
         ("lg104_dispose_bug.py", "1"),
         ("lg102_outside_loop_bug.py", "1"),
         ("lg103_global_pool_bug.py", "warn"),
+        ("lg101_held_bug.py", "1"),  # checked_out_during: a held connection's checkout
+        ("lg112_pool_bug.py", "1"),
     ):
         _run_script(name, tmp_path, LOOPGUARD=mode, LOOPGUARD_LOG_FILE=str(script_log))
     xdist_records = _records(xdist_log)
@@ -433,6 +439,7 @@ def test_log_fields_table_lists_exactly_the_fields_of_real_records(
         *_records(warned_log),
         *xdist_records,
         *_records(script_log),
+        *_records(held_log),
     ]
     actions = {(r["code"], r["action"]) for r in records}
     assert {("LG101", "raised"), ("LG101", "warned"), ("LG104", "released")} <= actions
