@@ -151,7 +151,7 @@ RUNS: dict[str, Run] = {
         (r"^(job \d+: .*)$", *_MESSAGE, r"^([\w.]+Error): .*(connection is closed)"),
     ),
     "held_fixture_guarded": Run(
-        f"{_ERRORS} lg101_held_fixture_bug.py --loopguard",
+        f"{_ERRORS} lg101_held_in_tests_bug.py --loopguard",
         _MESSAGE + _SUMMARY + _OUTCOME,
     ),
     "held_fix": Run("LOOPGUARD=1 python -X dev lg101_held_fix_session_per_job.py", (r"^(.*)$",)),

@@ -421,7 +421,7 @@ def test_log_fields_table_lists_exactly_the_fields_of_real_records(
     run_example("lg101_cached_bug.py", "--loopguard", "-n", "1").assert_outcomes(passed=1, failed=2)
     held_log = tmp_path / "held.jsonl"  # a held connection's record, in a test
     monkeypatch.setenv("LOOPGUARD_LOG_FILE", str(held_log))
-    run_example("lg101_held_fixture_bug.py", "--loopguard").assert_outcomes(failed=2)
+    run_example("lg101_held_in_tests_bug.py", "--loopguard").assert_outcomes(failed=2)
     monkeypatch.delenv("LOOPGUARD_LOG_FILE")
     script_log = tmp_path / "script.jsonl"
     for name, mode in (
