@@ -11,10 +11,17 @@ Where each check sits, and why there:
   ``_check_conn_validity``): the asyncpg guard already pays for that check, and on a mismatch
   of a connection SQLAlchemy's pool holds it hands the report to ``on_driver_mismatch`` here.
   Nothing is added to asyncpg's statements.
-- Every statement of every other driver passes ``Connection._execute_context()``: one plain
-  method, the same in SQLAlchemy 1.4, 2.0 and 2.1, before the driver's cursor is created.
-  (``_ConnectionFairy.cursor()``, one step further, is inside SQLAlchemy's error handling,
-  which would hand the user a ``StatementError`` wrapping the ``LoopMismatchError``.)
+- Every statement of every other driver passes ``DefaultExecutionContext.pre_exec()``: one
+  plain method, the same in SQLAlchemy 1.4, 2.0 and 2.1, which ``Connection._execute_context``
+  calls after building the statement's context and before executing it (psycopg's and
+  aiosqlite's contexts inherit it; asyncpg's overrides it, and asyncpg checks itself).  It
+  returns before the statement's I/O: a wrapper that stayed on the stack would be copied at
+  every greenlet switch of the statement (measured: ~4k instructions per statement for a
+  wrapper of ``_execute_context``).  The cursor is made before it, without I/O (psycopg's is
+  a local object; aiosqlite's is made in aiosqlite's own thread, which binds no loop).
+  (Earlier points, such as ``_ConnectionFairy.cursor()``, are inside SQLAlchemy's error
+  handling, which would hand the user a ``StatementError`` wrapping the
+  ``LoopMismatchError``.)
 - Transactions: ``Transaction.commit()`` / ``rollback()``, before SQLAlchemy changes the
   transaction's state (a failed commit would otherwise leave it waiting for a rollback), and
   ``Connection._rollback_impl`` for the rollback of ``close()``.  Begin is implicit (the
@@ -169,24 +176,22 @@ def _check_record(record: Any, operation: str) -> None:
 # -- the hooks ---------------------------------------------------------------------------
 
 
-def _make_execute_context(original: Callable[..., Any]) -> Callable[..., Any]:
-    """``Connection._execute_context()``: every statement, before the driver sees it."""
+def _make_pre_exec(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``DefaultExecutionContext.pre_exec()``: every statement, before the driver sees it."""
 
-    def _execute_context(self: Any, *args: Any, **kwargs: Any) -> Any:
+    def pre_exec(self: Any) -> Any:
         __tracebackhide__ = True
-        fairy = self._dbapi_connection
-        if fairy is not None:  # None: invalidated, SQLAlchemy reconnects (or refuses)
-            conn = _connection_lookup(id(fairy._connection_record))
-            if conn is not None:
-                owner_ref = conn.owner
-                if owner_ref is not None:
-                    owner = owner_ref()
-                    loop = current_loop(owner)
-                    if loop is not owner and loop is not None:
-                        _on_mismatch(conn, loop, "statement")
-        return original(self, *args, **kwargs)
+        conn = _connection_lookup(id(self._dbapi_connection._connection_record))
+        if conn is not None:
+            owner_ref = conn.owner
+            if owner_ref is not None:
+                owner = owner_ref()
+                loop = current_loop(owner)
+                if loop is not owner and loop is not None:
+                    _on_mismatch(conn, loop, "statement")
+        return original(self)
 
-    return _execute_context
+    return pre_exec
 
 
 def _make_transaction_end(
@@ -196,8 +201,10 @@ def _make_transaction_end(
     ``Connection._rollback_impl`` (``self`` is; ``of_transaction=False``): the end of a
     transaction.  (``Connection.connection`` is a property that revalidates: never read.)"""
 
-    def make(original: Callable[..., Any]) -> Callable[..., Any]:
-        def end(self: Any, *args: Any, **kwargs: Any) -> Any:
+    def make(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        # No *args/**kwargs: the wrapper stays on the stack during the I/O, and a call that
+        # unpacks arguments adds C frames that each greenlet switch would copy.
+        def end(self: Any) -> Any:
             __tracebackhide__ = True
             connection = self.connection if of_transaction else self
             fairy = connection._dbapi_connection
@@ -205,7 +212,7 @@ def _make_transaction_end(
                 record = fairy._connection_record
                 if record is not None:
                     _check_record(record, operation)
-            return original(self, *args, **kwargs)
+            return original(self)
 
         return end
 
@@ -221,22 +228,42 @@ def _driver_of_cursor(cursor: Any) -> Any:
     return driver
 
 
-def _make_fetch(original: Callable[..., Any]) -> Callable[..., Any]:
-    """A server-side cursor's fetch (``stream()``): each fetch may read from the server."""
+def _check_cursor(cursor: Any) -> None:
+    __tracebackhide__ = True
+    conn = _driver_lookup(id(_driver_of_cursor(cursor)))
+    if conn is not None:
+        owner_ref = conn.owner
+        if owner_ref is not None:
+            owner = owner_ref()
+            loop = current_loop(owner)
+            if loop is not owner and loop is not None:
+                _on_mismatch(conn, loop, "stream fetch")
 
-    def fetch(self: Any, *args: Any, **kwargs: Any) -> Any:
+
+_DEFAULT = object()
+
+
+def _make_fetch(original: Callable[..., Any]) -> Callable[..., Any]:
+    """A server-side cursor's ``fetchone``/``fetchall``/``__iter__`` (``stream()``): each
+    may read from the server.  (Exact arguments: see ``_make_transaction_end``.)"""
+
+    def fetch(self: Any) -> Any:
         __tracebackhide__ = True
-        conn = _driver_lookup(id(_driver_of_cursor(self)))
-        if conn is not None:
-            owner_ref = conn.owner
-            if owner_ref is not None:
-                owner = owner_ref()
-                loop = current_loop(owner)
-                if loop is not owner and loop is not None:
-                    _on_mismatch(conn, loop, "stream fetch")
-        return original(self, *args, **kwargs)
+        _check_cursor(self)
+        return original(self)
 
     return fetch
+
+
+def _make_fetchmany(original: Callable[..., Any]) -> Callable[..., Any]:
+    """``fetchmany(size)``, its default left to the class (None or 0, by version)."""
+
+    def fetchmany(self: Any, size: Any = _DEFAULT) -> Any:
+        __tracebackhide__ = True
+        _check_cursor(self)
+        return original(self) if size is _DEFAULT else original(self, size)
+
+    return fetchmany
 
 
 class SQLAlchemyHeldIntegration(Integration):
@@ -249,7 +276,7 @@ class SQLAlchemyHeldIntegration(Integration):
     requirement = "sqlalchemy[asyncio]"
     core = True  # listed as "sqlalchemy"
     patches = (
-        Patch("sqlalchemy.engine.base:Connection", "_execute_context", _make_execute_context),
+        Patch("sqlalchemy.engine.default:DefaultExecutionContext", "pre_exec", _make_pre_exec),
         Patch("sqlalchemy.engine.base:Transaction", "commit", _make_transaction_end("commit")),
         Patch("sqlalchemy.engine.base:Transaction", "rollback", _make_transaction_end("rollback")),
         Patch(
@@ -284,7 +311,11 @@ class StreamCursors(Integration):
             if cls is None:
                 continue
             found.extend(
-                Patch(f"{self.module}:{class_name}", fetch, _make_fetch)
+                Patch(
+                    f"{self.module}:{class_name}",
+                    fetch,
+                    _make_fetchmany if fetch == "fetchmany" else _make_fetch,
+                )
                 for fetch in _FETCHES
                 if fetch in vars(cls)
             )
