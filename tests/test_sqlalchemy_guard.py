@@ -1155,9 +1155,16 @@ def test_pool_with_only_invalidated_connections_moves_silently(
             await conn.invalidate()
         return int(pid)
 
+    async def use_on_b() -> int:
+        pid = await _pid(engine)
+        # Disposed on its loop: the reconnected connection is known to be loop B's (its first
+        # statement adopts it), so a loop B closing with it pooled would be LG106.
+        await engine.dispose()
+        return pid
+
     with silence_checked(log_file):
         pid_a = asyncio.run(use_and_invalidate())
-        pid_b = asyncio.run(_pid(engine))
+        pid_b = asyncio.run(use_on_b())
     assert pid_b != pid_a
 
 
@@ -1182,12 +1189,16 @@ def test_record_reconnected_on_a_new_loop_is_judged_by_its_new_connection(
         return int(pid)
 
     async def twice() -> list[int]:
-        first = await _pid(engine)  # the record reconnects, on this loop
+        # The record reconnects, on this loop.  No statement: a statement's check would
+        # adopt the new connection for this loop at once (_sqlalchemy_held).
+        async with engine.connect():
+            pass
         [record] = _sqlalchemy_pool.queued_records(pool)
         facts = _sqlalchemy.CONNECTIONS.get(record)  # still the old connection's (loop A)
         assert facts is not None
         assert facts.binding.loop() is not asyncio.get_running_loop()
         facts.dbapi_id = id(record.dbapi_connection)  # as if the new one got the old address
+        first = await _pid(engine)
         second = await _pid(engine)
         await engine.dispose()  # on its loop, before it closes
         return [first, second]
