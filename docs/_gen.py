@@ -155,12 +155,6 @@ RUNS: dict[str, Run] = {
         _MESSAGE + _SUMMARY + _OUTCOME,
     ),
     "held_fix": Run("LOOPGUARD=1 python -X dev lg101_held_fix_session_per_job.py", (r"^(.*)$",)),
-    "lg112_raw": Run(
-        "python lg112_pool_bug.py 2>&1 | grep -E '^job|Timeout'",
-        (r"^(job \d+: .*)$", r"^([\w.]+: couldn't get a connection after \d+)"),
-    ),
-    "lg112_guarded": Run("LOOPGUARD=1 python lg112_pool_bug.py 2>&1 | tail -n 8", _MESSAGE),
-    "lg112_fix": Run("LOOPGUARD=1 python -X dev lg112_fix_pool_per_job.py", (r"^(.*)$",)),
     "lg104_raw": Run(
         "python lg104_dispose_bug.py 2>&1 | grep -E '^(result|Exception|RuntimeError)'",
         (r"^(result: .*)$", r"^(Exception closing connection)", r"^(RuntimeError: Event loop .*)$"),
@@ -524,12 +518,6 @@ def ref_held_causes() -> str:
     return _cause_rows(HELD_CONNECTION)
 
 
-def ref_psycopg_pool_causes() -> str:
-    from loopguard._causes import PSYCOPG_POOL
-
-    return _cause_rows(PSYCOPG_POOL)
-
-
 def _cause_rows(causes: dict[str, Any]) -> str:
     rows = ["| `cause` | likely cause (as the message says it) | fix (as the message says it) |"]
     rows.append("|---|---|---|")
@@ -545,12 +533,6 @@ def ref_held_hooks() -> str:
     return _docstring_md(_sqlalchemy_held.__doc__, skip=2)
 
 
-def ref_psycopg_pool_hooks() -> str:
-    from loopguard.integrations import _psycopg_pool
-
-    return _docstring_md(_psycopg_pool.__doc__, skip=2)
-
-
 REFERENCE: dict[str, Callable[[], str]] = {
     "env": ref_env,
     "pytest": ref_pytest,
@@ -560,9 +542,7 @@ REFERENCE: dict[str, Callable[[], str]] = {
     "causes": ref_causes,
     "asyncpg_causes": ref_asyncpg_causes,
     "held_causes": ref_held_causes,
-    "psycopg_pool_causes": ref_psycopg_pool_causes,
     "held_hooks": ref_held_hooks,
-    "psycopg_pool_hooks": ref_psycopg_pool_hooks,
     "hooks": ref_hooks,
     "asyncpg_hooks": ref_asyncpg_hooks,
     "loop_scopes": ref_loop_scopes,

@@ -3,9 +3,9 @@
 The ``asyncio_loopguard.pth`` file installed next to the package runs one line at every
 interpreter start: it reads the ``LOOPGUARD`` environment variable and, only when it asks
 for loopguard, imports this module.  Nothing is installed here and now: a finder waits for
-the first import of a guarded library (``sqlalchemy.ext.asyncio``, ``asyncpg`` or
-``psycopg_pool``) and calls ``loopguard.install()`` right after it, so unrelated Python
-processes (pip, linters) that inherit the variable pay nothing beyond this module.
+the first import of a guarded library (``sqlalchemy.ext.asyncio`` or ``asyncpg``) and calls
+``loopguard.install()`` right after it, so unrelated Python processes (pip, linters) that
+inherit the variable pay nothing beyond this module.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import List
 
 from . import _after_import
 
-TRIGGERS = ("sqlalchemy.ext.asyncio", "asyncpg", "psycopg_pool")
+TRIGGERS = ("sqlalchemy.ext.asyncio", "asyncpg")
 
 _hooks: List[_after_import.AfterImport] = []
 

@@ -249,26 +249,6 @@ def standard_causes(noun: str, release: str) -> dict[str, Cause]:
     }
 
 
-# psycopg_pool's AsyncConnectionPool (LG112): its worker tasks run on the loop that opened it.
-PSYCOPG_POOL = standard_causes("pool", "close it (`await pool.close()`)")
-_OPEN_ON_ITS_LOOP = (
-    "open the pool on the loop that uses it: `async with AsyncConnectionPool(conninfo, "
-    "open=False) as pool:` inside the coroutine asyncio.run() runs, or in an async fixture "
-    "with the tests' loop scope, closing it in the fixture's teardown."
-)
-PSYCOPG_POOL["closed-loop-test"] = Cause(
-    "the pool outlived the event loop it was opened on (its worker tasks ran there): it is "
-    "kept in a module global, a cache or a wider-scoped fixture while pytest-asyncio gives "
-    "each test a new loop.",
-    _OPEN_ON_ITS_LOOP,
-)
-PSYCOPG_POOL["closed-loop-run"] = Cause(
-    "the pool outlived the event loop it was opened on (its worker tasks ran there): it was "
-    "opened during one asyncio.run() and is used by a later one, on a new loop.",
-    _OPEN_ON_ITS_LOOP,
-)
-
-
 # Codes whose records carry no ``cause``: one explanation for the code.
 EXPLANATIONS = {
     "LG104": Cause(
@@ -297,7 +277,6 @@ EXPLANATIONS = {
 _BY_RESOURCE: dict[str, dict[str, Cause]] = {
     "SQLAlchemy AsyncEngine": ENGINE,
     "SQLAlchemy connection": HELD_CONNECTION,
-    "psycopg_pool AsyncConnectionPool": PSYCOPG_POOL,
     # A pool made by create_async_pool_from_url(): no engine around it, its own dispose().
     "SQLAlchemy pool": {
         key: Cause(

@@ -189,17 +189,6 @@ CODES: dict[str, Code] = {
             OBJECT_FIELDS,
             (),
         ),
-        # The codes just before this one: the HTTP clients', redis' and asyncio primitives'.
-        Code(
-            "LG112",
-            "a psycopg_pool AsyncConnectionPool used on an event loop other than the one it was "
-            "opened on",
-            EVENT_LOOP_MISMATCH,
-            LoopMismatchWarning,
-            True,
-            MISMATCH_FIELDS,
-            ("psycopg_pool AsyncConnectionPool",),
-        ),
     )
 }
 

@@ -50,8 +50,6 @@ def _internal_prefixes() -> tuple[str, ...]:
         "asyncpg",
         "asyncio",
         "psycopg",
-        "psycopg_pool",
-        "aiosqlite",
         "uvloop",
         "pytest_asyncio",
         "_pytest",

@@ -105,8 +105,8 @@ def render(nox: Optional[ModuleType] = None) -> str:
     add(f"| structlog | {floor['structlog']} and newer | {floor['structlog']} (floor), newest |")
     add("| pytest-xdist | 3.5 and newer | newest, in every session (tests/test_xdist.py) |")
     add(
-        "| psycopg 3 (`postgresql+psycopg`), psycopg-pool | psycopg 3.1, psycopg-pool 3.1 "
-        "and newer | newest, in every session (SQLAlchemy 2.0+ for the dialect) |"
+        "| psycopg 3 (`postgresql+psycopg`) | 3.1 and newer | newest, in every session "
+        "(SQLAlchemy 2.0+ for the dialect) |"
     )
     add(
         "| aiosqlite (`sqlite+aiosqlite`) | 0.20 and newer (warn mode closes a connection "
@@ -125,16 +125,6 @@ def render(nox: Optional[ModuleType] = None) -> str:
         f"'sqlalchemy[asyncio]>={floor['sqlalchemy']}'`. Not run because they do not exist: "
         "SQLAlchemy 2.1 on Python 3.9 and 3.10 (it requires 3.11), and the "
         "`postgresql+psycopg` dialect on SQLAlchemy 1.4 (tests/test_psycopg.py skips there)."
-    )
-    add("")
-    add(
-        "Untested: asyncmy and aiomysql (`mysql+asyncmy`, `mysql+aiomysql`). The test harness "
-        "starts PostgreSQL only (tools/pgserver.py); starting a MariaDB server (Debian's "
-        "`mariadb-server`) for them is not written yet, and loopguard claims nothing it has "
-        "not run against a real server. What would apply to them: the checkout checks and the "
-        "held-connection checks are SQLAlchemy's, whatever the driver; what is missing is warn "
-        "mode's closing of their sockets without their loop (loopguard knows how for asyncpg, "
-        "psycopg and aiosqlite) and any test of it."
     )
     add("")
     add("## The sessions")

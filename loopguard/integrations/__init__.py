@@ -19,7 +19,6 @@ BUILTIN = (
     "loopguard.integrations._sqlalchemy_held:PsycopgStreamCursors",
     "loopguard.integrations._sqlalchemy_held:AiosqliteStreamCursors",
     "loopguard.integrations._asyncpg:AsyncpgIntegration",
-    "loopguard.integrations._psycopg_pool:PsycopgPoolIntegration",
 )
 ENTRY_POINT_GROUP = "loopguard.integrations"
 
