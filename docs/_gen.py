@@ -10,8 +10,9 @@ Kinds:
 - ``ref:NAME``: a reference table rendered from loopguard itself (see ``REFERENCE``).
 - ``file:NAME``: the source of ``docs_examples/NAME``, the file tests/test_docs.py runs.
 - ``output:NAME``: the real output of the command ``RUNS[NAME]``, run against a real
-  PostgreSQL; ``captured:versions``: the versions those outputs were captured with.  Only
-  ``--capture`` rewrites these.
+  PostgreSQL (and a throwaway redis-server, tools/redisserver.py, for the redis examples);
+  ``captured:versions``: the versions those outputs were captured with.  Only ``--capture``
+  rewrites these.
 
 Usage (from the repository root)::
 
@@ -21,8 +22,10 @@ Usage (from the repository root)::
         # also rerun every command of RUNS and rewrite the output: blocks
 
 ``--capture`` runs each command with bash in a fresh copy of docs_examples/, with
-DATABASE_URL pointing at the server of LOOPGUARD_TEST_DSN, this Python's bin directory first
-on PATH and COLUMNS=80; stdout and stderr are kept together, unedited.
+DATABASE_URL pointing at the server of LOOPGUARD_TEST_DSN, HTTP_URL at a throwaway HTTP server
+on 127.0.0.1 (tools/httpserver.py), REDIS_URL at a throwaway redis-server (or
+LOOPGUARD_TEST_REDIS_URL), this Python's bin directory first on PATH and COLUMNS=80; stdout and
+stderr are kept together, unedited.
 """
 
 from __future__ import annotations
@@ -71,8 +74,9 @@ _ERRORS = f"{_PYTEST} --tb=line --show-capture=no"
 _MESSAGE = (
     r"^(?:E\s+|\s*)(loopguard\.LoopMismatchError: .*)$",
     r"((?:LoopMismatch|PoolCreatedOutsideLoop)Warning: .*)$",
-    r"^(?:E\s+|\s*)((?:engine|pool|connection|created at|bound|checked out|used now|likely cause"
-    r"|fix): .*)$",
+    r"^(?:E\s+|\s*)"
+    r"((?:engine|pool|connection|client|session|created at|bound|checked out|used now"
+    r"|likely cause|fix): .*)$",
     r"^(?:E\s+|\s*)(\(Background on this (?:error|warning) at: .*)$",
 )
 # The plugin's terminal summary.
@@ -161,6 +165,42 @@ RUNS: dict[str, Run] = {
     ),
     "lg104_guarded": Run("LOOPGUARD=1 python lg104_dispose_bug.py", _RECORD),
     "lg104_fix": Run("LOOPGUARD=1 python -X dev lg104_fix_dispose_in_loop.py", (r"^(.*)$",)),
+    "lg107_raw": Run(
+        "python lg107_client_bug.py 2>&1 | grep -E '^(job [0-9]+:|[a-zA-Z._]+Error: )'",
+        (r"^(job \d+: .*)$", *_EXCEPTION),
+    ),
+    "lg107_guarded": Run("LOOPGUARD=1 python lg107_client_bug.py 2>&1 | tail -n 8", _MESSAGE),
+    "lg107_fix": Run("LOOPGUARD=1 python -X dev lg107_fix_unbind_on_close.py", (r"^(.*)$",)),
+    "lg108_cached_raw": Run(f"{_ERRORS} lg108_cached_client_bug.py", _FAILED + _OUTCOME),
+    "lg108_cached_guarded": Run(
+        f"{_ERRORS} lg108_cached_client_bug.py --loopguard", _MESSAGE + _SUMMARY + _OUTCOME
+    ),
+    "lg108_jobs_raw": Run(
+        "python lg108_jobs_bug.py 2>&1 | grep -E '^(job [0-9]+:|[a-zA-Z._]+Error: )'",
+        (r"^(job \d+: .*)$", *_EXCEPTION),
+    ),
+    "lg108_jobs_guarded": Run("LOOPGUARD=1 python lg108_jobs_bug.py 2>&1 | tail -n 8", _MESSAGE),
+    "lg108_warn": Run(
+        "LOOPGUARD=warn python lg108_jobs_bug.py 2>&1"
+        " | grep -E '^job [0-9]+:|LoopMismatchWarning: '",
+        (r"^(job \d+: .*)$", *_MESSAGE),
+    ),
+    "lg108_fix": Run("LOOPGUARD=1 python lg108_fix_client_per_job.py", (r"^(.*)$",)),
+    "lg109_raw": Run(
+        "python lg109_cached_session_bug.py 2>&1 | grep -E '^(job [0-9]+:|[a-zA-Z._]+Error: )'",
+        (r"^(job \d+: .*)$", *_EXCEPTION),
+    ),
+    "lg109_guarded": Run(
+        "LOOPGUARD=1 python lg109_cached_session_bug.py 2>&1"
+        " | grep -A 7 '^loopguard.LoopMismatchError'",
+        _MESSAGE,
+    ),
+    "lg109_warn": Run(
+        "LOOPGUARD=warn python lg109_cached_session_bug.py 2>&1"
+        " | grep -E '^job [0-9]+:|LoopMismatchWarning: |^[a-zA-Z._]+Error: '",
+        (r"^(job \d+: .*)$", *_MESSAGE, *_EXCEPTION),
+    ),
+    "lg109_fix": Run("LOOPGUARD=1 python lg109_fix_session_per_job.py", (r"^(.*)$",)),
     "fix_header": Run(
         "pytest -p no:cacheprovider lg101_cached_fix_fixture.py --loopguard",
         (r"^(loopguard: .*)$", *_OUTCOME),
@@ -185,6 +225,16 @@ RUNS: dict[str, Run] = {
         "grep -m 1 loopguard.loop_mismatch loopguard.jsonl | python -m json.tool",
         (r'^    "(\w+)": ',),
     ),
+    "lg110_raw": Run(
+        "python lg110_jobs_bug.py 2>&1 | grep -E '^(job [0-9]+:|[a-zA-Z._]+Error: )'",
+        (r"^(job \d+: .*)$", r"^([\w.]+Error): "),
+    ),
+    "lg110_guarded": Run("LOOPGUARD=1 python lg110_jobs_bug.py 2>&1 | tail -n 9", _MESSAGE),
+    "lg110_warn": Run(
+        "LOOPGUARD=warn python lg110_jobs_bug.py 2>&1 | grep -E '^job|LoopMismatchWarning: '",
+        (r"^(job \d+: .*)$", *_MESSAGE),
+    ),
+    "lg110_fix": Run("LOOPGUARD=1 python -X dev lg110_fix_client_per_job.py", (r"^(.*)$",)),
     "report_table": Run('loopguard report loopguard.jsonl; echo "exit status: $?"', (r"^(.*)$",)),
     "report_markdown": Run(
         "loopguard report --format markdown --fail-on never loopguard.jsonl", (r"^(.*)$",)
@@ -195,7 +245,9 @@ RUNS: dict[str, Run] = {
 def normalize(text: str) -> str:
     """Blank out what differs between two runs of the same command: URLs, paths, timings."""
     text = re.sub(r"postgresql(?:\+asyncpg)?://\S+?(?=[\s\]`|'])", "<URL>", text)
+    text = re.sub(r"redis://127\.0\.0\.1:\d+/\d+", "<REDIS_URL>", text)
     text = re.sub(r"(?:/[^\s:/]+)+/(?=lg\d{3}_\w+\.py)", "", text)
+    text = re.sub(r"http://127\.0\.0\.1:\d+", "<HTTP_URL>", text)
     return re.sub(r" in \d+\.\d+s\b", " in <T>s", text)
 
 
@@ -211,7 +263,7 @@ def essentials(name: str, output: str) -> list[str]:
     return kept
 
 
-def run_all(workdir: Path, database_url: str) -> dict[str, str]:
+def run_all(workdir: Path, database_url: str, redis_url: str = "") -> dict[str, str]:
     """Run every command of RUNS, in order, in a fresh copy of docs_examples/ at ``workdir``."""
     shutil.copytree(EXAMPLES, workdir, dirs_exist_ok=True, ignore=_ignore)
     env = {
@@ -221,8 +273,26 @@ def run_all(workdir: Path, database_url: str) -> dict[str, str]:
         if not k.startswith(("LOOPGUARD", "PYTEST_")) and k not in ("COLUMNS", "CI", "BUILD_NUMBER")
     }
     bin_dir = str(Path(sys.executable).parent)
+    if str(ROOT / "tools") not in sys.path:
+        sys.path.insert(0, str(ROOT / "tools"))
+    from httpserver import throwaway_http_server
+
+    with throwaway_http_server() as http_url:
+        return _run_each(workdir, env, database_url, http_url, redis_url, bin_dir)
+
+
+def _run_each(
+    workdir: Path,
+    env: dict[str, str],
+    database_url: str,
+    http_url: str,
+    redis_url: str,
+    bin_dir: str,
+) -> dict[str, str]:
     env.update(
+        HTTP_URL=http_url,
         DATABASE_URL=database_url,
+        REDIS_URL=redis_url,
         PATH=bin_dir + os.pathsep + env.get("PATH", ""),
         COLUMNS="80",
         PYTHONDONTWRITEBYTECODE="1",
@@ -242,7 +312,16 @@ def run_all(workdir: Path, database_url: str) -> dict[str, str]:
     return outputs
 
 
-CAPTURE_STACK = ("sqlalchemy", "asyncpg", "pytest", "pytest-asyncio", "structlog")
+CAPTURE_STACK = (
+    "sqlalchemy",
+    "asyncpg",
+    "httpx",
+    "aiohttp",
+    "redis",
+    "pytest",
+    "pytest-asyncio",
+    "structlog",
+)
 
 
 def versions() -> str:
@@ -367,11 +446,11 @@ def _google_sections(doc: str) -> Iterator[str]:
     yield ""
 
 
-def ref_api() -> str:
+def ref_api(names: tuple[str, ...] = ("install", "uninstall", "is_installed", "mode")) -> str:
     import loopguard
 
     out = []
-    for name in ("install", "uninstall", "is_installed", "mode"):
+    for name in names:
         func = getattr(loopguard, name)
         out.append(f"### `{name}()`\n\n```python\n{_signature(func)}\n```\n")
         text = "\n".join(_google_sections(func.__doc__ or ""))
@@ -515,10 +594,15 @@ def ref_asyncpg_causes() -> str:
 def ref_held_causes() -> str:
     from loopguard._causes import HELD_CONNECTION
 
-    return _cause_rows(HELD_CONNECTION)
+    return _cause_table(HELD_CONNECTION)
 
 
-def _cause_rows(causes: dict[str, Any]) -> str:
+def ref_api_tracking() -> str:
+    """track(), check() and unbind(): the public API for any loop-bound object."""
+    return ref_api(("track", "check", "unbind"))
+
+
+def _cause_table(causes: dict[str, Any]) -> str:
     rows = ["| `cause` | likely cause (as the message says it) | fix (as the message says it) |"]
     rows.append("|---|---|---|")
     for key, (cause, fix) in causes.items():
@@ -533,8 +617,41 @@ def ref_held_hooks() -> str:
     return _docstring_md(_sqlalchemy_held.__doc__, skip=2)
 
 
+def ref_redis_causes() -> str:
+    from loopguard._causes import REDIS_CLIENT
+
+    return _cause_table(REDIS_CLIENT)
+
+
+def ref_httpx_causes() -> str:
+    from loopguard._causes import HTTPX_CLIENT
+
+    return _cause_table(HTTPX_CLIENT)
+
+
+def ref_aiohttp_causes() -> str:
+    from loopguard._causes import AIOHTTP_SESSION
+
+    return _cause_table(AIOHTTP_SESSION)
+
+
+def ref_client_hooks() -> str:
+    """The httpx and aiohttp integrations' module docstrings: where they hook and why."""
+    from loopguard.integrations import _aiohttp, _httpx
+
+    return "\n\n".join(_docstring_md(module.__doc__) for module in (_httpx, _aiohttp))
+
+
+def ref_redis_hooks() -> str:
+    """The redis.asyncio integration's module docstring: what it patches and why."""
+    from loopguard.integrations import _redis
+
+    return _docstring_md(_redis.__doc__)
+
+
 REFERENCE: dict[str, Callable[[], str]] = {
     "env": ref_env,
+    "api_tracking": ref_api_tracking,
     "pytest": ref_pytest,
     "api": ref_api,
     "exceptions": ref_exceptions,
@@ -543,11 +660,16 @@ REFERENCE: dict[str, Callable[[], str]] = {
     "asyncpg_causes": ref_asyncpg_causes,
     "held_causes": ref_held_causes,
     "held_hooks": ref_held_hooks,
+    "redis_causes": ref_redis_causes,
+    "redis_hooks": ref_redis_hooks,
     "hooks": ref_hooks,
     "asyncpg_hooks": ref_asyncpg_hooks,
     "loop_scopes": ref_loop_scopes,
     "secrets": ref_secrets,
     "autoload": ref_autoload,
+    "httpx_causes": ref_httpx_causes,
+    "aiohttp_causes": ref_aiohttp_causes,
+    "client_hooks": ref_client_hooks,
 }
 
 
@@ -618,9 +740,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.capture:
         sys.path.insert(0, str(ROOT / "tools"))
         from pgserver import ENV_DSN, sqlalchemy_url
+        from redisserver import throwaway_redis
 
-        with tempfile.TemporaryDirectory() as workdir:
-            outputs = run_all(Path(workdir) / "examples", sqlalchemy_url(os.environ[ENV_DSN]))
+        with tempfile.TemporaryDirectory() as workdir, throwaway_redis() as redis_url:
+            database_url = sqlalchemy_url(os.environ[ENV_DSN])
+            outputs = run_all(Path(workdir) / "examples", database_url, redis_url)
         outputs["versions"] = "Captured with " + versions() + "."
     for page in pages():
         new = rendered(page, outputs)

@@ -59,7 +59,9 @@ def check(obj: Any) -> None:
     if STATE.mode is None:
         return
     __tracebackhide__ = True
-    (_impl or _tracking()).check(obj)
+    error = (_impl or _tracking()).check(obj)
+    if error is not None:
+        raise error
 
 
 def unbind(obj: Any) -> None:

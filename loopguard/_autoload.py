@@ -3,9 +3,13 @@
 The ``asyncio_loopguard.pth`` file installed next to the package runs one line at every
 interpreter start: it reads the ``LOOPGUARD`` environment variable and, only when it asks
 for loopguard, imports this module.  Nothing is installed here and now: a finder waits for
-the first import of a guarded library (``sqlalchemy.ext.asyncio`` or ``asyncpg``) and calls
-``loopguard.install()`` right after it, so unrelated Python processes (pip, linters) that
-inherit the variable pay nothing beyond this module.
+the first import of ``asyncio`` (which every guarded library, and any code that uses
+``loopguard.track()``, imports first) and calls ``loopguard.install()`` right after it, so
+unrelated Python processes (pip, linters) that inherit the variable pay nothing beyond this
+module.  The guards themselves wait for their own library's import in turn.  In a pytest
+run (pytest's plugins import asyncio before loopguard's plugin takes over) the hook waits
+for a guarded library's import instead (SQLAlchemy's asyncio extension, asyncpg, httpx,
+aiohttp, redis.asyncio), by which time the plugin has decided.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import List
 
 from . import _after_import
 
-TRIGGERS = ("sqlalchemy.ext.asyncio", "asyncpg")
+TRIGGERS = ("asyncio", "sqlalchemy.ext.asyncio", "asyncpg", "httpx", "aiohttp", "redis.asyncio")
 
 _hooks: List[_after_import.AfterImport] = []
 
@@ -56,12 +60,14 @@ def _install_now() -> None:
 
 
 def _on_trigger(module: ModuleType) -> None:
+    if module.__name__ == "asyncio" and "_pytest" in sys.modules:
+        return  # pytest is starting: its plugin decides (the other triggers still wait)
     _install_now()
 
 
 def start() -> None:
     """Called from the .pth line when LOOPGUARD asks for loopguard."""
-    if any(name in sys.modules for name in TRIGGERS):
+    if any(name in sys.modules for name in TRIGGERS) and "_pytest" not in sys.modules:
         _install_now()
     elif not _hooks:
         _hooks.extend(_after_import.call_after_import(name, _on_trigger) for name in TRIGGERS)

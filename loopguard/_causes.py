@@ -68,8 +68,8 @@ ENGINE = {
         "(os.fork() or multiprocessing's fork start method): their sockets are shared with the "
         "parent, and using them here corrupts the parent's connections.",
         "call `engine.sync_engine.dispose(close=False)` in the child before using the engine "
-        "(SQLAlchemy's documented recipe for forks), or create the engine after the fork, or "
-        "use the spawn start method.",
+        "(SQLAlchemy's documented recipe for forks, SQLAlchemy 1.4.33 and newer), or create the "
+        "engine after the fork, or use the spawn start method.",
     ),
 }
 
@@ -205,6 +205,108 @@ ASYNCPG_CONNECTION = {
 }
 
 
+_TEST_CLIENT_THREAD = (
+    " (Starlette's and FastAPI's TestClient run the application on an event loop of their own, "
+    "in a thread)"
+)
+
+HTTPX_CLIENT = {
+    "closed-loop-test": Cause(
+        "the client outlived the event loop it first sent a request on: it is cached (a "
+        "module-level client, an @lru_cache factory, or an SDK client built on it, such as "
+        "openai.AsyncOpenAI) while pytest-asyncio gives each test a new loop; its pooled "
+        "keep-alive connections belong to the first loop.",
+        "create the client inside the test's loop and close it with `async with "
+        "httpx.AsyncClient() as client:` (or in an async fixture that ends with `await "
+        "client.aclose()`), or run every test that uses it on one loop (loop_scope=).",
+    ),
+    "closed-loop-run": Cause(
+        "the client outlived the event loop it first sent a request on: a module-level or "
+        "cached client (or an SDK client built on it) is shared by several asyncio.run() calls "
+        "(one per job or command), each with a new loop; its pooled keep-alive connections "
+        "belong to the first loop.",
+        "create the client inside each job with `async with httpx.AsyncClient() as client:` "
+        "(or `await client.aclose()` before the job's loop ends), or run every job on one "
+        "long-lived loop.",
+    ),
+    "idle-loop-test": Cause(
+        "its pooled connections belong to a loop that is still open but not running: "
+        "typically a fixture with a wider loop scope (session, package, module or class) than "
+        "the test that uses the client.",
+        _RUN_ON_FIXTURE_LOOP.format(noun="client"),
+    ),
+    "idle-loop-run": Cause(
+        "its pooled connections belong to another event loop that is still open but not running.",
+        "use one client per loop: create it inside the loop with `async with "
+        "httpx.AsyncClient() as client:`, and `await client.aclose()` before that loop ends.",
+    ),
+    "running-loop": Cause(
+        "its pooled connections belong to another event loop that is running right now, most "
+        "likely in another thread" + _TEST_CLIENT_THREAD + ".",
+        "give each loop its own client, created inside it (an application's client in its "
+        "lifespan, not at import) and closed with `await client.aclose()` before that loop "
+        "ends.",
+    ),
+    "forked-child": Cause(
+        "this process was forked from one whose event loop owns the client's pooled "
+        "connections (os.fork() or multiprocessing's fork start method): their sockets are "
+        "shared with the parent.",
+        "create a new client in the child, after the fork, or use the spawn start method.",
+    ),
+}
+
+AIOHTTP_SESSION = {
+    "outside-loop": Cause(
+        "the ClientSession was created with no event loop running (at import time, in a sync "
+        "function or fixture, or before asyncio.run()), so it took the loop "
+        "asyncio.get_event_loop() returned, not the loop that uses it.",
+        "create the session inside the coroutine that uses it: `async with "
+        "aiohttp.ClientSession() as session:`.",
+    ),
+    "closed-loop-test": Cause(
+        "the session outlived the event loop it was created on: it is cached (a module-level "
+        "session, an @lru_cache factory, or an SDK client built on it) while pytest-asyncio "
+        "gives each test a new loop; a ClientSession, its connector and its timers belong to "
+        "the loop it was created on.",
+        "create the session inside the test's loop and close it with `async with "
+        "aiohttp.ClientSession() as session:` (or in an async fixture that ends with `await "
+        "session.close()`), or run every test that uses it on one loop (loop_scope=).",
+    ),
+    "closed-loop-run": Cause(
+        "the session outlived the event loop it was created on: a module-level or cached "
+        "session (or an SDK client built on it) is shared by several asyncio.run() calls (one "
+        "per job or command), each with a new loop.",
+        "create the session inside each job with `async with aiohttp.ClientSession() as "
+        "session:` (or `await session.close()` before the job's loop ends), or run every job "
+        "on one long-lived loop.",
+    ),
+    "idle-loop-test": Cause(
+        "it belongs to a loop that is still open but not running: typically a fixture with a "
+        "wider loop scope (session, package, module or class) than the test that uses it.",
+        _RUN_ON_FIXTURE_LOOP.format(noun="session"),
+    ),
+    "idle-loop-run": Cause(
+        "it belongs to another event loop that is still open but not running.",
+        "use one session per loop: create it inside the loop with `async with "
+        "aiohttp.ClientSession() as session:`, and `await session.close()` before that loop "
+        "ends.",
+    ),
+    "running-loop": Cause(
+        "it belongs to another event loop that is running right now, most likely in another "
+        "thread" + _TEST_CLIENT_THREAD + ".",
+        "give each loop its own session, created inside it (an application's session in its "
+        "lifespan, not at import) and closed with `await session.close()` before that loop "
+        "ends.",
+    ),
+    "forked-child": Cause(
+        "this process was forked from one whose event loop owns the session (os.fork() or "
+        "multiprocessing's fork start method): its connections' sockets are shared with the "
+        "parent.",
+        "create a new session in the child, after the fork, or use the spawn start method.",
+    ),
+}
+
+
 def standard_causes(noun: str, release: str) -> dict[str, Cause]:
     """The causes for any loop-bound ``noun`` (a client, a lock, ...) that ``release`` frees.
 
@@ -249,6 +351,49 @@ def standard_causes(noun: str, release: str) -> dict[str, Cause]:
     }
 
 
+REDIS_CLIENT = {
+    "closed-loop-test": Cause(
+        "the client outlived the event loop its connections were opened on: it is cached (a "
+        "module-level client, an @lru_cache factory, or a client built once at import) while "
+        "pytest-asyncio gives each test a new loop.",
+        "create the client in an async fixture on the test's loop and `await client.aclose()` "
+        "in its teardown, or run every test that uses it on one loop (loop_scope=).",
+    ),
+    "closed-loop-run": Cause(
+        "the client outlived the event loop its connections were opened on: a module-level or "
+        "cached client is shared by several asyncio.run() calls (one per job or command, as "
+        "Celery tasks or Django management commands do), each with a new loop.",
+        "create the client inside each job and `await client.aclose()` before the job returns "
+        "(`async with redis.asyncio.Redis(...) as client:`), or run every job on one "
+        "long-lived loop: one client per loop.",
+    ),
+    "idle-loop-test": Cause(
+        "its connections belong to a loop that is still open but not running: typically a "
+        "fixture with a wider loop scope (session, package, module or class) than the test "
+        "that uses the client.",
+        _RUN_ON_FIXTURE_LOOP.format(noun="client"),
+    ),
+    "idle-loop-run": Cause(
+        "its connections belong to another event loop that is still open but not running.",
+        "use each client on one loop only: one client per loop, created inside it, and "
+        "`await client.aclose()` on that loop before switching loops.",
+    ),
+    "running-loop": Cause(
+        "its connections belong to another event loop that is running right now, most likely "
+        "in another thread.",
+        "give each thread's loop its own client, or run the work on the client's loop "
+        "(asyncio.run_coroutine_threadsafe()).",
+    ),
+    "forked-child": Cause(
+        "this process was forked from one whose event loop owns the client's connections "
+        "(os.fork() or multiprocessing's fork start method): their sockets are shared with "
+        "the parent, and using them here corrupts the parent's replies.",
+        "create a new client in the child, after the fork (and leave the parent's alone), or "
+        "use the spawn start method.",
+    ),
+}
+
+
 # Codes whose records carry no ``cause``: one explanation for the code.
 EXPLANATIONS = {
     "LG104": Cause(
@@ -289,6 +434,11 @@ _BY_RESOURCE: dict[str, dict[str, Cause]] = {
     },
     "asyncpg Pool": ASYNCPG_POOL,
     "asyncpg Connection": ASYNCPG_CONNECTION,
+    "httpx AsyncClient": HTTPX_CLIENT,
+    "aiohttp ClientSession": AIOHTTP_SESSION,
+    "redis.asyncio client": REDIS_CLIENT,
+    # A held connection of no known pool (connected before install()).
+    "redis.asyncio connection": REDIS_CLIENT,
 }
 
 

@@ -28,12 +28,13 @@ DETAILS = ("engine", "first test", "last test", "bound during", "loops", "cause"
 CODE_CELLS = ("created", "engine", "first test", "last test", "bound during")
 REPORT_DESCRIPTION = """\
 Summarise the records loopguard writes to LOOPGUARD_LOG_FILE (JSON lines), one group per
-code and engine (or pool, or pytest fixture for LG105): where it was created, its URL, how
-many records and of which action, the tests and loops involved, the cause and the fix."""
+code and engine (or pool, redis client, or pytest fixture for LG105): where it was created,
+its URL, how many records and of which action, the tests and loops involved, the cause and
+the fix."""
 REPORT_EPILOG = """\
-actions: raised (LG101, LG103 in raise mode), warned (LG101, LG103 in warn mode; LG102,
-LG105), released (LG104), reported (LG106). --fail-on raise counts the raised records, warn
-counts every record, whatever its action.
+actions: raised (LG101, LG103, LG110 in raise mode), warned (LG101, LG103, LG110 in warn
+mode; LG102, LG105), released (LG104), reported (LG106). --fail-on raise counts the raised
+records, warn counts every record, whatever its action.
 
 exit status: 2 when some input is bad (a file that cannot be read, a line that is not a JSON
 object, a loopguard record without its key fields or with a field of the wrong type), after
@@ -192,11 +193,19 @@ def render_markdown(groups: list[Group]) -> str:
     return "\n".join(lines)
 
 
+def _noun(resource: Optional[str]) -> str:
+    """What a group is counted as: an engine (also the word for pools, fixtures and records
+    without a resource, as before), or a client."""
+    return "client" if (resource or "").lower().endswith("client") else "engine"
+
+
 def summary(groups: list[Group]) -> str:
     total, actions = sum(g.count for g in groups), Counter[str]()
     for group in groups:
         actions.update(group.actions)
-    engines = f"{len(groups)} engine{'s' * (len(groups) != 1)}"
+    nouns = Counter(_noun(group.resource) for group in groups)
+    engines = " and ".join(f"{n} {noun}{'s' * (n != 1)}" for noun, n in nouns.items())
+    engines = engines or "0 engines"
     done = ", ".join(f"{n} {action}" for action, n in actions.items())
     return f"{total} loopguard record{'s' * (total != 1)} ({done}) from {engines}"
 

@@ -70,6 +70,11 @@ CREATION_FIELDS = (
 OBJECT_FIELDS = tuple(
     "name" if field == "url" else field for field in MISMATCH_FIELDS if field != "pool_class"
 )
+# HTTP clients (LG108 httpx, LG109 aiohttp): ``url`` is the origin of the client's base_url
+# (``scheme://host:port``), ``name`` the library class that built the client, if one did.
+CLIENT_FIELDS = tuple(
+    "name" if field == "pool_class" else field for field in MISMATCH_FIELDS if field != "name"
+)
 # Records about a pool's connections rather than a use of it (LG104, LG106).
 POOL_EVENT_FIELDS = (
     "code",
@@ -188,6 +193,34 @@ CODES: dict[str, Code] = {
             True,
             OBJECT_FIELDS,
             (),
+        ),
+        Code(
+            "LG108",
+            "an httpx AsyncClient used on an event loop other than its pooled connections'",
+            EVENT_LOOP_MISMATCH,
+            LoopMismatchWarning,
+            True,
+            CLIENT_FIELDS,
+            ("httpx AsyncClient",),
+        ),
+        Code(
+            "LG109",
+            "an aiohttp ClientSession used on an event loop other than its own",
+            EVENT_LOOP_MISMATCH,
+            LoopMismatchWarning,
+            True,
+            CLIENT_FIELDS,
+            ("aiohttp ClientSession",),
+        ),
+        Code(
+            "LG110",
+            "a redis.asyncio client or connection used on an event loop other than its "
+            "connections'",
+            EVENT_LOOP_MISMATCH,
+            LoopMismatchWarning,
+            True,
+            MISMATCH_FIELDS,
+            ("redis.asyncio client", "redis.asyncio connection"),
         ),
     )
 }

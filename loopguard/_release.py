@@ -40,6 +40,22 @@ def _close_selector_transport(transport: Any) -> bool:
     return True
 
 
+def close_transport(transport: Any) -> bool:
+    """Close an asyncio stream's transport without its loop (selector transports: the socket
+    directly; uvloop's: an abort, which closes the handle without a round trip, when its loop
+    is still open).  Only for a loop that is closed or not running.  True if a socket was
+    closed here."""
+    if hasattr(transport, "_sock"):
+        return _close_selector_transport(transport)
+    if transport.is_closing():
+        return False
+    try:
+        transport.abort()
+    except RuntimeError:  # its loop is closed: uvloop closed the socket itself then
+        return False
+    return True
+
+
 def _close_asyncpg(connection: Any) -> bool:
     loop = connection._loop
     if loop.is_running() and loop is not asyncio._get_running_loop():

@@ -48,8 +48,12 @@ def _internal_prefixes() -> tuple[str, ...]:
         "sqlalchemy",
         "greenlet",
         "asyncpg",
+        "httpx",
+        "httpcore",
+        "aiohttp",
         "asyncio",
         "psycopg",
+        "redis",
         "uvloop",
         "pytest_asyncio",
         "_pytest",
@@ -97,6 +101,23 @@ def _is_internal(filename: str) -> bool:
 
 is_internal = _is_internal
 
+_library_verdicts: dict[str, bool] = {}
+_PACKAGE_DIRS = (f"{os.sep}site-packages{os.sep}", f"{os.sep}dist-packages{os.sep}")
+
+
+def is_library(filename: str) -> bool:
+    """Not the user's code: loopguard's, a guarded library's, the standard library's, or any
+    installed package's (a file under a site-packages or dist-packages directory)."""
+    verdict = _library_verdicts.get(filename)
+    if verdict is None:
+        verdict = (
+            _is_internal(filename)  # (loads the prefixes _site_packages is one of)
+            or any(part in filename for part in _PACKAGE_DIRS)
+            or filename.startswith(_site_packages)
+        )
+        _library_verdicts[filename] = verdict
+    return verdict
+
 
 def site_of(frame: FrameType, root: Optional[str] = None) -> Site:
     """The place ``frame`` is at, as messages show it."""
@@ -110,6 +131,7 @@ def reset_caches() -> None:
     """Forget cached verdicts (used on install: libraries may have been imported since)."""
     global _prefixes
     _verdicts.clear()  # in place: the asyncpg integration reads this same dict
+    _library_verdicts.clear()
     _displayed.clear()
     _prefixes = ()
 

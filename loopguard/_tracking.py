@@ -9,7 +9,8 @@ from typing import Any, Optional, TypeVar
 
 from . import _context, _sites
 from ._causes import likely_cause
-from ._emit import report
+from ._emit import raise_record, warn_record
+from ._errors import LoopMismatchError
 from ._loops import LoopRef, current_loop, loop_id, running_loop
 from ._record import Record
 from ._registry import Binding, Origin, Registry, Tracked
@@ -63,7 +64,8 @@ def track(obj: T, name: Optional[str]) -> T:
     return obj
 
 
-def check(obj: Any) -> None:
+def check(obj: Any) -> Optional[LoopMismatchError]:
+    """The error to raise in raise mode (None: nothing to raise); warn mode warns here."""
     __tracebackhide__ = True
     facts = _lookup(id(obj))
     if facts is None:  # never tracked: known from here on, creation site unknown
@@ -74,22 +76,22 @@ def check(obj: Any) -> None:
     owner = binding.loop._ref() if binding is not None else None
     loop = current_loop(owner)
     if loop is None or loop is owner:
-        return
+        return None
     if binding is None:
         facts.binding = Binding(
             LoopRef(loop), _sites.user_site(_context.rootdir, skip=2), _context.current_test()
         )
-        return
-    _mismatch(facts, binding, loop)
+        return None
+    return _mismatch(facts, binding, loop)
 
 
-def _mismatch(facts: TrackedObject, binding: Binding, loop: Any) -> None:
+def _mismatch(facts: TrackedObject, binding: Binding, loop: Any) -> Optional[LoopMismatchError]:
     __tracebackhide__ = True
     raising = STATE.mode == "raise"
     current = loop_id(loop)
     if not raising:
         if facts.warned_loop == current:
-            return
+            return None
         facts.warned_loop = current
     used = _sites.user_site(_context.rootdir)
     used_during = _context.current_test()
@@ -114,7 +116,10 @@ def _mismatch(facts: TrackedObject, binding: Binding, loop: Any) -> None:
         used_site=(used.filename, used.lineno) if used else None,
         created_in_loop=facts.origin.created_in_loop,
     )
-    report(record)
+    if raising:
+        return raise_record(record)
+    warn_record(record, stacklevel=5)
+    return None
 
 
 def unbind(obj: Any) -> None:

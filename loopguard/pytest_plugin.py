@@ -281,9 +281,10 @@ class _Collector:
 
 
 def _noun(resource: Any) -> str:
-    """What the summary counts: engines, pools, connections, or other objects."""
+    """What the summary counts: engines, pools, connections, clients, sessions, or other
+    objects."""
     text = str(resource or "")
-    for noun in ("engine", "pool", "connection"):
+    for noun in ("engine", "pool", "connection", "client", "session"):
         if text.lower().endswith(noun):
             return noun
     return "object"
@@ -327,7 +328,7 @@ def _summarise_mismatches(
         tests = list(dict.fromkeys(_test_name(r.get("used_during")) for r in records))
         # The phase stays here: "(setup)" shows a fixture bound the engine.
         bound = list(dict.fromkeys(r.get("bound_during") or "outside any test" for r in records))
-        terminalreporter.line(f"  {code} {where}  [{url}]")
+        terminalreporter.line(f"  {code} {where}" + (f"  [{url}]" if url else ""))
         terminalreporter.line(
             f"    {len(records)} × {'/'.join(actions)}; first bound during {bound[0]}"
         )

@@ -7,7 +7,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from httpserver import ENV_URL, throwaway_http_server
 from pgserver import ENV_DSN, throwaway_postgres
+from redisserver import ENV_URL as ENV_REDIS_URL
+from redisserver import throwaway_redis
 from teststack import PYTEST_ASYNCIO
 
 import loopguard
@@ -41,6 +44,22 @@ def pg_env(pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> str:
     return pg_dsn
 
 
+@pytest.fixture(scope="session")
+def http_url() -> Iterator[str]:
+    """Base URL of a throwaway HTTP/1.1 keep-alive server on 127.0.0.1, shared by the session
+    (tools/httpserver.py; or LOOPGUARD_TEST_HTTP_URL)."""
+    with throwaway_http_server() as url:
+        yield url
+
+
+@pytest.fixture
+def http_env(http_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Export the URL as LOOPGUARD_TEST_HTTP_URL and HTTP_URL for child processes."""
+    monkeypatch.setenv(ENV_URL, http_url)
+    monkeypatch.setenv("HTTP_URL", http_url)
+    return http_url
+
+
 # -- the guard tests (test_sqlalchemy_guard.py, test_asyncpg_guard.py) ----------------------
 # Those modules ask for ``_guard`` with ``pytestmark = pytest.mark.usefixtures("_guard")``.
 
@@ -69,3 +88,17 @@ def log_file(_guard: None, tmp_path: Path, mode: str) -> Path:
     loopguard.install(mode, log_file=str(path))
     path.touch()
     return path
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """URL of a throwaway redis-server shared by the session (or LOOPGUARD_TEST_REDIS_URL)."""
+    with throwaway_redis() as url:
+        yield url
+
+
+@pytest.fixture
+def redis_env(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Export the URL as LOOPGUARD_TEST_REDIS_URL, for runpytest_subprocess children."""
+    monkeypatch.setenv(ENV_REDIS_URL, redis_url)
+    return redis_url

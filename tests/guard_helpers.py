@@ -13,7 +13,7 @@ import gc
 import json
 import pickle
 import warnings
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Iterator, MutableMapping
 from pathlib import Path
 from typing import Any, Callable, Optional, TypeVar
 
@@ -120,7 +120,7 @@ class Written:
 
     def __init__(self) -> None:
         self.warnings: list[warnings.WarningMessage] = []
-        self.events: list[dict[str, Any]] = []
+        self.events: list[MutableMapping[str, Any]] = []
         self.file_lines: list[str] = []
 
     def codes(self) -> list[str]:

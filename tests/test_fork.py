@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from pgserver import sqlalchemy_url
+from teststack import SQLALCHEMY, describe
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork()")
 
@@ -146,6 +147,10 @@ def test_warn_mode_heals_the_child_without_touching_the_parents_connection(
     assert outcome["parent_after"] == outcome["parent_before"], outcome
 
 
+@pytest.mark.skipif(
+    SQLALCHEMY < (1, 4, 33),
+    reason=f"dispose(close=False) is new in SQLAlchemy 1.4.33 ({describe('sqlalchemy')})",
+)
 @pytest.mark.parametrize("mode", ["raise", "warn"])
 def test_dispose_close_false_in_the_child_is_the_documented_fix(
     tmp_path: Path, pg_dsn: str, mode: str

@@ -175,7 +175,7 @@ def test_held_connection_on_a_new_loop_raises_before_any_io(
 async def _backend_pid_of(conn: AsyncConnection) -> int:
     """The backend pid, read without I/O from the driver connection's own state."""
     raw = await conn.get_raw_connection()
-    driver = raw.driver_connection
+    driver: Any = raw.driver_connection
     info = getattr(driver, "info", None)  # psycopg
     return int(info.backend_pid if info is not None else driver.get_server_pid())
 

@@ -21,7 +21,7 @@ from teststack import metadata_closure, requirements_closure
 
 import loopguard
 from loopguard import _state
-from loopguard.integrations import _sqlalchemy
+from loopguard.integrations import _sqlalchemy, all_integrations
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -229,19 +229,23 @@ def test_explicit_mode_wins_over_the_environment(monkeypatch: pytest.MonkeyPatch
     assert loopguard.mode() == "warn"
 
 
+def _sink_path() -> Optional[str]:
+    """The path of loopguard's JSON-lines sink, if one is open."""
+    sink = _state.STATE.sink
+    return sink.path if sink is not None else None
+
+
 def test_log_file_from_environment_and_argument(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """LOOPGUARD_LOG_FILE opens loopguard's own sink; log_file= wins; uninstall closes it."""
     monkeypatch.setenv("LOOPGUARD_LOG_FILE", str(tmp_path / "env.jsonl"))
     loopguard.install()
-    assert _state.STATE.sink is not None
-    assert _state.STATE.sink.path == str(tmp_path / "env.jsonl")
+    assert _sink_path() == str(tmp_path / "env.jsonl")
     loopguard.uninstall()
-    assert _state.STATE.sink is None
+    assert _sink_path() is None
     loopguard.install(log_file=str(tmp_path / "arg.jsonl"))
-    assert _state.STATE.sink is not None
-    assert _state.STATE.sink.path == str(tmp_path / "arg.jsonl")
+    assert _sink_path() == str(tmp_path / "arg.jsonl")
 
 
 BAD_LOG_FILES = [
@@ -332,7 +336,8 @@ def test_repr_of_the_state_says_what_is_guarded(monkeypatch: pytest.MonkeyPatch)
     loopguard.install("warn")
     assert repr(_state.STATE) == (
         f"<loopguard state: mode='warn' (from install() at {where}), "
-        "guarding=['sqlalchemy', 'asyncpg'], skipped={}, log_file=None>"
+        "guarding=['sqlalchemy', 'asyncpg', 'httpx', 'aiohttp', 'redis'], skipped={}, "
+        "log_file=None>"
     )
     loopguard.uninstall()
     monkeypatch.setenv("LOOPGUARD", "warn")
@@ -366,12 +371,9 @@ def _sanitized_python(
     visible.mkdir()
     (visible / "loopguard").symlink_to(REPO / "loopguard")
     for name in requirements_closure(packages):
-        module = __import__(name)
-        origin = (
-            Path(module.__file__).parent
-            if module.__file__.endswith("__init__.py")
-            else Path(module.__file__)
-        )
+        file = __import__(name).__file__
+        assert file is not None, name
+        origin = Path(file).parent if file.endswith("__init__.py") else Path(file)
         (visible / origin.name).symlink_to(origin)
     if with_metadata:
         for dist_info in metadata_closure(packages):
@@ -415,7 +417,10 @@ def test_without_sqlalchemy_import_works_and_install_refuses_clearly(tmp_path: P
     assert result.stdout.splitlines() == [
         "ERROR: loopguard has nothing to guard: sqlalchemy: SQLAlchemy is not installed "
         "(No module named 'sqlalchemy'); pip install 'sqlalchemy[asyncio]'; "
-        "asyncpg: asyncpg is not installed (No module named 'asyncpg'); pip install asyncpg.",
+        "asyncpg: asyncpg is not installed (No module named 'asyncpg'); pip install asyncpg; "
+        "httpx: httpx is not installed (No module named 'httpx'); pip install httpx; "
+        "aiohttp: aiohttp is not installed (No module named 'aiohttp'); pip install aiohttp; "
+        "redis: redis-py is not installed (No module named 'redis'); pip install redis.",
         "IMPORTERROR: True",
         "INSTALLED: False",
     ]
@@ -444,10 +449,11 @@ def test_without_asyncpg_the_sqlalchemy_guard_still_installs(tmp_path: Path) -> 
     assert result.stdout.splitlines() == ["INSTALLED: True", "INSTALLED: False"]
 
 
+# Each integration's reason, in their order ("sqlalchemy: SQLAlchemy is not installed (No
+# module named 'sqlalchemy'); pip install 'sqlalchemy[asyncio]'; asyncpg: ..."): the words of
+# one are checked in test_without_sqlalchemy_import_works_and_install_refuses_clearly.
 NOT_INSTALLED = (
-    "sqlalchemy: SQLAlchemy is not installed (No module named 'sqlalchemy'); "
-    "pip install 'sqlalchemy[asyncio]'; "
-    "asyncpg: asyncpg is not installed (No module named 'asyncpg'); pip install asyncpg."
+    "; ".join(f"{i.name}: {i.not_installed()}" for i in all_integrations() if not i.core) + "."
 )
 
 

@@ -710,7 +710,7 @@ def test_loop_bound_values() -> None:
             loop_bound(AsyncSession(pooled)) == f"a SQLAlchemy AsyncSession bound to {engine_text}"
         )
         assert (
-            loop_bound(sessionmaker(pooled, class_=AsyncSession))
+            loop_bound(sessionmaker(pooled, class_=AsyncSession))  # type: ignore[call-overload]
             == f"an sessionmaker bound to {engine_text}"
         )
         assert loop_bound((1, pooled)) == f"a tuple holding {engine_text}"
@@ -719,7 +719,7 @@ def test_loop_bound_values() -> None:
         for value in (
             nullpool,
             AsyncSession(nullpool),
-            sessionmaker(nullpool, class_=AsyncSession),
+            sessionmaker(nullpool, class_=AsyncSession),  # type: ignore[call-overload]
             AsyncSession(),
             {"url": url},
             [1, 2],

@@ -78,7 +78,8 @@ def test_a_loop_running_in_another_thread_is_not_taken_for_the_running_one(
 @pytest.mark.skipif(uvloop is None, reason="uvloop not installed")
 def test_uvloop_loops_take_the_lookup_path() -> None:
     """uvloop's loops do not expose the thread they run in; the answer is the same."""
-    loop_a, loop_b = uvloop.new_event_loop(), uvloop.new_event_loop()
+    loop_a: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    loop_b: asyncio.AbstractEventLoop = uvloop.new_event_loop()
     try:
         assert _in_loop(loop_a, loop_a) is loop_a
         assert _in_loop(loop_b, loop_a) is loop_b

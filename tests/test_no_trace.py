@@ -110,6 +110,7 @@ def _sqlalchemy_app(url: str) -> Snapshot:
             conn.info["tenant"] = "acme"
             await conn.execute(text("select 1"))
             raw = await conn.get_raw_connection()
+            assert raw.record_info is not None and conn.sync_connection is not None
             raw.record_info["slot"] = 1  # lives as long as the pool's record, not the connection
             record = raw._connection_record
             seen["AsyncConnection.info"] = dict(conn.info)
@@ -136,6 +137,7 @@ def _sqlalchemy_app(url: str) -> Snapshot:
         seen["status, checked in"] = pool.status()
         async with engine.connect() as conn:  # the same pooled connection again
             raw = await conn.get_raw_connection()
+            assert raw.record_info is not None
             seen["AsyncConnection.info, next checkout"] = dict(conn.info)
             seen["raw.record_info, next checkout"] = dict(raw.record_info)
             seen["vars(record), next checkout"] = sorted(vars(raw._connection_record))

@@ -15,7 +15,7 @@ def test_pg_dsn_connects_with_asyncpg(pg_dsn: str) -> None:
     async def select_one() -> int:
         conn = await asyncpg.connect(pg_dsn)
         try:
-            return await conn.fetchval("select 1")
+            return int(await conn.fetchval("select 1"))
         finally:
             await conn.close()
 
@@ -32,7 +32,7 @@ def test_pg_dsn_connects_with_sqlalchemy(pg_dsn: str) -> None:
         engine = create_async_engine(sqlalchemy_url(pg_dsn))
         try:
             async with engine.connect() as conn:
-                return (await conn.execute(text("select 1"))).scalar_one()
+                return int((await conn.execute(text("select 1"))).scalar_one())
         finally:
             await engine.dispose()
 

@@ -106,7 +106,9 @@ def test_every_pool_that_keeps_connections_is_guarded(
             assert asyncio.run(twice()) == [1, 1]  # healed: the pool belongs to this loop now
         assert len([w for w in caught if w.category is loopguard.LoopMismatchWarning]) == 1
     if pool_class is ProjectPool:
-        assert engine.sync_engine.pool.gets >= 2  # its own _do_get ran, under the guard's
+        pool = engine.sync_engine.pool
+        assert isinstance(pool, ProjectPool)
+        assert pool.gets >= 2  # its own _do_get ran, under the guard's
 
 
 @pytest.mark.parametrize("mode", MODES)

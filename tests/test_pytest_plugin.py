@@ -28,6 +28,8 @@ ASYNCPG_BUSY = "another operation is in progress"
 ASYNCPG_PROTOCOL_STATE = "unknown protocol state"
 
 RunPytest = Callable[..., pytest.RunResult]
+# The integrations the header names: every library of the test extra is installed.
+GUARDING = "guarding sqlalchemy, asyncpg, httpx, aiohttp, redis"
 
 # The nox matrix runs this module on pytest-asyncio 0.21 to 1.x (see noxfile.py).
 needs_loop_scope = pytest.mark.skipif(
@@ -238,7 +240,7 @@ def test_scenario1_raise_mode_explains_each_failure_and_summarises(
     site = f"src/configs/db.py:{CACHED_DB_LINE}"
     result.stdout.fnmatch_lines(
         [
-            f"loopguard: mode=raise (from {source}), guarding sqlalchemy, asyncpg",
+            f"loopguard: mode=raise (from {source}), {GUARDING}",
             "*test_list_users*",
             "E   loopguard.LoopMismatchError: SQLAlchemy AsyncEngine used on event loop #*, but "
             "its pooled connections belong to loop #*; stopped before any I/O.",
@@ -281,7 +283,7 @@ def test_scenario1_warn_mode_heals_and_warns(cached_engine_suite: Path, run: Run
     result.assert_outcomes(passed=3, warnings=2)
     result.stdout.fnmatch_lines(
         [
-            "loopguard: mode=warn (from the --loopguard-mode option), guarding sqlalchemy, asyncpg",
+            f"loopguard: mode=warn (from the --loopguard-mode option), {GUARDING}",
             "*warnings summary*",
             T_LIST,
             "*tests/test_users.py:*: LoopMismatchWarning: SQLAlchemy AsyncEngine used on event "
@@ -1122,9 +1124,7 @@ def test_mode_source_precedence_header_and_patches(
         result.stdout.fnmatch_lines(["loopguard: off"])
         result.stdout.no_fnmatch_line("loopguard: mode=*")
     else:
-        result.stdout.fnmatch_lines(
-            [f"loopguard: mode={mode} (from {source}), guarding sqlalchemy, asyncpg"]
-        )
+        result.stdout.fnmatch_lines([f"loopguard: mode={mode} (from {source}), {GUARDING}"])
     after = json.loads((pytester.path / "after_run.json").read_text())
     assert after == {"installed": False, "wrapped": False}
 
@@ -1230,7 +1230,7 @@ def test_an_explicit_off_also_turns_off_a_bare_install_in_conftest(
 @pytest.mark.parametrize(
     ("args", "header"),
     [
-        ([], "loopguard: mode=warn (from loopguard run), guarding sqlalchemy, asyncpg"),
+        ([], f"loopguard: mode=warn (from loopguard run), {GUARDING}"),
         (["--loopguard"], "loopguard: mode=raise (from the --loopguard option), guarding *"),
     ],
     ids=["run-wins-over-its-env", "command-line-wins"],
@@ -1287,7 +1287,7 @@ def test_install_in_conftest_is_named_in_the_header_and_undone_at_the_end(
     result = run(*args, env={"EXPECTED_LOOPGUARD_MODE": mode})
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(
-        [f"loopguard: mode={mode} (from {source.format(site=site)}), guarding sqlalchemy, asyncpg"]
+        [f"loopguard: mode={mode} (from {source.format(site=site)}), {GUARDING}"]
     )
     after = json.loads((pytester.path / "after_run.json").read_text())
     assert after == {"installed": False, "wrapped": False}
@@ -1309,7 +1309,7 @@ def test_install_in_a_conftest_further_down_is_reported_after_collection(
         [
             "loopguard: off",
             "collected 3 items",
-            f"loopguard: mode=raise (from install() at {site}), guarding sqlalchemy, asyncpg",
+            f"loopguard: mode=raise (from install() at {site}), {GUARDING}",
             "*= loopguard =*",
             "2 event-loop mismatches from 1 engine:",
             f"  LG101 src/configs/db.py:{CACHED_DB_LINE} in get_async_engine  *",

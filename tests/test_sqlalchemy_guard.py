@@ -22,7 +22,7 @@ import pickle
 import sys
 import threading
 import warnings
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Iterator, MutableMapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional, TypeVar
@@ -70,7 +70,16 @@ EVENT = "loopguard.loop_mismatch"
 LEAK_EVENT = "loopguard.loop_closed_with_connections"
 
 
-def _only(logs: list[dict[str, Any]], event: str = EVENT) -> list[dict[str, Any]]:
+def _queue_pool(engine: AsyncEngine) -> QueuePool:
+    """The engine's pool, a QueuePool (AsyncAdaptedQueuePool) in these tests."""
+    pool = engine.sync_engine.pool
+    assert isinstance(pool, QueuePool)
+    return pool
+
+
+def _only(
+    logs: Sequence[MutableMapping[str, Any]], event: str = EVENT
+) -> list[MutableMapping[str, Any]]:
     """The records of one event, after checking no unexpected kind of record is there."""
     assert {entry["event"] for entry in logs} <= {EVENT, LEAK_EVENT}
     return [entry for entry in logs if entry["event"] == event]
@@ -169,7 +178,7 @@ def _shut_down(engine: AsyncEngine) -> None:
 
 def _queue_loop(engine: AsyncEngine) -> Any:
     """The loop the pool's asyncio.Queue is bound to (None: not created or never waited)."""
-    queue = engine.sync_engine.pool._pool.__dict__.get("_queue")
+    queue = _queue_pool(engine)._pool.__dict__.get("_queue")
     return getattr(queue, "_loop", None)
 
 
@@ -233,7 +242,7 @@ def test_second_asyncio_run_raises_before_any_io(
     # Nothing reached the server: the backend's last query and timestamps are unchanged ...
     assert asyncio.run(backend(pg_dsn, pid)) == before
     # ... and the connection went back into the pool, not checked out, not dropped.
-    pool = engine.sync_engine.pool
+    pool = _queue_pool(engine)
     assert (pool.checkedin(), pool.checkedout()) == (1, 0)
     # Asking again raises again: nothing was "fixed" behind the user's back.
     with pytest.raises(loopguard.LoopMismatchError):
@@ -644,7 +653,7 @@ def test_raise_mode_leaves_an_idle_loops_connection_untouched(
         assert "fixture with a wider loop scope (session, package, module or class)" in message
         assert "loop_scope=" in message
         assert asyncio.run(backend(pg_dsn, pid)) == before  # no ping, no rollback, nothing
-        pool = engine.sync_engine.pool
+        pool = _queue_pool(engine)
         assert (pool.checkedin(), pool.checkedout()) == (1, 0)
         # Back on its own loop the same connection works, twice, and concurrently.
         assert loop_a.run_until_complete(_pid(engine)) == pid
@@ -1115,7 +1124,7 @@ def test_install_again_after_uninstall_keeps_the_pools_owner(
     a foreign loop is stopped at the pool, and the owner's checkouts take the fast path."""
     engine = create_async_engine(url)
     engines.append(engine)
-    pool = engine.sync_engine.pool
+    pool = _queue_pool(engine)
     loop = asyncio.new_event_loop()
     try:
         first_pid = loop.run_until_complete(_pid(engine))
@@ -1180,7 +1189,7 @@ def test_record_reconnected_on_a_new_loop_is_judged_by_its_new_connection(
     LG101.  That id reuse is put in place here by hand, the one thing this test arranges."""
     engine = create_async_engine(url, pool_size=1)
     engines.append(engine)
-    pool = engine.sync_engine.pool
+    pool = _queue_pool(engine)
 
     async def use_and_invalidate() -> int:
         async with engine.connect() as conn:
@@ -1240,7 +1249,7 @@ def test_pool_holding_a_connection_poisoned_on_a_foreign_loop(
     loopguard.uninstall()
     asyncio.run(misuse())
     loopguard.install(mode)  # finds the engine again (created before this install)
-    pool = engine.sync_engine.pool
+    pool = _queue_pool(engine)
     assert (pool.checkedin(), pool.checkedout()) == (1, 0)  # precondition: back in the pool
 
     if mode == "raise":
@@ -1292,7 +1301,7 @@ def test_dispose_on_a_new_loop_after_the_owner_loop_closed_is_clean(
         loopguard.install(mode)
     else:
         pid = asyncio.run(_pid(engine))
-    pool = engine.sync_engine.pool
+    pool = _queue_pool(engine)
     assert (pool.checkedin(), pool.checkedout()) == (1, 0)  # precondition
 
     sqlalchemy_errors = caplog.at_level("ERROR", logger="sqlalchemy")
@@ -1359,7 +1368,7 @@ def test_connection_left_checked_out_on_a_closed_loop_is_closed_when_collected(
     with structlog.testing.capture_logs() as logs:
         pid = asyncio.run(check_out_and_keep())
     assert [entry["code"] for entry in _only(logs, LEAK_EVENT)] == ["LG106"]
-    pool = engine.sync_engine.pool
+    pool = _queue_pool(engine)
     assert pool.checkedout() == 1  # precondition: its loop is closed, it is still out
 
     with _sqlalchemy_errors() as errors, warnings.catch_warnings(record=True) as caught:
@@ -1370,7 +1379,11 @@ def test_connection_left_checked_out_on_a_closed_loop_is_closed_when_collected(
     assert pool.checkedout() == 0
     closing = ("Exception closing", "Exception terminating")
     assert [message for message in errors if message.startswith(closing)] == []
-    assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []
+    # SQLAlchemy before 1.4.3x neither closes nor terminates an async connection the collector
+    # takes (it says so: "unsupported on async dbapi"): asyncpg's and asyncio's own
+    # ResourceWarnings follow, with or without loopguard.
+    if not any("unsupported on async dbapi" in str(w.message) for w in caught):
+        assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []
     if SQLALCHEMY >= (2, 0):  # 1.4 logs a failed reset instead ("Exception during reset")
         assert any("non-checked-in connection" in str(w.message) for w in caught)
     assert asyncio.run(_wait_backends_gone(pg_dsn, [pid]))

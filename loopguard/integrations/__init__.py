@@ -19,6 +19,9 @@ BUILTIN = (
     "loopguard.integrations._sqlalchemy_held:PsycopgStreamCursors",
     "loopguard.integrations._sqlalchemy_held:AiosqliteStreamCursors",
     "loopguard.integrations._asyncpg:AsyncpgIntegration",
+    "loopguard.integrations._httpx:HttpxIntegration",
+    "loopguard.integrations._aiohttp:AiohttpIntegration",
+    "loopguard.integrations._redis:RedisIntegration",
 )
 ENTRY_POINT_GROUP = "loopguard.integrations"
 
@@ -33,8 +36,20 @@ __all__ = [
 
 
 def all_integrations() -> list[Integration]:
-    """A new instance of every built-in integration, then of every third-party one."""
+    """A new instance of every built-in integration, then of every third-party one.
+
+    Raises:
+        loopguard.ConfigError: an entry point that does not name an Integration subclass.
+    """
+    from .._errors import ConfigError
     from . import _base, _entry_points
 
-    specs = [*BUILTIN, *_entry_points.specs(ENTRY_POINT_GROUP)]
-    return [_base.load(spec)() for spec in specs]
+    found = [_base.load(spec)() for spec in BUILTIN]
+    for name, spec in _entry_points.entries(ENTRY_POINT_GROUP):
+        try:
+            found.append(_base.load(spec)())
+        except Exception as exc:  # a broken third-party package: say which one
+            msg = f"the entry point {name!r} of the group {ENTRY_POINT_GROUP} names {spec}, "
+            msg += str(exc) if isinstance(exc, TypeError) else f"which fails: {exc!r}"
+            raise ConfigError(msg) from None
+    return found

@@ -361,8 +361,8 @@ class AsyncpgIntegration(Integration):
     )
 
     def setup(self) -> None:
-        import asyncpg  # type: ignore[import-untyped]
-        import asyncpg.pool  # type: ignore[import-untyped]
+        import asyncpg
+        import asyncpg.pool
 
         facts.set_directories(asyncpg, asyncpg.pool)
         on_fork_in_child(_keep_inherited_connections)

@@ -143,6 +143,6 @@ def load(spec: str) -> type[Integration]:
     module_name, _, attribute = spec.partition(":")
     value = getattr(importlib.import_module(module_name), attribute)
     if not (isinstance(value, type) and issubclass(value, Integration)):
-        msg = f"{spec} is not a loopguard Integration subclass"
+        msg = "which is not a loopguard Integration subclass"
         raise TypeError(msg)
     return value

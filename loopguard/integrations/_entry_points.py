@@ -6,12 +6,12 @@ from __future__ import annotations
 import sys
 
 
-def specs(group: str) -> list[str]:
-    """``"module:Class"`` of every entry point in ``group``, in a stable order."""
+def entries(group: str) -> list[tuple[str, str]]:
+    """``(name, "module:Class")`` of every entry point in ``group``, in a stable order."""
     from importlib.metadata import entry_points
 
     if sys.version_info >= (3, 10):
         found = entry_points(group=group)
     else:  # Python 3.9: a dict of groups
         found = entry_points().get(group, ())
-    return sorted({entry.value for entry in found})
+    return sorted({(entry.name, entry.value) for entry in found})

@@ -157,7 +157,7 @@ def track_engine(sync_engine: Any, origin: Origin) -> None:
     pool = sync_engine.pool
     if not _is_guarded_pool(pool):
         return
-    if id(pool) in POOLS.ids():  # same pool, another AsyncEngine proxy: keep the first site
+    if pool in POOLS:  # same pool, another AsyncEngine proxy: keep the first site
         return
     facts = EngineFacts(sync_engine.url, type(pool).__name__, origin)
     POOLS.add(pool, PoolState(facts, pools.is_queued(pool)))
