@@ -99,6 +99,26 @@ HTTP_CLIENTS = ["oldest", "newest"]
 # redis-py (redis.asyncio, LG110): the oldest supported line and the newest release that installs
 # on the row's Python (8.x needs 3.10+, 8.2 3.11+; 3.9 gets 7.0, 3.10 gets 8.1).
 REDIS = {"oldest": "redis==5.0.*", "newest": None}
+# psycopg_pool (the LG112 guard): the oldest release loopguard supports (pure Python, it installs
+# on every Python) and the newest.  A row runs it at the line of its ``psycopg_pool`` column,
+# by default the same as its asyncpg column.
+PSYCOPG_POOL_OLDEST = "3.1.0"
+PSYCOPG_POOL = ["oldest", "newest"]
+
+# What the matrix does not test, and why (docs/tested-versions.md lists them).
+UNTESTED = [
+    (
+        "aiomysql and asyncmy older than their newest releases",
+        "SQLAlchemy's `mysql+aiomysql` and `mysql+asyncmy` engines are tested with the newest "
+        "aiomysql and asyncmy only (tests/test_mysql_drivers.py, in every session)",
+    ),
+    (
+        "a MySQL server (Oracle's)",
+        "the MySQL dialects are tested against MariaDB 10.11 (Debian's mariadb-server-core, "
+        "which .ci/run installs); no registry the tests can use ships a MySQL server (no Debian "
+        "package, no PyPI wheel)",
+    ),
+]
 
 
 @dataclass(frozen=True)
@@ -121,6 +141,11 @@ class Row:
         return self.clients or self.asyncpg
 
     redis: str = "newest"  # a key of REDIS
+    psycopg_pool: str = ""  # "oldest" or "newest"; default: the asyncpg column's
+
+    @property
+    def psycopg_pool_line(self) -> str:
+        return self.psycopg_pool or self.asyncpg
 
     @property
     def id(self) -> str:
@@ -148,6 +173,8 @@ class Row:
             if self.clients_line == "oldest"
             else []
         )
+        oldest_pool = self.psycopg_pool_line == "oldest"
+        pool = f"psycopg-pool=={PSYCOPG_POOL_OLDEST}" if oldest_pool else None
         wanted = [
             SQLALCHEMY[self.sqlalchemy],
             pytest_asyncio,
@@ -155,6 +182,7 @@ class Row:
             asyncpg,
             *clients,
             REDIS[self.redis],
+            pool,
         ]
         overridden = {_dist(pin) for pin in self.pins}
         return [r for r in wanted if r and _dist(r) not in overridden] + list(self.pins)
@@ -180,6 +208,7 @@ FLOOR_PINS = (
     # pytest 7.4.0's own time: pluggy 1.4+ turns an error raised under pytest 7's old-style
     # hook wrappers (any plugin's UsageError at start-up) into PluggyTeardownRaisedWarning.
     "pluggy==1.2.0",
+    f"psycopg-pool=={PSYCOPG_POOL_OLDEST}",
 )
 
 # fmt: off
@@ -223,10 +252,12 @@ def check_covering(matrix: List[Row]) -> None:
     have |= {(r.python, "pytest-asyncio", r.pytest_asyncio_line) for r in matrix}
     have |= {(r.python, "asyncpg", r.asyncpg) for r in matrix}
     have |= {(r.python, "httpx/aiohttp", r.clients_line) for r in matrix}
+    have |= {(r.python, "psycopg_pool", r.psycopg_pool_line) for r in matrix}
     want = {(p, "sqlalchemy", s) for s, ps in SQLALCHEMY_PYTHONS.items() for p in ps}
     want |= {(p, "pytest-asyncio", a) for a in PYTEST_ASYNCIO_LINES for p in PYTHONS}
     want |= {(p, "asyncpg", a) for a in ASYNCPG for p in PYTHONS}
     want |= {(p, "httpx/aiohttp", c) for c in HTTP_CLIENTS for p in PYTHONS}
+    want |= {(p, "psycopg_pool", a) for a in PSYCOPG_POOL for p in PYTHONS}
     have |= {(r.python, "redis", r.redis) for r in matrix}
     want |= {(p, "redis", r) for r in REDIS for p in PYTHONS}
     missing = sorted(want - have)
@@ -309,7 +340,7 @@ def _install_and_test(session: nox.Session, row: Row) -> None:
         "import platform, importlib.metadata as m; print('stack: Python ' + "
         "platform.python_version(), *(f'{d} {m.version(d)}' for d in ('sqlalchemy', "
         "'pytest', 'pytest-asyncio', 'asyncpg', 'structlog', 'pytest-xdist', 'httpx', "
-        "'aiohttp', 'redis')), sep=' | ')",
+        "'aiohttp', 'redis', 'psycopg-pool')), sep=' | ')",
         silent=False,
     )
     args = session.posargs or ["-p", "no:cacheprovider", "-q"]

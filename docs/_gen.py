@@ -97,6 +97,8 @@ _RECORD = (
 _OUTCOME = (r"^(\d+ (?:passed|failed)\b.*)$",)
 # An exception as Python prints it last: its class name (the rest names tasks and paths).
 _EXCEPTION = (r"^([\w.]+Error): ",)
+# psycopg_pool's PoolTimeout, whole: its words are the symptom.
+_TIMEOUT = (r"^([\w.]+Timeout: .*)$",)
 
 RUNS: dict[str, Run] = {
     "cached_bug_raw": Run(f"{_ERRORS} lg101_cached_bug.py", _FAILED + _OUTCOME),
@@ -118,6 +120,21 @@ RUNS: dict[str, Run] = {
             r"(\(Background on this warning at: .*)$",
             *_OUTCOME,
         ),
+    ),
+    "testclient_bug_raw": Run(f"{_ERRORS} lg101_testclient_bug.py", _FAILED + _OUTCOME),
+    "testclient_bug_guarded": Run(
+        f"{_ERRORS} lg101_testclient_bug.py --loopguard", _MESSAGE + _SUMMARY + _OUTCOME
+    ),
+    "anyio_bug_guarded": Run(f"{_ERRORS} lg101_anyio_bug.py --loopguard", _MESSAGE + _OUTCOME),
+    "shared_bug_guarded": Run(f"{_ERRORS} lg101_shared_bug.py --loopguard", _MESSAGE + _OUTCOME),
+    "async_to_sync_bug_raw": Run(
+        "python lg101_async_to_sync_bug.py 2>&1 | tail -n 2", (r"^([\w.]+Error): ",)
+    ),
+    "async_to_sync_bug_guarded": Run(
+        "LOOPGUARD=1 python lg101_async_to_sync_bug.py 2>&1 | tail -n 9", _MESSAGE
+    ),
+    "async_to_sync_fix": Run(
+        "LOOPGUARD=1 python lg101_async_to_sync_fix_per_call.py", (r"^(.*)$",)
     ),
     "jobs_bug_raw": Run("python lg101_jobs_bug.py 2>&1 | tail -n 2", (r"^([\w.]+Error): ",)),
     "jobs_bug_guarded": Run("LOOPGUARD=1 python lg101_jobs_bug.py 2>&1 | tail -n 9", _MESSAGE),
@@ -159,6 +176,18 @@ RUNS: dict[str, Run] = {
         _MESSAGE + _SUMMARY + _OUTCOME,
     ),
     "held_fix": Run("LOOPGUARD=1 python -X dev lg101_held_fix_session_per_job.py", (r"^(.*)$",)),
+    "lg112_raw": Run(
+        "python lg112_global_pool_bug.py 2>&1"
+        " | grep -E '^(job [0-9]+:|[a-zA-Z._]+(Error|Timeout): )'",
+        (r"^(job \d+: .*)$", *_TIMEOUT),
+    ),
+    "lg112_guarded": Run("LOOPGUARD=1 python lg112_global_pool_bug.py 2>&1 | tail -n 8", _MESSAGE),
+    "lg112_warn": Run(
+        "LOOPGUARD=warn python lg112_global_pool_bug.py 2>&1 >/dev/null"
+        " | grep -E 'LoopMismatchWarning: |^[a-zA-Z._]+(Error|Timeout): '",
+        (*_MESSAGE, *_TIMEOUT),
+    ),
+    "lg112_fix": Run("LOOPGUARD=1 python -X dev lg112_fix_pool_per_job.py", (r"^(.*)$",)),
     "lg104_raw": Run(
         "python lg104_dispose_bug.py 2>&1 | grep -E '^(result|Exception|RuntimeError)'",
         (r"^(result: .*)$", r"^(Exception closing connection)", r"^(RuntimeError: Event loop .*)$"),
@@ -247,6 +276,7 @@ def normalize(text: str) -> str:
     text = re.sub(r"postgresql(?:\+asyncpg)?://\S+?(?=[\s\]`|'])", "<URL>", text)
     text = re.sub(r"redis://127\.0\.0\.1:\d+/\d+", "<REDIS_URL>", text)
     text = re.sub(r"(?:/[^\s:/]+)+/(?=lg\d{3}_\w+\.py)", "", text)
+    text = re.sub(r"-portal-[0-9a-f]+\b", "-portal-<id>", text)  # anyio's portal threads
     text = re.sub(r"http://127\.0\.0\.1:\d+", "<HTTP_URL>", text)
     return re.sub(r" in \d+\.\d+s\b", " in <T>s", text)
 
@@ -578,6 +608,36 @@ def ref_causes() -> str:
     return "\n".join(rows)
 
 
+def ref_psycopg_pool_causes() -> str:
+    from loopguard._causes import PSYCOPG_POOL
+
+    rows = ["| `cause` | likely cause (as the message says it) | fix (as the message says it) |"]
+    rows.append("|---|---|---|")
+    for key, (cause, fix) in PSYCOPG_POOL.items():
+        rows.append(f"| `{key}` | {cause} | {fix} |")
+    return "\n".join(rows)
+
+
+def ref_psycopg_pool_hooks() -> str:
+    """The psycopg_pool integration's module docstring: what it patches and why."""
+    from loopguard.integrations import _psycopg_pool
+
+    return _docstring_md(_psycopg_pool.__doc__)
+
+
+def ref_patterns() -> str:
+    """The causes that name a pattern (``_causes.PATTERNS``), in an engine's words."""
+    from loopguard._causes import PATTERNS, cause_for
+
+    rows = ["| `cause` | likely cause (as the message says it) | fix (as the message says it) |"]
+    rows.append("|---|---|---|")
+    for key in PATTERNS:
+        cause = cause_for("SQLAlchemy AsyncEngine", key, "`{created_by}`")
+        assert cause is not None
+        rows.append(f"| `{key}` | {cause.text} | {cause.fix} |")
+    return "\n".join(rows)
+
+
 def ref_asyncpg_causes() -> str:
     from loopguard._causes import ASYNCPG_CONNECTION, ASYNCPG_POOL
 
@@ -660,8 +720,11 @@ REFERENCE: dict[str, Callable[[], str]] = {
     "asyncpg_causes": ref_asyncpg_causes,
     "held_causes": ref_held_causes,
     "held_hooks": ref_held_hooks,
+    "patterns": ref_patterns,
     "redis_causes": ref_redis_causes,
     "redis_hooks": ref_redis_hooks,
+    "psycopg_pool_causes": ref_psycopg_pool_causes,
+    "psycopg_pool_hooks": ref_psycopg_pool_hooks,
     "hooks": ref_hooks,
     "asyncpg_hooks": ref_asyncpg_hooks,
     "loop_scopes": ref_loop_scopes,

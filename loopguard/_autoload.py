@@ -9,7 +9,7 @@ unrelated Python processes (pip, linters) that inherit the variable pay nothing 
 module.  The guards themselves wait for their own library's import in turn.  In a pytest
 run (pytest's plugins import asyncio before loopguard's plugin takes over) the hook waits
 for a guarded library's import instead (SQLAlchemy's asyncio extension, asyncpg, httpx,
-aiohttp, redis.asyncio), by which time the plugin has decided.
+aiohttp, redis.asyncio, psycopg_pool), by which time the plugin has decided.
 """
 
 from __future__ import annotations
@@ -20,7 +20,15 @@ from typing import List
 
 from . import _after_import
 
-TRIGGERS = ("asyncio", "sqlalchemy.ext.asyncio", "asyncpg", "httpx", "aiohttp", "redis.asyncio")
+TRIGGERS = (
+    "asyncio",
+    "sqlalchemy.ext.asyncio",
+    "asyncpg",
+    "httpx",
+    "aiohttp",
+    "redis.asyncio",
+    "psycopg_pool",
+)
 
 _hooks: List[_after_import.AfterImport] = []
 

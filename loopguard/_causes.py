@@ -4,11 +4,16 @@ A cause is chosen from the state of the owning loop and whether a test is runnin
 (``likely_cause``); its words depend on what was misused (``causes_for(resource)``): the fix
 for an engine is ``dispose()``, for an asyncpg pool ``close()``, for an object registered
 with ``loopguard.track()`` whatever its owner does to release it.
+
+Then, for every guard alike, ``_patterns.refine`` may name the pattern that made the loops
+differ (Starlette's TestClient, anyio's pytest plugin, a loop per Celery task or
+async_to_sync call, a wider-scoped fixture that created the object): those causes
+(``PATTERNS``) are worded once, for any resource, with its ``Terms`` (``cause_for``).
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 
 class Cause(NamedTuple):
@@ -201,6 +206,56 @@ ASYNCPG_CONNECTION = {
         "multiprocessing's fork start method): its socket is shared with the parent, and "
         "using it here corrupts the parent's connection.",
         "open a new connection in the child, after the fork, or use the spawn start method.",
+    ),
+}
+
+
+# psycopg_pool (LG112): the pool's worker tasks die with the loop that opened it, so a pool
+# used on a later loop waits for connections nobody opens: a hang, then PoolTimeout.
+_PSYCOPG_POOL_IN_LOOP = (
+    "open the pool inside the loop that uses it and close it before that loop ends: `async "
+    "with AsyncConnectionPool(conninfo, open=False) as pool:`"
+)
+PSYCOPG_POOL = {
+    "closed-loop-test": Cause(
+        "the pool outlived the event loop that opened it: it is kept in a module global or a "
+        "cache (opened during an earlier test, on that test's loop) while pytest-asyncio gives "
+        "each test a new loop; its worker tasks died with that loop, so a connection it has to "
+        "open never comes (a hang, then PoolTimeout).",
+        "open it in an async fixture on the tests' loop scope (`async with "
+        "AsyncConnectionPool(conninfo, open=False) as pool: yield pool`), which closes it "
+        "before that loop ends, or run every test that uses it on one loop (loop_scope=).",
+    ),
+    "closed-loop-run": Cause(
+        "the pool outlived the event loop that opened it: a pool opened during one "
+        "asyncio.run() is used by a later asyncio.run() (one per job or command), on a new "
+        "loop; its worker tasks died with the first loop, so a connection it has to open never "
+        "comes (a hang, then PoolTimeout).",
+        f"{_PSYCOPG_POOL_IN_LOOP} in each job, or run every job on one long-lived loop.",
+    ),
+    "idle-loop-test": Cause(
+        "it belongs to a loop that is still open but not running: typically a fixture with a "
+        "wider loop scope (session, package, module or class) than the test that uses the pool; "
+        "its worker tasks only run while that loop does.",
+        _RUN_ON_FIXTURE_LOOP.format(noun="pool"),
+    ),
+    "idle-loop-run": Cause(
+        "it belongs to another event loop that is still open but not running; its worker tasks "
+        "only run while that loop does.",
+        f"use each pool on one loop only: {_PSYCOPG_POOL_IN_LOOP}, one pool per loop.",
+    ),
+    "running-loop": Cause(
+        "it belongs to another event loop that is running right now, most likely in another "
+        "thread: its lock, queues and worker tasks are that loop's.",
+        "give each thread's loop its own pool, or run the work on the pool's loop "
+        "(asyncio.run_coroutine_threadsafe()).",
+    ),
+    "forked-child": Cause(
+        "this process was forked from one whose event loop opened the pool (os.fork() or "
+        "multiprocessing's fork start method): its worker tasks are the parent's, and its "
+        "connections' sockets are shared with the parent.",
+        "open a new pool in the child, after the fork (and leave the parent's alone), or use "
+        "the spawn start method.",
     ),
 }
 
@@ -406,7 +461,8 @@ EXPLANATIONS = {
     ),
     "LG105": Cause(
         "an async fixture hands what it yields, bound to its pytest-asyncio loop, to tests "
-        "that run on another loop scope: their first use of it fails.",
+        "that run on another loop scope: their use of it fails (an engine in warn mode is "
+        "moved to each test's loop instead).",
         "run the tests on the fixture's loop (@pytest.mark.asyncio(loop_scope=...) on them, or "
         "asyncio_default_test_loop_scope), or give the fixture the tests' loop scope.",
     ),
@@ -417,6 +473,103 @@ EXPLANATIONS = {
         "in the teardown of a fixture on the tests' loop.",
     ),
 }
+
+# -- the patterns behind the loops, worded for any resource ---------------------------------
+
+
+class Terms(NamedTuple):
+    """How the pattern causes speak of one resource."""
+
+    noun: str  # "engine"
+    release: str  # what frees it on its loop: "`await engine.dispose()`"
+    alternative: str = ""  # a way it may cross loops at all: ", or build it with ..."
+
+
+_TERMS: dict[str, Terms] = {
+    "SQLAlchemy AsyncEngine": Terms(
+        "engine", "`await engine.dispose()`", ", or build it with `poolclass=NullPool`"
+    ),
+    "asyncpg Pool": Terms("pool", "`await pool.close()`"),
+    "asyncpg Connection": Terms("connection", "`await conn.close()`"),
+    "httpx AsyncClient": Terms("client", "`await client.aclose()`"),
+    "aiohttp ClientSession": Terms("session", "`await session.close()`"),
+    "redis.asyncio client": Terms("client", "`await client.aclose()`"),
+    "redis.asyncio connection": Terms("client", "`await client.aclose()`"),
+}
+
+# Placeholders: {noun}, {release}, {alternative} (Terms), {created_by} (the record's fixture,
+# "the session-scoped fixture 'engine' at conftest.py:12", or "a fixture").
+_ASGI_TRANSPORT = (
+    "or call the app on the test's own loop with "
+    "`httpx.AsyncClient(transport=httpx.ASGITransport(app=app))` from an async test"
+)
+_PER_TASK_FIX = (
+    "create the {noun} inside the coroutine and {release} before it returns{alternative}, or "
+    "run the coroutines on one long-lived loop"
+)
+
+PATTERNS: dict[str, Cause] = {
+    "test-client-request": Cause(
+        "Starlette's TestClient, used without `with`, runs the application on a new event "
+        "loop for every request, in a thread of its own (an anyio blocking portal), while the "
+        "{noun} is created once, outside the app's lifespan (at import, in a cache or in a "
+        "fixture): it stays bound to the loop it was first used on.",
+        "use `with TestClient(app) as client:` (one loop for the whole block) and create the "
+        "{noun} in the app's lifespan, ending it with {release}; "
+        + _ASGI_TRANSPORT
+        + "{alternative}.",
+    ),
+    "test-client": Cause(
+        "Starlette's TestClient runs the application on an event loop of its own, in a thread "
+        "of its own (an anyio blocking portal), a new one for each `with TestClient(app)` "
+        "block, while the {noun} outlives the block: it is created outside the app's lifespan "
+        "(at import, in a cache or in a fixture), so it stays bound to the loop it was first "
+        "used on.",
+        "create the {noun} in the app's lifespan and end the lifespan with {release}: it then "
+        "lives and dies with each `with TestClient(app)` block; "
+        + _ASGI_TRANSPORT
+        + "{alternative}.",
+    ),
+    "async-to-sync": Cause(
+        "asgiref's async_to_sync (Django's sync views, commands and tasks calling async code) "
+        "runs each call on a new event loop, in a thread of its own, when no loop runs in the "
+        "caller's thread, while the {noun} is created once (at import or in a cache): it stays "
+        "bound to the loop of the call that first used it.",
+        _PER_TASK_FIX + " (an ASGI server's) instead of one async_to_sync() loop per call.",
+    ),
+    "celery-task": Cause(
+        "each Celery task runs its coroutine with asyncio.run(), on a new event loop, while "
+        "the {noun} is created once per worker (at import or in a cache): it stays bound to "
+        "the loop of the first task that used it.",
+        _PER_TASK_FIX + " per worker process instead of asyncio.run() per task.",
+    ),
+    "closed-loop-anyio": Cause(
+        "the {noun} outlived the event loop it was first used on: it is cached (a module-level "
+        "object or an @lru_cache factory) while anyio's pytest plugin runs each test on a new "
+        "loop (it keeps a loop only while an async fixture of a wider scope holds it).",
+        "create the {noun} in an async fixture and {release} in its teardown: function-scoped "
+        "for one per test, or session-scoped (with a session-scoped `anyio_backend` fixture) "
+        "to keep anyio's loop, and the {noun}, for every test{alternative}.",
+    ),
+    "closed-loop-fixture": Cause(
+        "the {noun} is created by {created_by} and shared by its tests, but each test "
+        "runs on a new event loop: the {noun} stays bound to the loop of the first test that "
+        "used it, which is closed now.",
+        "give the fixture the tests' scope (a new {noun} per test, with {release} in its "
+        "teardown), or run every test on the fixture's loop: an async fixture with "
+        '{release} in its teardown and loop_scope="session" (pytest-asyncio: with '
+        "asyncio_default_test_loop_scope = session; anyio: with a session-scoped "
+        "`anyio_backend`){alternative}.",
+    ),
+    "idle-loop-fixture": Cause(
+        "it belongs to a loop that is still open but not running: the {noun} is created by "
+        "{created_by}, whose loop scope is wider than the test's (the test runs on a loop "
+        "of its own).",
+        _RUN_ON_FIXTURE_LOOP,
+    ),
+}
+_UNKNOWN_FIXTURE = "a fixture"  # `loopguard report` reads no fixture
+
 
 # resource (as records name it) -> its causes; integrations add theirs with ``register``.
 _BY_RESOURCE: dict[str, dict[str, Cause]] = {
@@ -439,11 +592,39 @@ _BY_RESOURCE: dict[str, dict[str, Cause]] = {
     "redis.asyncio client": REDIS_CLIENT,
     # A held connection of no known pool (connected before install()).
     "redis.asyncio connection": REDIS_CLIENT,
+    "psycopg_pool AsyncConnectionPool": PSYCOPG_POOL,
 }
 
 
-def register(resource: str, causes: dict[str, Cause]) -> None:
+def register(resource: str, causes: dict[str, Cause], terms: Optional[Terms] = None) -> None:
+    """``causes``: the resource's own words (any key, a pattern's too); ``terms``: how the
+    pattern causes it has no words for name it (default: its resource name, "close it")."""
     _BY_RESOURCE[resource] = causes
+    if terms is not None:
+        _TERMS[resource] = terms
+
+
+def terms_for(resource: str) -> Terms:
+    return _TERMS.get(resource) or Terms(resource, "close it")
+
+
+def cause_for(resource: str, key: str, created_by: Optional[str] = None) -> Optional[Cause]:
+    """The cause ``key`` worded for ``resource``: its own words, else the pattern's; None for
+    a key this loopguard does not know.  ``created_by``: the record's fixture, if any."""
+    cause = causes_for(resource).get(key) or PATTERNS.get(key)
+    if cause is None:
+        return None
+    terms = terms_for(resource)
+    values = {
+        "{noun}": terms.noun,
+        "{release}": terms.release,
+        "{alternative}": terms.alternative,
+        "{created_by}": f"the {created_by}" if created_by else _UNKNOWN_FIXTURE,
+    }
+    text, fix = cause
+    for placeholder, value in values.items():
+        text, fix = text.replace(placeholder, value), fix.replace(placeholder, value)
+    return Cause(text, fix)
 
 
 def causes_for(resource: str) -> dict[str, Cause]:

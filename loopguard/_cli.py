@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Optional
 
 from . import __version__, _run
-from ._causes import causes_for
+from ._causes import cause_for
 from ._errors import docs_link
 from ._log_reader import Entry, Inputs
 
@@ -56,7 +56,7 @@ def _some(items: Iterable[str], total: int) -> str:
 def _cause(key: Optional[str], resource: Optional[str] = None) -> dict[str, Optional[str]]:
     """A cause key with its text and fix, worded for the resource (an engine, an asyncpg pool
     or connection, ...); both None for a key this loopguard does not know."""
-    cause = causes_for(resource or "").get(key or "")
+    cause = cause_for(resource or "", key or "")
     text, fix = cause if cause is not None else (None, None)
     return {"cause": key, "text": text, "fix": fix}
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import NamedTuple, Optional
 
-from ._causes import Cause, causes_for
+from ._causes import Cause, cause_for
 from ._errors import (
     LoopguardWarning,
     LoopMismatchWarning,
@@ -33,6 +33,7 @@ MISMATCH_FIELDS = (
     "created_at",
     "created_in",
     "created_during",
+    "created_by",
     "bound_during",
     "bound_at",
     "used_at",
@@ -60,6 +61,7 @@ CREATION_FIELDS = (
     "created_at",
     "created_in",
     "created_during",
+    "created_by",
     "used_at",
     "used_during",
     "owner_loop_id",
@@ -70,6 +72,9 @@ CREATION_FIELDS = (
 OBJECT_FIELDS = tuple(
     "name" if field == "url" else field for field in MISMATCH_FIELDS if field != "pool_class"
 )
+# psycopg_pool pools (LG112): the pool's ``name`` besides its URL and class.
+_AFTER_URL = MISMATCH_FIELDS.index("url") + 1
+PSYCOPG_POOL_FIELDS = (*MISMATCH_FIELDS[:_AFTER_URL], "name", *MISMATCH_FIELDS[_AFTER_URL:])
 # HTTP clients (LG108 httpx, LG109 aiohttp): ``url`` is the origin of the client's base_url
 # (``scheme://host:port``), ``name`` the library class that built the client, if one did.
 CLIENT_FIELDS = tuple(
@@ -85,6 +90,7 @@ POOL_EVENT_FIELDS = (
     "created_at",
     "created_in",
     "created_during",
+    "created_by",
     "bound_during",
     "bound_at",
     "used_at",
@@ -115,7 +121,7 @@ class Code(NamedTuple):
         return "error" if action == "raised" else "warning"
 
     def cause(self, resource: str, key: str) -> Optional[Cause]:
-        return causes_for(resource).get(key)
+        return cause_for(resource, key)
 
 
 CODES: dict[str, Code] = {
@@ -221,6 +227,16 @@ CODES: dict[str, Code] = {
             True,
             MISMATCH_FIELDS,
             ("redis.asyncio client", "redis.asyncio connection"),
+        ),
+        Code(
+            "LG112",
+            "a psycopg_pool AsyncConnectionPool used on an event loop other than the one that "
+            "opened it",
+            EVENT_LOOP_MISMATCH,
+            LoopMismatchWarning,
+            True,
+            PSYCOPG_POOL_FIELDS,
+            ("psycopg_pool AsyncConnectionPool",),
         ),
     )
 }

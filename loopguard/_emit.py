@@ -9,6 +9,7 @@ from typing import Any
 from ._codes import CODES
 from ._errors import LoopMismatchError
 from ._log import app_log, report_sink_failure
+from ._patterns import refine
 from ._record import Record
 from ._state import STATE
 
@@ -40,14 +41,17 @@ def emit_fields(fields: dict[str, Any], listeners: bool = True) -> None:
 
 def raise_record(record: Record) -> LoopMismatchError:
     """Log ``record`` and return its error, for the caller to raise (its traceback is the
-    caller's)."""
+    caller's).  Its cause is refined first (``_patterns``), as for every raised record."""
+    record = refine(record)
     error = record.error()
     emit(record)
     return error
 
 
 def warn_record(record: Record, stacklevel: int = 3) -> None:
-    """Log ``record`` and emit its code's warning at the user's line."""
+    """Log ``record`` and emit its code's warning at the user's line (its cause refined
+    first, as for every warned record)."""
+    record = refine(record)
     message = record.message()
     emit(record)
     category: Any = record.spec.warning

@@ -112,6 +112,7 @@ FIELD_TYPES: dict[str, type] = {
             "created_at",
             "created_in",
             "created_during",
+            "created_by",
             "bound_during",
             "checked_out_during",
             "used_during",

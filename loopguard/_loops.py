@@ -49,6 +49,9 @@ _strong_loop_ids: dict[int, int] = {}  # for loop types without weakref support
 _counter = itertools.count(1)
 # loop id -> a name given by whoever made the loop; an entry goes when its loop is collected.
 _loop_names: dict[int, str] = {}
+# loop id -> what made it, in a word the causes read ("pytest-asyncio", "anyio-test",
+# "test-client", "test-client-request"); goes with the name.
+_loop_kinds: dict[int, str] = {}
 
 
 def loop_id(loop: Any) -> int:
@@ -65,23 +68,38 @@ def loop_id(loop: Any) -> int:
         return _strong_loop_ids[key]
 
 
-def name_loop(loop: Any, name: str) -> None:
-    """Name a loop in every message that mentions it: ``loop #3 (name)``."""
+def name_loop(loop: Any, name: str, kind: Optional[str] = None) -> None:
+    """Name a loop in every message that mentions it: ``loop #3 (name)``; ``kind`` says what
+    made it, for the likely cause (``_patterns``)."""
     key = loop_id(loop)
     if key not in _loop_names:
         try:
-            finalizer = weakref.finalize(loop, _loop_names.pop, key, None)
+            finalizer = weakref.finalize(loop, _forget_name, key)
         except TypeError:  # no weak references: the name stays, like the loop's number
             finalizer = None
         if finalizer is not None:
             finalizer.atexit = False
     _loop_names[key] = name
+    if kind is None:
+        _loop_kinds.pop(key, None)
+    else:
+        _loop_kinds[key] = kind
+
+
+def _forget_name(key: int) -> None:
+    _loop_names.pop(key, None)
+    _loop_kinds.pop(key, None)
 
 
 def loop_name(key: int) -> str:
     """`` (name)`` for a loop number that has a name, else an empty string."""
     name = _loop_names.get(key)
     return f" ({name})" if name else ""
+
+
+def loop_kind(key: Optional[int]) -> Optional[str]:
+    """What made the loop numbered ``key`` (see ``name_loop``), if its maker said."""
+    return _loop_kinds.get(key) if key is not None else None
 
 
 # -- fork -----------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-from ._causes import Cause, causes_for
+from ._causes import Cause, cause_for
 from ._codes import docs_link
 from ._loops import loop_name
 from ._record import Record
@@ -17,8 +17,8 @@ def _during(test: Optional[str]) -> str:
 
 
 def _cause(record: Record) -> Cause:
-    causes = causes_for(record.resource)
-    return causes.get(record.cause or "") or Cause("unknown.", "see the documentation.")
+    cause = cause_for(record.resource, record.cause or "", record.created_by)
+    return cause or Cause("unknown.", "see the documentation.")
 
 
 def _used_now(record: Record) -> str:
@@ -319,6 +319,44 @@ def format_redis_message(record: Record) -> str:
     return "\n".join(lines)
 
 
+def format_psycopg_pool_message(record: Record) -> str:
+    """LG112: a psycopg_pool AsyncConnectionPool used on a loop other than the one that
+    opened it."""
+    cause = _cause(record)
+    owner = record.owner_loop_id
+    if record.action == "raised":
+        outcome = "stopped before any I/O."
+    else:
+        outcome = (
+            f"loopguard cannot move a pool to another loop (its worker tasks run on loop "
+            f"#{owner}), so the call goes ahead, as without loopguard: it may hang until "
+            "PoolTimeout."
+        )
+    name = f" {record.name!r}" if record.name else ""
+    target = record.url or "(its conninfo is computed when it connects)"
+    bound_at = f", at {record.bound_at}," if record.bound_at else ""
+    bound = (
+        f"opened {_during(record.bound_during)}{bound_at} on {record.owner_loop}"
+        if record.bound_during or record.bound_at
+        else f"opened before loopguard was installed, on {record.owner_loop}"
+    )
+    lines = [
+        f"{record.resource} used on event loop #{record.current_loop_id}, but it belongs to "
+        f"loop #{owner}, the loop that opened it; {outcome}",
+        f"  pool:          {target} ({record.pool_class}{name})",
+        "  created at:    "
+        + _created_line(
+            record, "unknown: the pool was created before loopguard was installed " + _UNKNOWN_SITE
+        ),
+        f"  bound:         {bound}",
+        _used_now(record),
+        f"  likely cause:  {cause.text}",
+        f"  fix:           {cause.fix}",
+        _background(record),
+    ]
+    return "\n".join(lines)
+
+
 _FORMATTERS: dict[str, Callable[[Record], str]] = {
     "LG101": format_engine_message,
     "LG102": format_outside_loop_message,
@@ -326,6 +364,7 @@ _FORMATTERS: dict[str, Callable[[Record], str]] = {
     "LG108": format_client_message,
     "LG109": format_client_message,
     "LG110": format_redis_message,
+    "LG112": format_psycopg_pool_message,
 }
 
 

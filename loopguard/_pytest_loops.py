@@ -26,6 +26,7 @@ from typing import Any, Optional
 import pytest
 
 from . import _loops
+from ._patterns import PYTEST_ASYNCIO
 
 SCOPES = ("function", "class", "module", "package", "session")
 _RUNNER_FIXTURES = frozenset(f"_{scope}_scoped_runner" for scope in SCOPES)
@@ -80,4 +81,5 @@ def name_loop_fixture(fixturedef: Any, request: Any, value: Any) -> None:
     loop = loop_of(fixturedef.argname, value)
     if loop is not None:
         node = getattr(request, "node", None)
-        _loops.name_loop(loop, loop_label(fixturedef.scope, getattr(node, "nodeid", "")))
+        label = loop_label(fixturedef.scope, getattr(node, "nodeid", ""))
+        _loops.name_loop(loop, label, PYTEST_ASYNCIO)

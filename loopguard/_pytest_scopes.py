@@ -24,7 +24,11 @@ the notes).  This module finds the mismatch before any test body runs:
 
 Each (fixture, fixture loop scope, test loop scope) is reported once, as a
 ``LoopScopeMismatchWarning`` in pytest's warnings summary, pointing at the fixture, and as the
-record ``loopguard.loop_scope_mismatch`` (structlog and ``LOOPGUARD_LOG_FILE``).
+record ``loopguard.loop_scope_mismatch`` (structlog and ``LOOPGUARD_LOG_FILE``).  The warning
+says what will happen to the tests that use the value, for its kind and loopguard's mode
+(``OUTCOMES``).  Where pytest-asyncio has a loop-scope warning of its own
+(``PytestAsyncioLoopScopeMismatchWarning``, planned for its 2.0 line), that warning is not
+shown again for the fixtures reported here; it stays for the others.
 pytest-asyncio older than 0.23 has a single ``event_loop`` and no loop scopes: nothing to
 compare.  The plugin object is registered only when loopguard is active.
 """
@@ -44,6 +48,7 @@ from . import _context, _sites
 from ._emit import emit_fields
 from ._errors import LoopScopeMismatchWarning, docs_link
 from ._pytest_loops import SCOPES, SUPPORTED, fixture_wrapper, name_loop_fixture
+from ._state import STATE
 
 LG105 = "LG105"
 # asyncio_default_fixture_loop_scope's value for "the fixture's own scope" (recent 1.x).
@@ -168,8 +173,33 @@ def _instance_of(value: Any, module_name: str, *names: str) -> bool:
     return bool(classes) and isinstance(value, classes)
 
 
+class Bound(NamedTuple):
+    """What in a fixture's value belongs to one event loop: in words, and which kind of
+    thing it is (the kind decides what happens to the tests, ``OUTCOMES``)."""
+
+    text: str  # "a pooled SQLAlchemy AsyncEngine (AsyncAdaptedQueuePool)"
+    kind: str  # ENGINE, ASYNCPG, ASYNCPG_CONNECTION, PSYCOPG_CONNECTION or OTHER
+
+    def within(self, prefix: str) -> Bound:
+        return Bound(f"{prefix}{self.text}", self.kind)
+
+
+# The kinds of loop-bound values, by what their first use on another loop does.
+ENGINE = "engine"  # checked out from its pool: LG101
+ASYNCPG = "asyncpg"  # a raw asyncpg Pool or Connection: LG103
+ASYNCPG_CONNECTION = "asyncpg-connection"  # a SQLAlchemy connection held open, over asyncpg
+PSYCOPG_CONNECTION = "psycopg-connection"  # psycopg: its I/O follows the running loop
+OTHER = "other"
+
+
 def loop_bound(value: Any, nested: bool = False) -> Optional[str]:
-    """What in ``value`` belongs to one event loop, in words; None when nothing does.
+    """What in ``value`` belongs to one event loop, in words; None when nothing does."""
+    bound = bound_to_loop(value, nested)
+    return bound.text if bound is not None else None
+
+
+def bound_to_loop(value: Any, nested: bool = False) -> Optional[Bound]:
+    """What in ``value`` belongs to one event loop; None when nothing does.
 
     ``a pooled SQLAlchemy AsyncEngine (AsyncAdaptedQueuePool)``, ``an asyncpg Pool``, ...
     A NullPool engine opens a new connection on the running loop at every checkout: it may
@@ -180,36 +210,38 @@ def loop_bound(value: Any, nested: bool = False) -> Optional[str]:
         pool = value.sync_engine.pool
         if _instance_of(pool, "sqlalchemy.pool", "NullPool"):
             return None
-        return f"a pooled SQLAlchemy AsyncEngine ({type(pool).__name__})"
+        return Bound(f"a pooled SQLAlchemy AsyncEngine ({type(pool).__name__})", ENGINE)
     if _instance_of(value, asa, "AsyncConnection"):
         if getattr(value, "sync_connection", None) is None:  # not connected yet
-            return loop_bound(value.engine, nested)
-        return "a SQLAlchemy AsyncConnection"
+            return bound_to_loop(value.engine, nested)
+        driver = str(getattr(getattr(value.engine, "dialect", None), "driver", ""))
+        kind = {"asyncpg": ASYNCPG_CONNECTION, "psycopg": PSYCOPG_CONNECTION}.get(driver, OTHER)
+        return Bound("a SQLAlchemy AsyncConnection", kind)
     if _instance_of(value, asa, "AsyncSession"):
         bind = getattr(value, "bind", None)  # SQLAlchemy 2.0 sets it only when given
-        bound = loop_bound(bind, True) if bind is not None else None
-        return f"a SQLAlchemy AsyncSession bound to {bound}" if bound else None
+        bound = bound_to_loop(bind, True) if bind is not None else None
+        return bound.within("a SQLAlchemy AsyncSession bound to ") if bound else None
     kw = getattr(value, "kw", None)
     if type(value).__name__ in ("async_sessionmaker", "sessionmaker") and isinstance(kw, dict):
         bind = kw.get("bind")
-        bound = loop_bound(bind, True) if bind is not None else None
-        return f"an {type(value).__name__} bound to {bound}" if bound else None
+        bound = bound_to_loop(bind, True) if bind is not None else None
+        return bound.within(f"an {type(value).__name__} bound to ") if bound else None
     if _instance_of(value, "asyncpg", "Pool"):
-        return "an asyncpg Pool"
+        return Bound("an asyncpg Pool", ASYNCPG)
     if _instance_of(value, "asyncpg", "Connection"):
-        return "an asyncpg Connection"
+        return Bound("an asyncpg Connection", ASYNCPG)
     if _instance_of(value, "asyncpg.pool", "PoolConnectionProxy"):
-        return "an asyncpg Connection acquired from a Pool"
+        return Bound("an asyncpg Connection acquired from a Pool", ASYNCPG)
     if _instance_of(value, "psycopg", "AsyncConnection"):
-        return "a psycopg AsyncConnection"
+        return Bound("a psycopg AsyncConnection", PSYCOPG_CONNECTION)
     if _instance_of(value, "psycopg_pool", "AsyncConnectionPool"):
-        return "a psycopg_pool AsyncConnectionPool"
+        return Bound("a psycopg_pool AsyncConnectionPool", OTHER)
     if not nested and isinstance(value, (tuple, list, dict)):
         items = list(value.values() if isinstance(value, dict) else value)
         for element in items[:_MAX_CONTAINER_ITEMS]:
-            bound = loop_bound(element, True)
+            bound = bound_to_loop(element, True)
             if bound:
-                return f"a {type(value).__name__} holding {bound}"
+                return bound.within(f"a {type(value).__name__} holding ")
     return None
 
 
@@ -250,12 +282,43 @@ def _fixes(use: Use, version: tuple[int, ...]) -> str:
     )
 
 
+_DIFFERENT_LOOP = "a RuntimeError about a Future attached to a different loop"
+# What the tests' first use of the value does, by its kind and loopguard's mode.
+OUTCOMES = {
+    (ENGINE, "raise"): "each of them that uses it fails at its first query with "
+    "LoopMismatchError (LG101), stopped before any I/O; the fixture's own use of it goes on "
+    "working.",
+    (ENGINE, "warn"): "at each one's first query loopguard warns (LG101), closes the "
+    "connections of the other loop without I/O and moves the engine to the test's loop: the "
+    "tests pass, but every test opens new connections and leaves them behind when its loop "
+    "closes (LG106).",
+    (ASYNCPG, "raise"): "each of them that uses it fails at its first use with "
+    "LoopMismatchError (LG103), stopped before any I/O.",
+    (ASYNCPG, "warn"): "at each one's first use loopguard warns (LG103), then asyncpg's own "
+    f"error fails the test ({_DIFFERENT_LOOP}).",
+    ASYNCPG_CONNECTION: "each of them that uses it fails at its first statement on it "
+    f"(asyncpg: {_DIFFERENT_LOOP}).",
+    PSYCOPG_CONNECTION: "psycopg does its I/O on whichever loop awaits it, so their queries "
+    "work, but its lock belongs to the first loop on which two tasks waited for it: "
+    "concurrent use on another loop fails (RuntimeError: ... is bound to a different event "
+    "loop).",
+    OTHER: "loopguard does not check it: whether their first use of it fails depends on what "
+    "in it waits on the fixture's loop.",
+}
+
+
+def outcome(kind: str, mode: Optional[str]) -> str:
+    """What happens to the tests that use a value of ``kind``, in loopguard's ``mode``."""
+    return OUTCOMES.get((kind, mode or "raise")) or OUTCOMES.get(kind) or OUTCOMES[OTHER]
+
+
 def format_message(
     use: Use,
-    value: str,
+    value: Bound,
     tests: list[str],
     fixture_at: Optional[str],
     version: tuple[int, ...],
+    mode: Optional[str] = "raise",
 ) -> str:
     fixture, test = use.fixture, use.test
     name = use.fixturedef.argname
@@ -266,10 +329,8 @@ def format_message(
     if len(tests) > _MAX_LISTED_TESTS:
         listed += f" and {len(tests) - _MAX_LISTED_TESTS} more"
     lines = [
-        f"fixture {name!r} yields {value} from pytest-asyncio's {fixture.scope}-scoped loop, "
-        f"but {who} on {test.scope}-scoped loops: what it yields belongs to the fixture's loop, "
-        "so their first use of it fails (asyncpg: a RuntimeError about a Future on a different "
-        "loop; loopguard: LoopMismatchError).",
+        f"fixture {name!r} yields {value.text} from pytest-asyncio's {fixture.scope}-scoped "
+        f"loop, but {who} on {test.scope}-scoped loops: {outcome(value.kind, mode)}",
         f"  fixture:       {name}{f' at {fixture_at}' if fixture_at else ''}, "
         f"{_scope_text(fixture)}, {relation} than the tests'",
         f"  tests:         {listed}, {_scope_text(test)}",
@@ -291,6 +352,9 @@ class LoopScopeCheck:
         self._watched: dict[int, Any] = {}  # id -> fixturedef of every fixture in a Use
         self._tests: dict[tuple[int, str, str], list[str]] = {}  # Use.key -> node ids
         self._reported: set[tuple[int, str, str]] = set()
+        # node id -> the fixtures LG105 reported for it (pytest-asyncio's own warning about
+        # them is not shown again: _DeduplicatedAsyncioWarning)
+        self.reported_fixtures: dict[str, set[str]] = {}
         self._version: tuple[int, ...] = (0,)  # pytest-asyncio's, read at collection
 
     @pytest.hookimpl(trylast=True)  # after deselection (-k, -m) and reordering
@@ -303,6 +367,7 @@ class LoopScopeCheck:
         self._version = version
         import pytest_asyncio
 
+        _register_deduplication(config, self)
         mode = asyncio_mode(config)
         for item in items:
             if not pytest_asyncio.is_async_test(item):
@@ -349,7 +414,13 @@ class LoopScopeCheck:
 
         @fixture_wrapper
         def pytest_fixture_setup(self, fixturedef: Any, request: Any) -> Generator[None, Any, Any]:
-            result = yield
+            # What the fixture creates is created by it (_registry.Origin reads the stack).
+            in_setup = _context.fixtures_in_setup
+            in_setup.append((fixturedef, fixturedef.func))
+            try:
+                result = yield
+            finally:
+                in_setup.pop()
             # Also names pytest-asyncio's loops (_pytest_loops): one wrapper around every
             # fixture setup instead of two (~55k instructions per test each, measured).
             name_loop_fixture(fixturedef, request, result)
@@ -364,16 +435,18 @@ class LoopScopeCheck:
         if use.key in self._reported:
             return
         try:
-            bound = loop_bound(value)
+            bound = bound_to_loop(value)
         except Exception:  # a value whose attributes misbehave: nothing to say about it
             bound = None
         if bound is None:
             return
         self._reported.add(use.key)
+        tests = self._tests.get(use.key) or [item.nodeid]
+        for nodeid in tests:
+            self.reported_fixtures.setdefault(nodeid, set()).add(use.fixturedef.argname)
         site = fixture_site(use.fixturedef)
         fixture_at = f"{_sites.display_path(site[0], _context.rootdir)}:{site[1]}" if site else None
-        tests = self._tests.get(use.key) or [item.nodeid]
-        message = format_message(use, bound, tests, fixture_at, self._version)
+        message = format_message(use, bound, tests, fixture_at, self._version, STATE.mode)
         record: dict[str, Any] = {
             "code": LG105,
             "action": "warned",
@@ -381,7 +454,7 @@ class LoopScopeCheck:
             "fixture_at": fixture_at,
             "fixture_loop_scope": use.fixture.scope,
             "test_loop_scope": use.test.scope,
-            "value": bound,
+            "value": bound.text,
             "used_during": _context.current_test(),
             "tests": len(tests),
         }
@@ -396,6 +469,53 @@ class LoopScopeCheck:
 
     def __repr__(self) -> str:
         return f"<loopguard: loop scopes of {len(self._tests)} fixture/test pairs>"
+
+
+# pytest-asyncio's own loop-scope warning, planned for its next major line (2.0; its pull
+# request #1516): emitted from its pytest_pyfunc_call for every async fixture whose loop
+# scope differs from the test's, whatever the fixture yields.
+ASYNCIO_WARNING = "PytestAsyncioLoopScopeMismatchWarning"
+_DEDUPLICATION_PLUGIN = "loopguard-asyncio-warning"
+
+
+class _DeduplicatedAsyncioWarning:
+    """Plugin, registered only where pytest-asyncio has its loop-scope warning: for the
+    fixtures LG105 reported for a test, pytest-asyncio's warning is not shown again (LG105
+    says what the fixture yields and what will happen); for the others it stays."""
+
+    def __init__(self, check: LoopScopeCheck, category: type[Warning]) -> None:
+        self._check = check
+        self._category = category
+
+    if fixture_wrapper is not None:  # registered only where new-style wrappers exist
+
+        @fixture_wrapper
+        def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, Any, Any]:
+            names = self._check.reported_fixtures.get(item.nodeid)
+            if not names:
+                return (yield)
+            # Filters set inside the call phase go with it (catch_warnings restores them).
+            with warnings.catch_warnings():
+                for name in names:
+                    pattern = f".*fixture {re.escape(repr(name))}"
+                    warnings.filterwarnings("ignore", pattern, self._category)
+                return (yield)
+
+    def __repr__(self) -> str:
+        return f"<loopguard: LG105 over {self._category.__name__}>"
+
+
+def asyncio_warning_class() -> Optional[type[Warning]]:
+    """pytest-asyncio's loop-scope warning class, where the installed pytest-asyncio has it."""
+    found = getattr(sys.modules.get("pytest_asyncio"), ASYNCIO_WARNING, None)
+    return found if isinstance(found, type) and issubclass(found, Warning) else None
+
+
+def _register_deduplication(config: pytest.Config, check: LoopScopeCheck) -> None:
+    category = asyncio_warning_class()
+    manager = config.pluginmanager
+    if category is not None and not manager.has_plugin(_DEDUPLICATION_PLUGIN):
+        manager.register(_DeduplicatedAsyncioWarning(check, category), _DEDUPLICATION_PLUGIN)
 
 
 def register(config: pytest.Config) -> None:

@@ -11,7 +11,7 @@ from ._errors import LoopMismatchError
 
 # Logged only when they have a value: they belong to some actions or resources only.
 OPTIONAL_FIELDS = frozenset(
-    {"name", "operation", "checked_out_during", "released", "sockets_closed", "held"}
+    {"name", "operation", "created_by", "checked_out_during", "released", "sockets_closed", "held"}
 )
 
 
@@ -26,6 +26,7 @@ class Record:
     created_at: Optional[str] = None  # path:line
     created_in: Optional[str] = None  # function
     created_during: Optional[str] = None  # test (phase)
+    created_by: Optional[str] = None  # the fixture whose setup created it (_context)
     bound_during: Optional[str] = None
     bound_at: Optional[str] = None  # path:line in function
     checked_out_during: Optional[str] = None  # a held connection: the test that checked it out

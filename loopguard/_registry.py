@@ -14,6 +14,8 @@ from __future__ import annotations
 import weakref
 from typing import TYPE_CHECKING, Any, Generic, Optional, TypeVar
 
+from . import _context
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
@@ -24,7 +26,7 @@ if TYPE_CHECKING:
 class Origin:
     """Where and when an object was created (shared by an engine and its successive pools)."""
 
-    __slots__ = ("site", "created_during", "created_in_loop", "known")
+    __slots__ = ("site", "created_during", "created_in_loop", "known", "fixture")
 
     def __init__(
         self,
@@ -32,11 +34,17 @@ class Origin:
         created_during: Optional[str],
         created_in_loop: Optional[bool],
         known: bool = True,
+        fixture: Optional[str] = None,
     ) -> None:
         self.site = site
         self.created_during = created_during  # the test (and phase) running then
         self.created_in_loop = created_in_loop  # was a loop running?
         self.known = known  # False: found after the fact (created before install())
+        # The pytest fixture whose setup created it ("session-scoped fixture 'engine' at
+        # conftest.py:12"): looked up here, so every guard's origins carry it.
+        if fixture is None and known and _context.fixtures_in_setup:
+            fixture = _context.current_fixture()
+        self.fixture = fixture
 
     def __repr__(self) -> str:
         where = str(self.site) if self.site else "unknown site"

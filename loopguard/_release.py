@@ -4,7 +4,8 @@ Used when loopguard heals a pool (``warn`` mode): the stale connection's loop ma
 (``transport.abort()`` would then raise "Event loop is closed" and leak the socket) or idle
 (a graceful close would be I/O on a loop that is not running).  So the socket is closed
 directly and the transport and driver are marked closed, which keeps them from warning
-about an unclosed transport or connection when they are collected.
+about an unclosed transport or connection when they are collected.  Drivers known: asyncpg,
+psycopg 3, aiomysql and asyncmy (SQLAlchemy's async dialects for PostgreSQL and MySQL).
 """
 
 from __future__ import annotations
@@ -121,6 +122,44 @@ def _close_aiosqlite(connection: Any) -> bool:
     return True
 
 
+def _close_stream(connection: Any, transport: Any, forget: Any) -> bool:
+    """A driver connection over an asyncio transport (aiomysql, asyncmy): its socket closed
+    without the loop, then ``forget()`` drops the driver's references to the transport, as
+    the driver's own ``close()`` does, so it never warns about an unclosed connection."""
+    loop = connection._loop
+    if loop.is_running() and loop is not asyncio._get_running_loop():
+        # Its loop runs in another thread: only that thread may touch its selector.
+        loop.call_soon_threadsafe(connection.close)
+        return True
+    if transport is None:
+        return False
+    if hasattr(transport, "_sock"):
+        closed = _close_selector_transport(transport)
+    else:  # uvloop's: libuv closes the handle without a round trip (or did, with its loop)
+        if not loop.is_closed():
+            transport.abort()
+        closed = True
+    forget()
+    return closed
+
+
+def _close_aiomysql(connection: Any) -> bool:
+    def forget() -> None:
+        connection._writer = None
+        connection._reader = None
+
+    writer = connection._writer
+    return _close_stream(connection, getattr(writer, "transport", None), forget)
+
+
+def _close_asyncmy(connection: Any) -> bool:
+    def forget() -> None:
+        connection._transport = None
+        connection._connected = False
+
+    return _close_stream(connection, connection._transport, forget)
+
+
 def keep_for_parent(driver_connection: Any) -> None:
     """In a forked child: never close nor collect this connection of the parent's loop."""
     _kept_for_parent.append(driver_connection)
@@ -145,4 +184,8 @@ def close_without_loop(driver_connection: Any, loop_number: Optional[int] = None
         return _close_psycopg(driver_connection)
     if module.startswith("aiosqlite"):
         return _close_aiosqlite(driver_connection)
+    if module.startswith("aiomysql"):
+        return _close_aiomysql(driver_connection)
+    if module.startswith("asyncmy"):
+        return _close_asyncmy(driver_connection)
     return False

@@ -54,10 +54,18 @@ def _internal_prefixes() -> tuple[str, ...]:
         "asyncio",
         "psycopg",
         "redis",
+        "psycopg_pool",
         "uvloop",
         "pytest_asyncio",
         "_pytest",
         "pluggy",
+        # What runs the user's coroutines on loops of its own: anyio's portals and its pytest
+        # plugin, Starlette's TestClient (and the httpx or httpx2 client it is), asgiref's
+        # async_to_sync.
+        "anyio",
+        "starlette",
+        "httpx2",
+        "asgiref",
     ):
         directory = _module_dir(name)
         if directory:

@@ -104,6 +104,7 @@ def _mismatch(facts: TrackedObject, binding: Binding, loop: Any) -> Optional[Loo
         created_at=site.location if site else None,
         created_in=site.function if site else None,
         created_during=facts.origin.created_during,
+        created_by=facts.origin.fixture,
         bound_during=binding.during,
         bound_at=str(binding.site) if binding.site else None,
         used_at=str(used) if used else None,

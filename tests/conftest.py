@@ -36,6 +36,19 @@ def pg_dsn() -> Iterator[str]:
         yield dsn
 
 
+@pytest.fixture(scope="session")
+def mariadb_socket() -> Iterator[str]:
+    """Unix socket of a throwaway MariaDB server shared by the session (tools/mysqlserver.py);
+    the test skips, saying how to get one, where there is none."""
+    import mysqlserver
+
+    why = mysqlserver.available()
+    if why is not None:
+        pytest.skip(why)
+    with mysqlserver.throwaway_mariadb() as socket:
+        yield socket
+
+
 @pytest.fixture
 def pg_env(pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """Export the DSN as LOOPGUARD_TEST_DSN, so runpytest_subprocess children reuse the server."""

@@ -1268,7 +1268,7 @@ def test_without_sqlalchemy_the_asyncpg_guard_installs_and_works(
     prefixes = ("ENABLED:", "SKIPPED:", "RAISED:", "INSTALLED:")
     assert [line for line in result.stdout.splitlines() if line.startswith(prefixes)] == [
         "ENABLED: ['asyncpg']",
-        "SKIPPED: ['aiohttp', 'httpx', 'redis', 'sqlalchemy']",
+        "SKIPPED: ['aiohttp', 'httpx', 'psycopg_pool', 'redis', 'sqlalchemy']",
         "RAISED: LG103 asyncpg Connection Connection.fetchval",
         "INSTALLED: False",
     ]

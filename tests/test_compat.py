@@ -494,7 +494,9 @@ def test_scope_is_loop_era_scenario2_session_fixture_function_tests(
             "(during test_engine.py::test_one (setup))",
             "E     bound:         first connection opened during test_engine.py::test_one "
             "(setup), at conftest.py:* in engine, on loop #*, which is still open but not running",
-            "E     likely cause:  *a fixture with a wider loop scope*",
+            "E     likely cause:  it belongs to a loop that is still open but not running: the "
+            "engine is created by the session-scoped fixture 'engine' at conftest.py:*, whose "
+            "loop scope is wider than the test's (the test runs on a loop of its own).",
             "E   loopguard.LoopMismatchError: *",
             "E     used now:      during test_engine.py::test_two (call) *",
             "2 event-loop mismatches from 1 engine:",
@@ -630,8 +632,10 @@ def test_runner_era_scenario2_class_runner_fixture_function_runner_tests(
             "test_orders.py::TestOrders::test_one (setup), at *, on loop #*, "
             "which is still open but not running",
             "E     used now:      during test_orders.py::TestOrders::test_one (call) *",
-            "E     likely cause:  *a fixture with a wider loop scope (session, package, module "
-            "or class) than the test*",
+            "E     likely cause:  it belongs to a loop that is still open but not running: the "
+            "engine is created by the class-scoped fixture 'engine' at "
+            f"test_orders.py:{line_of(CLASS_RUNNER_TESTS_PY, '@pytest_asyncio.fixture')}, whose "
+            "loop scope is wider than the test's (the test runs on a loop of its own).",
             "E     fix:           *loop_scope*",
             "E     used now:      during test_orders.py::TestOrders::test_two (call) *",
             "2 event-loop mismatches from 1 engine:",

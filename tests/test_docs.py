@@ -309,6 +309,7 @@ RAW_SYMPTOMS = {
     "LG108": "^RuntimeError: Event loop is closed$",
     "LG109": "^RuntimeError: Event loop is closed$",
     "LG110": "^RuntimeError: Event loop is closed$",
+    "LG112": r"^psycopg_pool\.PoolTimeout: couldn't get a connection after",
 }
 
 
@@ -318,7 +319,7 @@ SLOW_CALLBACK = re.compile(
 
 # Script bugs that loopguard stops with LoopMismatchError in raise mode (the others are
 # reported with a record and run to their end).
-STOPPED = {"LG101", "LG102", "LG103", "LG107", "LG108", "LG109", "LG110"}
+STOPPED = {"LG101", "LG102", "LG103", "LG107", "LG108", "LG109", "LG110", "LG112"}
 # What the first job of a stopped script prints (LG107's example pings the server: "N" or "S";
 # the HTTP examples print the status code).
 FIRST_JOB = {"LG107": r"job 1: [NS]\n", "LG108": r"job 1: 200\n", "LG109": r"job 1: 200\n"}
@@ -384,6 +385,28 @@ def test_asyncpg_script_bug_in_warn_mode_reports_then_asyncpg_fails(
         assert ": PoolCreatedOutsideLoopWarning: asyncpg Pool created" in done.stderr
     else:
         assert actions == [("LG103", "warned")]
+
+
+PSYCOPG_POOL_SCRIPT_BUGS = [name for name in SCRIPT_BUGS if _code(name) == "LG112"]
+
+
+@needs_documented_stack
+@pytest.mark.parametrize("name", PSYCOPG_POOL_SCRIPT_BUGS)
+def test_psycopg_pool_script_bug_in_warn_mode_reports_then_times_out(
+    name: str, database_url: str, tmp_path: Path
+) -> None:
+    """LOOPGUARD=warn: the misuse of a psycopg_pool pool is reported (a LoopMismatchWarning
+    and a warned LG112 record), then the call goes ahead and the pool's own PoolTimeout
+    follows: a pool cannot move to another loop, so nothing is healed."""
+    log = tmp_path / "loopguard.jsonl"
+    done = _run_script(name, tmp_path, LOOPGUARD="warn", LOOPGUARD_LOG_FILE=str(log))
+    assert done.returncode == 1
+    assert ": LoopMismatchWarning: psycopg_pool AsyncConnectionPool used on event loop #2" in (
+        done.stderr
+    )
+    assert "LoopMismatchError" not in done.stderr
+    assert re.search(RAW_SYMPTOMS["LG112"], done.stderr, re.M)
+    assert [(record["code"], record["action"]) for record in _records(log)] == [("LG112", "warned")]
 
 
 @needs_documented_stack
@@ -525,7 +548,7 @@ def test_log_fields_table_lists_exactly_the_fields_of_real_records(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The fields table of logs.md names every field of real records: LG101 raised and warned
-    (also by a pytest-xdist worker), LG102, LG103 raised and warned, LG104 and LG106, as
+    (also by a pytest-xdist worker), LG102, LG103 raised and warned, LG104, LG106 and LG112, as
     written to the JSON-lines file."""
     _, workdir = fresh_outputs
     warned_log = tmp_path / "warned.jsonl"
@@ -546,6 +569,7 @@ def test_log_fields_table_lists_exactly_the_fields_of_real_records(
         ("lg102_outside_loop_bug.py", "1"),
         ("lg103_global_pool_bug.py", "warn"),
         ("lg101_held_bug.py", "1"),  # checked_out_during: a held connection's checkout
+        ("lg112_global_pool_bug.py", "1"),
     ):
         _run_script(name, tmp_path, LOOPGUARD=mode, LOOPGUARD_LOG_FILE=str(script_log))
     _run_script(
@@ -567,6 +591,6 @@ def test_log_fields_table_lists_exactly_the_fields_of_real_records(
     assert {("LG101", "raised"), ("LG101", "warned"), ("LG104", "released")} <= actions
     assert {("LG102", "warned"), ("LG103", "raised"), ("LG103", "warned")} <= actions
     assert ("LG106", "reported") in actions
-    assert {("LG108", "warned"), ("LG109", "raised")} <= actions
+    assert {("LG108", "warned"), ("LG109", "raised"), ("LG112", "raised")} <= actions
     fields = set().union(*records)
     assert sorted(_documented_fields()) == sorted(fields)

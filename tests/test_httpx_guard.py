@@ -314,6 +314,42 @@ def test_outside_pytest_the_cause_is_the_asyncio_run_pattern(
     assert "several asyncio.run() calls (one per job or command)" in str(excinfo.value)
 
 
+def test_a_client_used_through_test_clients_loops_gets_test_clients_cause(
+    http_url: str, clients: list[httpx.AsyncClient]
+) -> None:
+    """An app's client made once (at import, say) and used by its endpoint through Starlette's
+    TestClient without ``with``: each request runs on a new loop of TestClient's, so the
+    second is stopped with TestClient's cause in the client's words (``aclose()``)."""
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    upstream = httpx.AsyncClient()
+    clients.append(upstream)
+
+    async def endpoint(request: Any) -> JSONResponse:
+        return JSONResponse({"status": (await upstream.get(f"{http_url}/")).status_code})
+
+    client = TestClient(Starlette(routes=[Route("/", endpoint)]))
+    assert client.get("/").json() == {"status": 200}
+    with pytest.raises(loopguard.LoopMismatchError) as excinfo:
+        client.get("/")
+    assert (excinfo.value.code, excinfo.value.record["cause"]) == ("LG108", "test-client-request")
+    message = str(excinfo.value)
+    assert (
+        "likely cause:  Starlette's TestClient, used without `with`, runs the application on a "
+        "new event loop for every request, in a thread of its own (an anyio blocking portal), "
+        "while the client is created once, outside the app's lifespan" in message
+    )
+    assert (
+        "fix:           use `with TestClient(app) as client:` (one loop for the whole block) "
+        "and create the client in the app's lifespan, ending it with `await client.aclose()`; "
+        in message
+    )
+    assert "Starlette TestClient's loop for one request" in message
+
+
 # -- warn mode --------------------------------------------------------------------------------
 
 

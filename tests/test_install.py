@@ -336,8 +336,8 @@ def test_repr_of_the_state_says_what_is_guarded(monkeypatch: pytest.MonkeyPatch)
     loopguard.install("warn")
     assert repr(_state.STATE) == (
         f"<loopguard state: mode='warn' (from install() at {where}), "
-        "guarding=['sqlalchemy', 'asyncpg', 'httpx', 'aiohttp', 'redis'], skipped={}, "
-        "log_file=None>"
+        "guarding=['sqlalchemy', 'asyncpg', 'httpx', 'aiohttp', 'redis', 'psycopg_pool'], "
+        "skipped={}, log_file=None>"
     )
     loopguard.uninstall()
     monkeypatch.setenv("LOOPGUARD", "warn")
@@ -420,7 +420,9 @@ def test_without_sqlalchemy_import_works_and_install_refuses_clearly(tmp_path: P
         "asyncpg: asyncpg is not installed (No module named 'asyncpg'); pip install asyncpg; "
         "httpx: httpx is not installed (No module named 'httpx'); pip install httpx; "
         "aiohttp: aiohttp is not installed (No module named 'aiohttp'); pip install aiohttp; "
-        "redis: redis-py is not installed (No module named 'redis'); pip install redis.",
+        "redis: redis-py is not installed (No module named 'redis'); pip install redis; "
+        "psycopg_pool: psycopg_pool is not installed (No module named 'psycopg_pool'); "
+        "pip install psycopg-pool.",
         "IMPORTERROR: True",
         "INSTALLED: False",
     ]

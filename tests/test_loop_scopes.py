@@ -20,12 +20,23 @@ from typing import Any
 import pytest
 import test_pytest_plugin as plugin_tests
 from test_pytest_plugin import RunPytest, ini, line_of, output, write
-from teststack import PYTEST_ASYNCIO, describe
+from teststack import PYTEST_ASYNCIO, SQLALCHEMY, describe
 
 import loopguard
 from loopguard import _loops
 from loopguard._pytest_loops import loop_label, loop_of
-from loopguard._pytest_scopes import LoopScope, Use, format_message, loop_bound
+from loopguard._pytest_scopes import (
+    ASYNCPG,
+    ENGINE,
+    OTHER,
+    PSYCOPG_CONNECTION,
+    Bound,
+    LoopScope,
+    Use,
+    bound_to_loop,
+    format_message,
+    loop_bound,
+)
 
 # The plugin tests' fixtures, the autouse one that cleans the environment included.
 _clean_environment = plugin_tests._clean_environment
@@ -99,9 +110,7 @@ SCENARIO2_WARNING = [
     T_ONE,
     f"*conftest.py:{ENGINE_LINE}: LoopScopeMismatchWarning: fixture 'engine' yields a pooled "
     "SQLAlchemy AsyncEngine (AsyncAdaptedQueuePool) from pytest-asyncio's session-scoped "
-    f"loop, but {T_ONE} and 1 more test run on function-scoped loops: what it yields belongs "
-    "to the fixture's loop, so their first use of it fails (asyncpg: a RuntimeError about a "
-    "Future on a different loop; loopguard: LoopMismatchError).",
+    f"loop, but {T_ONE} and 1 more test run on function-scoped loops: *",
     f'    fixture:       engine at conftest.py:{ENGINE_LINE}, loop_scope="session" '
     "(its loop_scope argument), wider than the tests'",
     f'    tests:         {T_ONE}, {T_TWO}, loop_scope="function" (*)',
@@ -111,6 +120,20 @@ SCENARIO2_WARNING = [
     'loop scope (@pytest_asyncio.fixture(scope="function", loop_scope="function")).',
     "    (Background on this warning at: docs/errors.md#lg105, code LG105)",
 ]
+
+
+# What the warning says will happen to the tests, in each mode (its first line's end).
+SCENARIO2_RAISE_OUTCOME = (
+    "*: LoopScopeMismatchWarning: fixture 'engine' yields * run on function-scoped loops: "
+    "each of them that uses it fails at its first query with LoopMismatchError (LG101), "
+    "stopped before any I/O; the fixture's own use of it goes on working."
+)
+SCENARIO2_WARN_OUTCOME = (
+    "*: LoopScopeMismatchWarning: fixture 'engine' yields * run on function-scoped loops: "
+    "at each one's first query loopguard warns (LG101), closes the connections of the other "
+    "loop without I/O and moves the engine to the test's loop: the tests pass, but every "
+    "test opens new connections and leaves them behind when its loop closes (LG106)."
+)
 
 
 def engine_suite(root: Path, marker: str = "") -> None:
@@ -171,6 +194,7 @@ def test_scenario2_warns_at_setup_before_the_loop_mismatch_error(
             *SCENARIO2_WARNING,
         ]
     )
+    result.stdout.fnmatch_lines([SCENARIO2_RAISE_OUTCOME])
     assert output(result).count("LoopScopeMismatchWarning: ") == 1
 
 
@@ -275,6 +299,7 @@ def test_scenario2_warn_mode_warns_once_before_the_healing_warnings(
     result = run("--loopguard-mode=warn")
     result.assert_outcomes(passed=2, warnings=3)
     result.stdout.fnmatch_lines(SCENARIO2_WARNING)
+    result.stdout.fnmatch_lines([SCENARIO2_WARN_OUTCOME])
     text = output(result)
     assert text.count("LoopScopeMismatchWarning: ") == 1
     assert text.count("LoopMismatchWarning: ") == 2
@@ -731,6 +756,72 @@ def test_loop_bound_values() -> None:
         asyncio.run(_dispose(pooled, nullpool))
 
 
+@pytest.mark.parametrize(
+    ("kind", "mode", "outcome"),
+    [
+        (
+            ASYNCPG,
+            "warn",
+            "at each one's first use loopguard warns (LG103), then asyncpg's own error fails "
+            "the test (a RuntimeError about a Future attached to a different loop).",
+        ),
+        (
+            PSYCOPG_CONNECTION,
+            "raise",
+            "psycopg does its I/O on whichever loop awaits it, so their queries work, but its "
+            "lock belongs to the first loop on which two tasks waited for it: concurrent use "
+            "on another loop fails (RuntimeError: ... is bound to a different event loop).",
+        ),
+        (
+            OTHER,
+            "warn",
+            "loopguard does not check it: whether their first use of it fails depends on what "
+            "in it waits on the fixture's loop.",
+        ),
+    ],
+)
+def test_the_warning_says_what_will_happen_to_the_tests(kind: str, mode: str, outcome: str) -> None:
+    """The first line ends with what the tests' use of the value does: per kind of value and
+    mode (an engine's and an asyncpg pool's raise-mode words are checked in real runs)."""
+    use = Use(
+        SimpleNamespace(argname="db", scope="session"),
+        LoopScope("session", "its loop_scope argument"),
+        LoopScope("function", "pytest-asyncio's default"),
+    )
+    message = format_message(use, Bound("a value", kind), ["t.py::test"], None, (1, 5), mode)
+    assert message.splitlines()[0] == (
+        "fixture 'db' yields a value from pytest-asyncio's session-scoped loop, but t.py::test "
+        f"runs on function-scoped loops: {outcome}"
+    )
+
+
+@pytest.mark.skipif(
+    SQLALCHEMY < (2, 0),
+    reason=f"{describe('sqlalchemy')} has no postgresql+psycopg (psycopg 3) dialect",
+)
+def test_held_connections_are_told_apart_by_their_driver(pg_dsn: str) -> None:
+    """A SQLAlchemy AsyncConnection held open fails on another loop over asyncpg, and works
+    for plain queries over psycopg: the warning's kind follows the driver."""
+    from pgserver import sqlalchemy_url
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    async def kinds() -> list[Any]:
+        found = []
+        for url in (sqlalchemy_url(pg_dsn), sqlalchemy_url(pg_dsn, "psycopg")):
+            engine = create_async_engine(url)
+            async with engine.connect() as conn:
+                found.append(bound_to_loop(conn))
+            await engine.dispose()
+        return found
+
+    assert asyncio.run(kinds()) == [
+        Bound("a SQLAlchemy AsyncConnection", "asyncpg-connection"),
+        Bound("a SQLAlchemy AsyncConnection", PSYCOPG_CONNECTION),
+    ]
+    assert bound_to_loop({"e": 1}) is None
+    assert ENGINE == "engine"
+
+
 async def _dispose(*engines: Any) -> None:
     for engine in engines:
         await engine.dispose()
@@ -746,12 +837,12 @@ def test_warning_message_exact_words() -> None:
         LoopScope("class", "its asyncio marker"),
     )
     tests = [f"t.py::T::test_{n}" for n in range(5)]
-    message = format_message(use, "an asyncpg Pool", tests, "conftest.py:3", (1, 5))
+    pool = Bound("an asyncpg Pool", ASYNCPG)
+    message = format_message(use, pool, tests, "conftest.py:3", (1, 5))
     assert message.splitlines() == [
         "fixture 'db' yields an asyncpg Pool from pytest-asyncio's module-scoped loop, but "
-        "t.py::T::test_0 and 4 more tests run on class-scoped loops: what it yields belongs to "
-        "the fixture's loop, so their first use of it fails (asyncpg: a RuntimeError about a "
-        "Future on a different loop; loopguard: LoopMismatchError).",
+        "t.py::T::test_0 and 4 more tests run on class-scoped loops: each of them that uses it "
+        "fails at its first use with LoopMismatchError (LG103), stopped before any I/O.",
         '  fixture:       db at conftest.py:3, loop_scope="module" '
         "(asyncio_default_fixture_loop_scope), wider than the tests'",
         "  tests:         t.py::T::test_0, t.py::T::test_1, t.py::T::test_2 and 2 more, "
@@ -800,7 +891,7 @@ def test_the_fixes_are_spelled_for_the_installed_pytest_asyncio(
         LoopScope("session", "its fixture scope"),
         LoopScope("function", "pytest-asyncio's default"),
     )
-    message = format_message(use, "an asyncpg Pool", ["t.py::test"], None, version)
+    message = format_message(use, Bound("an asyncpg Pool", ASYNCPG), ["t.py::test"], None, version)
     assert message.splitlines()[3] == f"  fix:           run the tests on the fixture's loop {fix}"
 
 

@@ -29,7 +29,7 @@ ASYNCPG_PROTOCOL_STATE = "unknown protocol state"
 
 RunPytest = Callable[..., pytest.RunResult]
 # The integrations the header names: every library of the test extra is installed.
-GUARDING = "guarding sqlalchemy, asyncpg, httpx, aiohttp, redis"
+GUARDING = "guarding sqlalchemy, asyncpg, httpx, aiohttp, redis, psycopg_pool"
 
 # The nox matrix runs this module on pytest-asyncio 0.21 to 1.x (see noxfile.py).
 needs_loop_scope = pytest.mark.skipif(
@@ -547,8 +547,11 @@ def test_scenario2_raise_mode_blames_the_loop_scope_and_teardown_stays_clean(
             "test_session_engine.py::test_one (setup), at *, on loop #*, "
             "which is still open but not running",
             "E     used now:      during test_session_engine.py::test_one (call) *",
-            "E     likely cause:  *still open but not running: typically a fixture with a "
-            "wider loop scope (session, package, module or class) than the test*",
+            # The engine is made in app/db.py, but by the fixture: the cause names it.
+            "E     likely cause:  it belongs to a loop that is still open but not running: the "
+            "engine is created by the session-scoped fixture 'engine' at "
+            f"conftest.py:{line_of(SESSION_CONFTEST_PY, '@pytest_asyncio.fixture(')}, whose loop "
+            "scope is wider than the test's (the test runs on a loop of its own).",
             "E     fix:           *loop_scope*",
             "E   loopguard.LoopMismatchError: *",
             "E     used now:      during test_session_engine.py::test_two (call) *",

@@ -287,6 +287,35 @@ def test_message_is_exact(
     ]
 
 
+def test_a_client_used_through_test_clients_loops_gets_test_clients_cause(
+    redis_url: str, leftovers: list[Any]
+) -> None:
+    """An app's client made once and used by its endpoint through Starlette's TestClient
+    without ``with``: each request runs on a new loop of TestClient's, so the second is
+    stopped with TestClient's cause in the client's words (``aclose()``)."""
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    client = redis.Redis.from_url(redis_url)
+    leftovers.append(client)
+
+    async def endpoint(request: Any) -> JSONResponse:
+        return JSONResponse({"pong": await _co(client.ping())})
+
+    app_client = TestClient(Starlette(routes=[Route("/", endpoint)]))
+    assert app_client.get("/").json() == {"pong": True}
+    with pytest.raises(loopguard.LoopMismatchError) as excinfo:
+        app_client.get("/")
+    assert (excinfo.value.code, excinfo.value.record["cause"]) == ("LG110", "test-client-request")
+    message = str(excinfo.value)
+    assert "while the client is created once, outside the app's lifespan" in message
+    assert "create the client in the app's lifespan, ending it with `await client.aclose()`" in (
+        message
+    )
+
+
 def test_connection_of_an_idle_loop_stays_usable_by_its_loop(
     redis_url: str, leftovers: list[Any]
 ) -> None:

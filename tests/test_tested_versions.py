@@ -67,7 +67,17 @@ def _floor(project: dict[str, object], dist: str) -> str:
 
 @pytest.mark.parametrize(
     "dist",
-    ["sqlalchemy", "asyncpg", "pytest", "pytest-asyncio", "structlog", "httpx", "aiohttp", "redis"],
+    [
+        "sqlalchemy",
+        "asyncpg",
+        "pytest",
+        "pytest-asyncio",
+        "structlog",
+        "httpx",
+        "aiohttp",
+        "redis",
+        "psycopg-pool",
+    ],
 )
 def test_pyproject_floors_are_the_floor_session(
     matrix: ModuleType, project: dict[str, object], dist: str

@@ -121,6 +121,15 @@ def render(nox: Optional[ModuleType] = None) -> str:
         f"| redis-py (`redis.asyncio`) | {floor['redis']} and newer | 5.0.x (oldest) and the "
         "newest that installs on the Python (7.0 on 3.9, 8.1 on 3.10, 8.x on 3.11+) |"
     )
+    add(
+        f"| psycopg_pool (`psycopg-pool`) | {floor['psycopg-pool']} and newer | "
+        f"{nox.PSYCOPG_POOL_OLDEST} and newest on every Python |"
+    )
+    add(
+        "| aiomysql, asyncmy (SQLAlchemy's MySQL async dialects) | newest | newest, in every "
+        "session, against a MariaDB server (tests/test_mysql_drivers.py skips where there is "
+        "none) |"
+    )
     add(f"| structlog | {floor['structlog']} and newer | {floor['structlog']} (floor), newest |")
     add("| pytest-xdist | 3.5 and newer | newest, in every session (tests/test_xdist.py) |")
     add(
@@ -156,13 +165,18 @@ def render(nox: Optional[ModuleType] = None) -> str:
         "`dispose(close=False)`, the fix LG101 names for a forked child, needs SQLAlchemy 1.4.33."
     )
     add("")
+    add("## Untested")
+    add("")
+    for what, why in nox.UNTESTED:
+        add(f"- {what}: {why}.")
+    add("")
     add("## The sessions")
     add("")
     add(
         "| session | Python | SQLAlchemy | pytest-asyncio | pytest | asyncpg | httpx | aiohttp "
-        "| redis-py | CI | note |"
+        "| redis-py | psycopg_pool | CI | note |"
     )
-    add("|---|---|---|---|---|---|---|---|---|---|---|")
+    add("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in matrix:
         reqs = row.requirements()
         cells = [
@@ -175,6 +189,7 @@ def render(nox: Optional[ModuleType] = None) -> str:
             _show(_pin(reqs, "httpx", nox)),
             _show(_pin(reqs, "aiohttp", nox)),
             _show(_pin(reqs, "redis", nox)),
+            _show(_pin(reqs, "psycopg-pool", nox)),
             "CI" if "ci" in row.tags else "",
             row.note,
         ]
@@ -206,6 +221,9 @@ def render(nox: Optional[ModuleType] = None) -> str:
     ] + [
         ("redis-py " + which, lambda r, which=which: r.redis == which, pythons)
         for which in nox.REDIS
+    ] + [
+        ("psycopg_pool " + which, lambda r, which=which: r.psycopg_pool_line == which, pythons)
+        for which in nox.PSYCOPG_POOL
     ]  # fmt: skip
     for label, matches, supported in grid:
         counts = [

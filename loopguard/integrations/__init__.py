@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from ._base import DidNotEnable, Integration, Patch
 
-# The built-in integrations, in the order they are enabled: the core's loop hooks first.
+# The built-in integrations, in the order they are enabled: the core's loop hooks (loop close,
+# names for anyio's loops) first.
 BUILTIN = (
     "loopguard._loop_close:AsyncioLoops",
     "loopguard._loop_close:UvloopLoops",
+    "loopguard._anyio_loops:AnyioPortals",
+    "loopguard._anyio_loops:AnyioTestRunner",
     "loopguard.integrations._sqlalchemy:SQLAlchemyIntegration",
     "loopguard.integrations._sqlalchemy_held:SQLAlchemyHeldIntegration",
     "loopguard.integrations._sqlalchemy_held:DbapiStreamCursors",
@@ -22,6 +25,7 @@ BUILTIN = (
     "loopguard.integrations._httpx:HttpxIntegration",
     "loopguard.integrations._aiohttp:AiohttpIntegration",
     "loopguard.integrations._redis:RedisIntegration",
+    "loopguard.integrations._psycopg_pool:PsycopgPoolIntegration",
 )
 ENTRY_POINT_GROUP = "loopguard.integrations"
 

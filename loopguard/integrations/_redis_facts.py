@@ -249,6 +249,7 @@ def mismatch_record(
         created_at=site.location if site else None,
         created_in=site.function if site else None,
         created_during=origin.created_during,
+        created_by=origin.fixture,
         bound_during=binding.during if binding else None,
         bound_at=str(binding.site) if binding and binding.site else None,
         used_at=str(used) if used else None,

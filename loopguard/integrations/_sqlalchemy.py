@@ -71,7 +71,9 @@ class EngineFacts(Origin):
     __slots__ = ("_url", "_rendered", "pool_class", "resource")
 
     def __init__(self, url: Any, pool_class: str, origin: Origin) -> None:
-        super().__init__(origin.site, origin.created_during, origin.created_in_loop, origin.known)
+        super().__init__(
+            origin.site, origin.created_during, origin.created_in_loop, origin.known, origin.fixture
+        )
         self._url = url  # SQLAlchemy's URL (immutable); rendered only when a record needs it
         self._rendered: Optional[str] = None
         self.pool_class = pool_class
@@ -345,6 +347,7 @@ def _pool_record(
         created_at=site.location if site else None,
         created_in=site.function if site else None,
         created_during=engine.created_during,
+        created_by=engine.fixture,
         bound_during=binding.during,
         bound_at=str(binding.site) if binding.site else None,
         used_at=str(used) if used else None,
