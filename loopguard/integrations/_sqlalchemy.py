@@ -109,13 +109,23 @@ class ConnectionFacts:
     holds that connection: a record that reconnects gets a new DBAPI connection (whose id may
     be the old one's, reused) and a new start time.
 
-    For the checks of a connection held open (``_sqlalchemy_held``): ``owner``, a weak
-    reference to its loop (None where the driver checks every operation itself: asyncpg),
+    For the checks of a connection held open (``_sqlalchemy_held``): ``loop``, a weak
+    reference to its loop (read at each transaction's end), ``owner``, the same where each
+    statement is checked (None where the driver checks every operation itself: asyncpg),
     ``state`` (its pool's facts), ``record`` (a weak reference to the record) and
     ``checked_out_during`` (the test of its latest checkout).
     """
 
-    __slots__ = ("binding", "dbapi_id", "started", "owner", "state", "record", "checked_out_during")
+    __slots__ = (
+        "binding",
+        "dbapi_id",
+        "started",
+        "loop",
+        "owner",
+        "state",
+        "record",
+        "checked_out_during",
+    )
 
     def __init__(
         self, binding: Binding, dbapi_id: int, started: Any, state: PoolState, record: Any
@@ -125,7 +135,8 @@ class ConnectionFacts:
         self.started = started
         self.state = state
         self.record = weakref.ref(record)
-        self.owner: Optional[Callable[[], Any]] = None  # the loop's weakref, called
+        self.loop: Callable[[], Any] = binding.loop._ref  # the loop's weak reference
+        self.owner: Optional[Callable[[], Any]] = None  # the same, where statements are checked
         self.checked_out_during: Optional[str] = None
 
     def holds(self, record: Any) -> bool:

@@ -32,8 +32,9 @@ Where each check sits, and why there:
   when its module is imported.
 
 The hot path of each hook is a dict lookup (the record's or driver connection's facts), one
-weak reference call and ``current_loop``; asyncpg's connections have no ``owner`` there and are
-skipped after the lookup.
+weak reference call, ``current_loop`` and an identity compare, inline in the hook (no other
+Python call).  Statements of asyncpg's connections are skipped after the lookup (no ``owner``:
+asyncpg checks them); their transactions' ends are checked here too (see ``end``).
 
 What the modes do with a held connection used on another loop:
 - raise: ``LoopMismatchError`` before any I/O; the connection is untouched and stays checked
@@ -159,25 +160,24 @@ def on_driver_mismatch(driver_connection: Any, loop: Any, operation: str) -> boo
     return _on_mismatch(conn, loop, operation)
 
 
-def _check_record(record: Any, operation: str) -> None:
-    """The slow half of the hooks below (kept out of them: they stay small)."""
-    __tracebackhide__ = True
-    conn = _connection_lookup(id(record))
-    if conn is None:
-        return
-    # asyncpg's too (no ``owner``): its own check would come after SQLAlchemy changed the
-    # transaction's state, and a failed commit leaves the connection waiting for a rollback.
-    owner = (conn.owner or conn.binding.loop._ref)()
-    loop = current_loop(owner)
-    if loop is not owner and loop is not None:
-        _on_mismatch(conn, loop, operation)
+def _is_no_op(function: Callable[..., Any]) -> bool:
+    """``function``'s body is ``pass`` (a docstring at most): calling it does nothing."""
+    code = getattr(function, "__code__", None)
+    return code is not None and code.co_code == _no_op.__code__.co_code
+
+
+def _no_op(self: Any) -> None:
+    pass
 
 
 # -- the hooks ---------------------------------------------------------------------------
 
 
 def _make_pre_exec(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """``DefaultExecutionContext.pre_exec()``: every statement, before the driver sees it."""
+    """``DefaultExecutionContext.pre_exec()``: every statement, before the driver sees it.
+
+    The hot path is one dict lookup, one weak reference call, ``current_loop`` and an
+    identity compare; SQLAlchemy's own ``pre_exec`` (``pass``) is not called."""
 
     def pre_exec(self: Any) -> Any:
         __tracebackhide__ = True
@@ -191,7 +191,20 @@ def _make_pre_exec(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
                     _on_mismatch(conn, loop, "statement")
         return original(self)
 
-    return pre_exec
+    def pre_exec_of_no_op(self: Any) -> None:
+        __tracebackhide__ = True
+        conn = _connection_lookup(id(self._dbapi_connection._connection_record))
+        if conn is not None:
+            owner_ref = conn.owner
+            if owner_ref is not None:
+                owner = owner_ref()
+                loop = current_loop(owner)
+                if loop is not owner and loop is not None:
+                    _on_mismatch(conn, loop, "statement")
+
+    # SQLAlchemy's is ``pass`` in every supported version: one Python call fewer per
+    # statement.  (A version with a body gets it called.)
+    return pre_exec_of_no_op if _is_no_op(original) else pre_exec
 
 
 def _make_transaction_end(
@@ -206,12 +219,18 @@ def _make_transaction_end(
         # unpacks arguments adds C frames that each greenlet switch would copy.
         def end(self: Any) -> Any:
             __tracebackhide__ = True
-            connection = self.connection if of_transaction else self
-            fairy = connection._dbapi_connection
+            fairy = (self.connection if of_transaction else self)._dbapi_connection
             if fairy is not None:
-                record = fairy._connection_record
-                if record is not None:
-                    _check_record(record, operation)
+                conn = _connection_lookup(id(fairy._connection_record))
+                if conn is not None:
+                    # asyncpg's too: its own check would come after SQLAlchemy changed the
+                    # transaction's state, and a failed commit would leave the connection
+                    # waiting for a rollback (a failed rollback: its transaction forgotten
+                    # by the adapter, still open in asyncpg and on the server).
+                    owner = conn.loop()
+                    loop = current_loop(owner)
+                    if loop is not owner and loop is not None:
+                        _on_mismatch(conn, loop, operation)
             return original(self)
 
         return end
