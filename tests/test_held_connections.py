@@ -477,9 +477,11 @@ def test_fixture_yields_a_connection_to_tests_on_another_loop_scope(
             "usable on its own loop.",
             "*checked out:   during test_conn.py::test_one (setup) on loop #* (pytest-asyncio's "
             "session-scoped loop), which is still open but not running*",
-            # The causes branch's fixture pattern (idle-loop-fixture) words it since the merge.
-            "*likely cause:  it belongs to a loop that is still open but not running: *"
-            "session-scoped fixture*",
+            # The fixture pattern (idle-loop-fixture), naming the fixture that holds the
+            # connection (conn), not the engine's.
+            "*likely cause:  it belongs to a loop that is still open but not running: the "
+            "SQLAlchemy connection is created by the session-scoped fixture 'conn' at "
+            "conftest.py:*",
         ]
     )
 

@@ -57,6 +57,7 @@ from . import _sqlalchemy_pool as pools
 from ._base import Integration, Patch
 
 _current_test = _context.current_test
+_fixtures_in_setup = _context.fixtures_in_setup  # the list itself: appended to, never rebound
 
 # 1.4.24 is the first release with ConnectionRecord.dbapi_connection and the adapted
 # connections' driver_connection, which the guard reads; older releases are refused.
@@ -125,6 +126,7 @@ class ConnectionFacts:
         "state",
         "record",
         "checked_out_during",
+        "checked_out_by",
     )
 
     def __init__(
@@ -138,6 +140,9 @@ class ConnectionFacts:
         self.loop: Callable[[], Any] = binding.loop._ref  # the loop's weak reference
         self.owner: Optional[Callable[[], Any]] = None  # the same, where statements are checked
         self.checked_out_during: Optional[str] = None
+        # The pytest fixture whose setup checked it out, as _context.fixtures_in_setup holds
+        # it (described only in a record): the fixture a held connection comes from.
+        self.checked_out_by: Optional[tuple[Any, Any]] = None
 
     def holds(self, record: Any) -> bool:
         """``record`` still holds the DBAPI connection these facts are about."""
@@ -250,6 +255,7 @@ def _make_guarded_do_get(original: Callable[[Any], Any]) -> Callable[[Any], Any]
             if conn.binding.loop._ref() is loop:
                 # Only the test: where it was checked out costs a stack walk, too much here.
                 conn.checked_out_during = _current_test()
+                conn.checked_out_by = _fixtures_in_setup[-1] if _fixtures_in_setup else None
                 return record
             _on_connection_mismatch(self, state, record, conn, loop)  # raises, or releases
             if not state.queued:
@@ -270,6 +276,7 @@ def _adopt_connection(state: PoolState, record: Any, loop: Any) -> ConnectionFac
     binding = Binding(LoopRef(loop), site, _context.current_test())
     facts = ConnectionFacts(binding, id(record.dbapi_connection), record.starttime, state, record)
     facts.checked_out_during = binding.during
+    facts.checked_out_by = _fixtures_in_setup[-1] if _fixtures_in_setup else None
     driver = getattr(record.dbapi_connection, "driver_connection", None)
     if driver is not None:
         if not (type(driver).__module__ or "").startswith("asyncpg"):

@@ -56,6 +56,7 @@ from types import FrameType
 from typing import Any, Callable, Optional
 
 from .._causes import likely_cause
+from .._context import describe_fixture
 from .._emit import raise_record, warn_record
 from .._loops import current_loop, loop_id
 from .._record import Record
@@ -83,6 +84,10 @@ _driver_lookup = DRIVERS.lookup
 
 def _held_record(conn: ConnectionFacts, loop: Any, action: str, operation: str) -> Record:
     record, used = _pool_record(conn.state, conn.binding, "LG101", action, loop)
+    if conn.checked_out_by is not None:
+        # A fixture holds the connection (``async with engine.connect() as conn: yield
+        # conn``): that fixture is where it comes from, not the engine's.
+        record = record.replace(created_by=describe_fixture(*conn.checked_out_by))
     return record.replace(
         resource=RESOURCE,
         operation=operation,
