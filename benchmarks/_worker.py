@@ -55,6 +55,7 @@ sys.path.insert(
     0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
 )
 
+from _patch_tables import changed_since, class_dicts  # noqa: E402
 from pgserver import sqlalchemy_url  # noqa: E402
 
 Bench = Tuple[
@@ -238,6 +239,8 @@ def main() -> int:
 
     # The libraries first, in every arm (install() would import them first in one arm only).
     table = benches(sqlalchemy_url(dsn), dsn)
+    # Every arm takes it (the same allocations, the same memory layout); off checks it at the end.
+    before = class_dicts()
     if arm == "raise":
         import loopguard
 
@@ -275,6 +278,9 @@ def main() -> int:
                 return 2
         if arm == "off":
             check_off()
+            # Last, since it imports loopguard.integrations: the integrations' own tables.
+            changed = changed_since(before)
+            assert not changed, f"off arm: patch points changed: {changed}"
     finally:
         loop.run_until_complete(teardown(resource))
         loop.run_until_complete(loop.shutdown_asyncgens())

@@ -131,6 +131,7 @@ def timed_row(url: str, rounds: int = 30, n: int = 2000) -> Dict[str, object]:
         "off_us": statistics.median(samples["off"]) * 1e6,
         "raise_us": statistics.median(samples["raise"]) * 1e6,
         "ratio": statistics.median(ratios),
+        "ratios": ratios,  # the paired samples' ratios, for a confidence interval of the median
         "rounds": rounds,
         "gets_per_sample": n,
     }

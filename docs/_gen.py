@@ -37,10 +37,13 @@ import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Optional
+from urllib.parse import parse_qs, quote, urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -61,11 +64,13 @@ class Run(NamedTuple):
 
     ``keep`` selects the lines that tests/test_docs.py compares between the output shown and
     a fresh run (after ``normalize``): loopguard's own words, or the errors' class names,
-    not timings, paths or third-party line numbers.
+    not timings, paths or third-party line numbers.  ``cwd``: where the command runs, the
+    copy of docs_examples/ unless it names a directory of the repository.
     """
 
     command: str
     keep: tuple[str, ...]
+    cwd: Optional[str] = None
 
 
 _PYTEST = "pytest -q -p no:cacheprovider"
@@ -77,7 +82,7 @@ _MESSAGE = (
     r"^(?:E\s+|\s*)"
     r"((?:engine|pool|connection|client|session|created at|bound|checked out|used now"
     r"|likely cause|fix): .*)$",
-    r"^(?:E\s+|\s*)(\(Background on this (?:error|warning) at: .*)$",
+    r"^(?:E\s+|\s*)(\(Background on this (?:error|warning): .*)$",
 )
 # The plugin's terminal summary.
 _SUMMARY = (
@@ -117,7 +122,7 @@ RUNS: dict[str, Run] = {
         (
             r"(LoopScopeMismatchWarning: .*)$",
             r"^\s+((?:fixture|tests|fix): .*)$",
-            r"(\(Background on this warning at: .*)$",
+            r"(\(Background on this warning: .*)$",
             *_OUTCOME,
         ),
     ),
@@ -230,6 +235,12 @@ RUNS: dict[str, Run] = {
         (r"^(job \d+: .*)$", *_MESSAGE, *_EXCEPTION),
     ),
     "lg109_fix": Run("LOOPGUARD=1 python lg109_fix_session_per_job.py", (r"^(.*)$",)),
+    # The README's "before and after": what scripts/demo runs once its server is up.
+    "demo": Run(
+        "python examples/demo.py",
+        (*_MESSAGE, *_SUMMARY, *_FAILED, *_OUTCOME, r"^(exit codes: .*)$"),
+        cwd=".",
+    ),
     "fix_header": Run(
         "pytest -p no:cacheprovider lg101_cached_fix_fixture.py --loopguard",
         (r"^(loopguard: .*)$", *_OUTCOME),
@@ -271,8 +282,13 @@ RUNS: dict[str, Run] = {
 }
 
 
+# asyncio's debug mode (-X dev) logs a step that took over 0.1 s: on a busy machine, any step.
+SLOW_CALLBACK = re.compile(r"^Executing <.*> took \d+\.\d+ seconds\n", re.M)
+
+
 def normalize(text: str) -> str:
     """Blank out what differs between two runs of the same command: URLs, paths, timings."""
+    text = SLOW_CALLBACK.sub("", text)
     text = re.sub(r"postgresql(?:\+asyncpg)?://\S+?(?=[\s\]`|'])", "<URL>", text)
     text = re.sub(r"redis://127\.0\.0\.1:\d+/\d+", "<REDIS_URL>", text)
     text = re.sub(r"(?:/[^\s:/]+)+/(?=lg\d{3}_\w+\.py)", "", text)
@@ -293,8 +309,40 @@ def essentials(name: str, output: str) -> list[str]:
     return kept
 
 
-def run_all(workdir: Path, database_url: str, redis_url: str = "") -> dict[str, str]:
-    """Run every command of RUNS, in order, in a fresh copy of docs_examples/ at ``workdir``."""
+def machine_paths(workdir: Path, dsn: str) -> list[tuple[str, str]]:
+    """What a captured output would say about this machine, and what the pages show instead:
+    the virtualenv's and Python's library directories, the temporary directory the examples
+    run in, the checkout, the server's socket directory.  Most specific first."""
+    paths = sysconfig.get_paths()
+    pairs = [
+        (paths["purelib"], ".../site-packages"),
+        (paths["platlib"], ".../site-packages"),
+        (paths["stdlib"], f".../{Path(paths['stdlib']).name}"),
+        (paths["platstdlib"], f".../{Path(paths['platstdlib']).name}"),
+        (str(workdir.parent), "..."),
+        (str(ROOT), "..."),
+    ]
+    socket_dir = parse_qs(urlsplit(dsn).query).get("host", [""])[0]
+    if socket_dir.startswith("/"):  # a unix socket in a temporary directory: name it so
+        placeholder = str(Path(socket_dir).parent / "pg-socket-dir")
+        pairs += [
+            (quote(socket_dir, safe=""), quote(placeholder, safe="")),
+            (socket_dir, placeholder),
+        ]
+    resolved = [(os.path.realpath(path), shown) for path, shown in pairs]
+    return [(path, shown) for path, shown in pairs + resolved if path not in ("", "/")]
+
+
+def scrub(text: str, paths: list[tuple[str, str]]) -> str:
+    for path, shown in paths:
+        text = text.replace(path, shown)
+    return text
+
+
+def run_all(workdir: Path, dsn: str, redis_url: str = "") -> dict[str, str]:
+    """Run every command of RUNS, in order, in a fresh copy of docs_examples/ at ``workdir``
+    (``dsn``: the PostgreSQL server's, ``redis_url``: the redis server's), and scrub this
+    machine's paths from the outputs."""
     shutil.copytree(EXAMPLES, workdir, dirs_exist_ok=True, ignore=_ignore)
     env = {
         k: v
@@ -306,9 +354,13 @@ def run_all(workdir: Path, database_url: str, redis_url: str = "") -> dict[str, 
     if str(ROOT / "tools") not in sys.path:
         sys.path.insert(0, str(ROOT / "tools"))
     from httpserver import throwaway_http_server
+    from pgserver import ENV_DSN, sqlalchemy_url
 
+    env[ENV_DSN] = dsn  # for examples/demo.py
     with throwaway_http_server() as http_url:
-        return _run_each(workdir, env, database_url, http_url, redis_url, bin_dir)
+        outputs = _run_each(workdir, env, sqlalchemy_url(dsn), http_url, redis_url, bin_dir)
+    paths = machine_paths(workdir, dsn)
+    return {name: scrub(output, paths) for name, output in outputs.items()}
 
 
 def _run_each(
@@ -331,14 +383,15 @@ def _run_each(
     for name, run in RUNS.items():
         done = subprocess.run(
             ["bash", "-c", run.command],
-            cwd=workdir,
+            cwd=workdir if run.cwd is None else ROOT / run.cwd,
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
             timeout=300,
         )
-        outputs[name] = f"$ {run.command}\n{done.stdout.rstrip()}"
+        printed = SLOW_CALLBACK.sub("", done.stdout).rstrip()
+        outputs[name] = f"$ {run.command}\n{printed}"
     return outputs
 
 
@@ -736,7 +789,173 @@ REFERENCE: dict[str, Callable[[], str]] = {
 }
 
 
+# -- `loopguard explain`'s texts, from the error page -----------------------------------------
+
+EXPLANATIONS = ROOT / "loopguard" / "explanations"
+ERRORS_PAGE = DOCS / "errors.md"
+TEXT_WIDTH = 79
+_FENCE = re.compile(r"^```(\w*)\s*$")
+_HEADING = re.compile(r"^(#{2,6}) (.+)$")
+_ITEM = re.compile(r"^(?:- |\d+\. )")
+_UNDERLINE = {2: "=", 3: "-"}  # deeper headings: "~"
+
+
+def code_sections(markdown: str) -> dict[str, list[str]]:
+    """The lines of each ``## CODE`` section of the error page (headings in code blocks are
+    code), by code."""
+    sections: dict[str, list[str]] = {}
+    current: Optional[list[str]] = None
+    in_fence = False
+    for line in markdown.splitlines():
+        if _FENCE.match(line):
+            in_fence = not in_fence
+        elif not in_fence and line.startswith("## "):
+            current = sections.setdefault(line[3:].strip().upper(), [])
+            continue
+        if current is not None:
+            current.append(line)
+    return sections
+
+
+def _link(match: re.Match[str]) -> str:
+    """A Markdown link as terminal text: the text, and the address unless it is on the page."""
+    text, target = match[1], match[2]
+    if target.startswith("#"):
+        return text
+    if not re.match(r"[a-z]+://", target):  # a page of the docs, or a file of the repository
+        target = os.path.normpath(os.path.join("docs", target))
+    return f"{text} ({target})"
+
+
+def _inline(text: str) -> str:
+    """Links as text and address, no emphasis marks (code spans stay as they are)."""
+    text = re.sub(r"\[([^\]]+)\]\(([^)\s]+)\)", _link, text)
+    spans: list[str] = []
+
+    def hide(match: re.Match[str]) -> str:
+        spans.append(match[0])
+        return f"\0{len(spans) - 1}\0"
+
+    text = re.sub(r"`[^`]*`", hide, text)
+    text = re.sub(r"\*\*(.+?)\*\*|(?<!\w)\*(\S(?:.*?\S)?)\*(?!\w)", r"\1\2", text)
+    return re.sub(r"\0(\d+)\0", lambda m: spans[int(m[1])], text)
+
+
+def _fill(text: str, indent: str = "", first: Optional[str] = None) -> str:
+    return textwrap.fill(
+        _inline(" ".join(text.split())),
+        TEXT_WIDTH,
+        initial_indent=indent if first is None else first,
+        subsequent_indent=indent,
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
+
+
+def _cells(row: str) -> list[str]:
+    return [cell.strip() for cell in row.strip().strip("|").split("|")]
+
+
+def _table(rows: list[str]) -> list[str]:
+    """A table as a list: each row's first cell, then its other cells under their column's
+    name (a terminal is too narrow for the prose in the columns)."""
+    header = _cells(rows[0])
+    out = []
+    for row in rows[2:]:
+        first, *rest = _cells(row)
+        out.append(_fill(first, "  ", "- "))
+        for name, cell in zip(header[1:], rest):
+            out.append(_fill(f"{name}: {cell}", "      ", "    "))
+    return out
+
+
+def terminal_text(code: str, lines: list[str]) -> str:
+    """One section of the error page as plain text: no gen markers, headings underlined,
+    paragraphs wrapped, tables as lists, code and outputs indented and kept as they are."""
+    from loopguard._errors import docs_section
+
+    out = [code, _UNDERLINE[2] * len(code), ""]
+    paragraph: list[str] = []
+    table: list[str] = []
+    fence: Optional[list[str]] = None
+
+    def flush() -> None:
+        if paragraph:
+            text = " ".join(paragraph)
+            item = _ITEM.match(text)
+            out.extend([_fill(text, "  ", "") if item else _fill(text), ""])
+            paragraph.clear()
+        if table:
+            out.extend([*_table(table), ""])
+            table.clear()
+
+    for line in lines:
+        if fence is not None:
+            if line.startswith("```"):
+                out.extend([*fence, ""])
+                fence = None
+            else:
+                fence.append(f"    {line}".rstrip())
+        elif _FENCE.match(line):
+            flush()
+            fence = []
+        elif re.match(r"^<!--.*-->$", line.strip()):  # the gen markers
+            flush()
+        elif _HEADING.match(line):
+            flush()
+            level, title = _HEADING.match(line).groups()  # type: ignore[union-attr]
+            title = _inline(title)
+            out.extend([title, _UNDERLINE.get(len(level), "~") * len(title), ""])
+        elif line.startswith("|"):
+            if paragraph:
+                flush()
+            table.append(line)
+        elif not line.strip():
+            flush()
+        else:
+            if table or (paragraph and _ITEM.match(line)):
+                flush()
+            paragraph.append(line.strip())
+    flush()
+    out.append(f"(The same, with links: {docs_section(code)}.)")
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(out)).strip() + "\n"
+
+
+def explanations(page: Optional[str] = None) -> dict[str, str]:
+    """``{code: text}`` for each code of the table that has a section on the error page."""
+    from loopguard._codes import CODES
+
+    sections = code_sections(page if page is not None else ERRORS_PAGE.read_text("utf-8"))
+    return {code: terminal_text(code, sections[code]) for code in CODES if code in sections}
+
+
+def stale_explanations() -> list[str]:
+    """The shipped texts that differ from the error page's sections, or have no code."""
+    wanted = explanations()
+    shipped = {p.stem: p.read_text("utf-8") for p in EXPLANATIONS.glob("*.txt")}
+    return sorted(c for c in wanted.keys() | shipped.keys() if wanted.get(c) != shipped.get(c))
+
+
+def write_explanations() -> None:
+    wanted = explanations()
+    EXPLANATIONS.mkdir(exist_ok=True)
+    for path in EXPLANATIONS.glob("*.txt"):
+        if path.stem not in wanted:
+            path.unlink()
+            print(f"removed {path.relative_to(ROOT)}")
+    for code, text in wanted.items():
+        path = EXPLANATIONS / f"{code}.txt"
+        if not path.is_file() or path.read_text("utf-8") != text:
+            path.write_text(text, encoding="utf-8")
+            print(f"rewrote {path.relative_to(ROOT)}")
+
+
 # -- rewriting the pages -------------------------------------------------------------------
+
+
+# Outputs start with the command ("$ ..."): highlighted as a shell session, the command apart
+# from what it printed (on the site and on GitHub).
+OUTPUT_LANGUAGE = "console"
 
 
 def render(kind: str, arg: str, body: str, outputs: Optional[dict[str, str]]) -> str:
@@ -750,14 +969,19 @@ def render(kind: str, arg: str, body: str, outputs: Optional[dict[str, str]]) ->
     if kind == "output":
         if arg not in RUNS:
             raise KeyError(f"no command named {arg!r} in RUNS")
-        if outputs is None:
-            return body
-        return f"```text\n{outputs[arg]}\n```\n"
+        output = _unfenced(body) if outputs is None else outputs[arg]
+        return f"```{OUTPUT_LANGUAGE}\n{output}\n```\n" if output else ""
     raise KeyError(f"unknown block kind {kind!r}")
 
 
+def _unfenced(body: str) -> str:
+    """An output block's text without its code fence."""
+    return re.sub(r"^```\w*\n|```$", "", body.strip()).strip()
+
+
 def pages() -> list[Path]:
-    return sorted(DOCS.glob("*.md"))
+    """The pages with generated parts: the docs site's, and the README."""
+    return [*sorted(DOCS.glob("*.md")), ROOT / "README.md"]
 
 
 def rendered(page: Path, outputs: Optional[dict[str, str]] = None) -> str:
@@ -781,12 +1005,14 @@ def shown_output(name: str) -> str:
     for page in pages():
         body = blocks(page).get(f"output:{name}")
         if body is not None:
-            return body.strip().removeprefix("```text\n").removesuffix("```").strip()
+            return _unfenced(body)
     raise KeyError(f"no page shows output:{name}")
 
 
 def stale_pages() -> list[str]:
-    return [p.name for p in pages() if rendered(p) != p.read_text(encoding="utf-8")]
+    return [
+        str(p.relative_to(ROOT)) for p in pages() if rendered(p) != p.read_text(encoding="utf-8")
+    ]
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -795,25 +1021,27 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--capture", action="store_true", help="rerun RUNS (needs PostgreSQL)")
     args = parser.parse_args(argv)
     if args.check:
-        stale = stale_pages()
+        stale = stale_pages() + [
+            f"{EXPLANATIONS.relative_to(ROOT)}/{c}.txt" for c in stale_explanations()
+        ]
         for name in stale:
-            print(f"docs/{name} is stale: run .venv/bin/python docs/_gen.py", file=sys.stderr)
+            print(f"{name} is stale: run .venv/bin/python docs/_gen.py", file=sys.stderr)
         return 1 if stale else 0
     outputs = None
     if args.capture:
         sys.path.insert(0, str(ROOT / "tools"))
-        from pgserver import ENV_DSN, sqlalchemy_url
+        from pgserver import ENV_DSN
         from redisserver import throwaway_redis
 
         with tempfile.TemporaryDirectory() as workdir, throwaway_redis() as redis_url:
-            database_url = sqlalchemy_url(os.environ[ENV_DSN])
-            outputs = run_all(Path(workdir) / "examples", database_url, redis_url)
+            outputs = run_all(Path(workdir) / "examples", os.environ[ENV_DSN], redis_url)
         outputs["versions"] = "Captured with " + versions() + "."
     for page in pages():
         new = rendered(page, outputs)
         if new != page.read_text(encoding="utf-8"):
             page.write_text(new, encoding="utf-8")
-            print(f"rewrote docs/{page.name}")
+            print(f"rewrote {page.relative_to(ROOT)}")
+    write_explanations()  # from the error page as just written
     return 0
 
 

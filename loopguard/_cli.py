@@ -1,6 +1,8 @@
 """The ``loopguard`` command (also ``python -m loopguard``).
 
-``loopguard report LOGFILE...`` summarises the records of ``LOOPGUARD_LOG_FILE`` by engine.
+``loopguard report LOGFILE...`` summarises the records of ``LOOPGUARD_LOG_FILE`` by engine;
+``loopguard run`` (``_run``) runs a program guarded; ``loopguard explain CODE`` (``_explain``)
+prints a code's documentation.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any, Optional
 
-from . import __version__, _run
+from . import __version__, _explain, _run
 from ._causes import cause_for
-from ._errors import docs_link
+from ._codes import CODES
+from ._errors import where_to_read
 from ._log_reader import Entry, Inputs
 
 PROG = "loopguard"
@@ -31,16 +34,31 @@ Summarise the records loopguard writes to LOOPGUARD_LOG_FILE (JSON lines), one g
 code and engine (or pool, redis client, or pytest fixture for LG105): where it was created,
 its URL, how many records and of which action, the tests and loops involved, the cause and
 the fix."""
-REPORT_EPILOG = """\
-actions: raised (LG101, LG103, LG110 in raise mode), warned (LG101, LG103, LG110 in warn
-mode; LG102, LG105), released (LG104), reported (LG106). --fail-on raise counts the raised
-records, warn counts every record, whatever its action.
+
+
+def _actions() -> str:
+    """Which codes' records have which action, from the table of codes."""
+    raising = ", ".join(c.code for c in CODES.values() if c.raises)
+    warning = ", ".join(c.code for c in CODES.values() if c.warning and not c.raises)
+    records = ", ".join(c.code for c in CODES.values() if not (c.warning or c.raises))
+    text = (
+        f"actions: raised ({raising} in raise mode), warned (the same in warn mode; {warning} "
+        f"in any mode), released or reported ({records}: records only). --fail-on raise counts "
+        "the raised records, warn counts every record, whatever its action."
+    )
+    return textwrap.fill(text, 92, break_on_hyphens=False)
+
+
+REPORT_EPILOG = (
+    _actions()
+    + """
 
 exit status: 2 when some input is bad (a file that cannot be read, a line that is not a JSON
 object, a loopguard record without its key fields or with a field of the wrong type), after
 reporting every record that could be read; otherwise 1 when a record reaches --fail-on;
 otherwise 0. Lines of other events are ignored. Records of a newer schema (a newer loopguard
 wrote them) are reported with the fields this loopguard knows."""
+)
 
 
 def _say(message: str) -> None:
@@ -143,7 +161,7 @@ class Group:
                 for c in causes
             ),
             "fix": " / ".join(filter(None, (c["fix"] for c in causes))) or "see the docs",
-            "docs": docs_link(self.code or "?"),
+            "docs": where_to_read(self.code) if self.code else "-",
         }
 
 
@@ -245,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report_parser.set_defaults(run=report)
     _run.add_parser(commands)
+    _explain.add_parser(commands)
     report_parser.add_argument(
         "logfiles",
         nargs="+",

@@ -16,9 +16,7 @@ from ._errors import (
     LoopScopeMismatchWarning,
     PoolCreatedOutsideLoopWarning,
 )
-
-# One place for the documentation address: every message links a code to its section here.
-DOCS_PAGE = "docs/errors.md"
+from ._errors import docs_link as docs_link  # re-exported: the docs link codes through here
 
 EVENT_LOOP_MISMATCH = "loopguard.loop_mismatch"
 
@@ -115,7 +113,7 @@ class Code(NamedTuple):
 
     @property
     def anchor(self) -> str:
-        return f"{DOCS_PAGE}#{self.code.lower()}"
+        return docs_link(self.code)
 
     def level(self, action: str) -> str:
         return "error" if action == "raised" else "warning"
@@ -242,7 +240,3 @@ CODES: dict[str, Code] = {
 }
 
 EVENTS = {code.event for code in CODES.values()}
-
-
-def docs_link(code: str) -> str:
-    return f"{DOCS_PAGE}#{code.lower()}"

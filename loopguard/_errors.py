@@ -7,12 +7,32 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
     from typing import Any, Optional
 
-# One place for the documentation address: every message links a code to its page here.
+# One place for the documentation address.  The repository's file (``docs/errors.md``) is for
+# the tests and the generator; users are pointed at the docs site's page by its title, which
+# needs no checkout, and at ``loopguard explain``, which needs nothing but the installed wheel.
 DOCS_PAGE = "docs/errors.md"
+DOCS_PAGE_TITLE = "Error codes"
 
 
 def docs_link(code: str) -> str:
+    """The code's section in the repository: ``docs/errors.md#lg101``."""
     return f"{DOCS_PAGE}#{code.lower()}"
+
+
+def docs_section(code: str) -> str:
+    """The code's section as a reader of the docs site finds it."""
+    return f"{code} on the {DOCS_PAGE_TITLE} page of the docs"
+
+
+def where_to_read(code: str) -> str:
+    """Where to read about ``code``: the command first, it works offline from the text in the
+    wheel (a pip user has no docs/ directory), then the page of the docs site."""
+    return f"`loopguard explain {code}`, or {docs_section(code)}"
+
+
+def background(code: str, what: str = "error") -> str:
+    """The last line of every message."""
+    return f"(Background on this {what}: {where_to_read(code)})"
 
 
 class LoopguardError(Exception):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 from ._causes import Cause, cause_for
-from ._codes import docs_link
+from ._errors import background
 from ._loops import loop_name
 from ._record import Record
 
@@ -32,7 +32,7 @@ def _used_now(record: Record) -> str:
 
 
 def _background(record: Record, what: str = "error") -> str:
-    return f"  (Background on this {what} at: {docs_link(record.code)}, code {record.code})"
+    return "  " + background(record.code, what)
 
 
 def _created_line(record: Record, unknown: str) -> str:

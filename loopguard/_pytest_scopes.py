@@ -46,7 +46,7 @@ import pytest
 
 from . import _context, _sites
 from ._emit import emit_fields
-from ._errors import LoopScopeMismatchWarning, docs_link
+from ._errors import LoopScopeMismatchWarning, background
 from ._pytest_loops import SCOPES, SUPPORTED, fixture_wrapper, name_loop_fixture
 from ._state import STATE
 
@@ -335,7 +335,7 @@ def format_message(
         f"{_scope_text(fixture)}, {relation} than the tests'",
         f"  tests:         {listed}, {_scope_text(test)}",
         f"  fix:           {_fixes(use, version)}",
-        f"  (Background on this warning at: {docs_link(LG105)}, code {LG105})",
+        "  " + background(LG105, "warning"),
     ]
     return "\n".join(lines)
 

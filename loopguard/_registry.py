@@ -146,6 +146,15 @@ class Registry(Generic[T]):
             if obj is not None and id(obj) == key:
                 yield obj, facts
 
+    def find(self, key: int) -> Optional[tuple[Any, T]]:
+        """(object, facts) of the live object tracked under ``key`` (its ``id()``), or None."""
+        ref = self._refs.get(key)
+        obj = ref() if ref is not None else None
+        facts = self._entries.get(key)
+        if obj is None or facts is None or id(obj) != key:
+            return None
+        return obj, facts
+
     def ids(self) -> set[int]:
         """The ids of the tracked objects."""
         return set(self._entries)

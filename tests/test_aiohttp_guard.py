@@ -243,7 +243,8 @@ def test_the_message_is_exact(
             "`async with aiohttp.ClientSession() as session:` (or in an async fixture that "
             "ends with `await session.close()`), or run every test that uses it on one loop "
             "(loop_scope=).",
-            "  (Background on this error at: docs/errors.md#lg109, code LG109)",
+            "  (Background on this error: `loopguard explain LG109`, "
+            "or LG109 on the Error codes page of the docs)",
         ]
     )
 

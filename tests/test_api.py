@@ -82,7 +82,11 @@ def test_a_tracked_object_used_on_a_second_loop_raises_with_the_facts(
         f"belongs to loop #{error.owner_loop_id}; stopped before any I/O."
     )
     assert f"  created at:    {here}:{created_line} in {request.node.name}" in message
-    assert "(Background on this error at: docs/errors.md#lg107, code LG107)" in message
+    background = (
+        "(Background on this error: `loopguard explain LG107`, "
+        "or LG107 on the Error codes page of the docs)"
+    )
+    assert background in message
     assert [log["event"] for log in logs] == ["loopguard.loop_mismatch"]
     assert logs[0]["code"] == "LG107" and logs[0]["log_level"] == "error"
 

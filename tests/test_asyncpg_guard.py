@@ -294,7 +294,8 @@ def test_module_global_pool_message_is_exact(
         "each test a new loop.",
         "  fix:           create the pool in an async fixture on the test's loop and `await "
         "pool.close()` in its teardown, or run every test that uses it on one loop (loop_scope=).",
-        "  (Background on this error at: docs/errors.md#lg103, code LG103)",
+        "  (Background on this error: `loopguard explain LG103`, "
+        "or LG103 on the Error codes page of the docs)",
     ]
 
 
@@ -493,7 +494,8 @@ def test_pool_created_outside_a_loop_warns_with_its_site_then_first_use_raises(
         "asyncpg.create_pool(...)` in the coroutine or async fixture that needs it); a program "
         "that runs its loop itself makes it the current loop (asyncio.set_event_loop()) or "
         "passes it as `loop=` before create_pool().",
-        "  (Background on this warning at: docs/errors.md#lg102, code LG102)",
+        "  (Background on this warning: `loopguard explain LG102`, "
+        "or LG102 on the Error codes page of the docs)",
     ]
     assert logs[0] == {
         "event": EVENT_OUTSIDE,
@@ -789,7 +791,8 @@ def test_connection_used_after_its_loop_closed(
             "gives each test a new loop.",
             "  fix:           open (or acquire) it in an async fixture on the test's loop and "
             "close (or release) it in the fixture's teardown.",
-            "  (Background on this error at: docs/errors.md#lg103, code LG103)",
+            "  (Background on this error: `loopguard explain LG103`, "
+            "or LG103 on the Error codes page of the docs)",
         ]
         assert asyncio.run(backend(pg_dsn, pid)) == before
         assert not conn.is_closed()

@@ -31,6 +31,7 @@ import pytest
 from pgserver import sqlalchemy_url
 
 from loopguard._codes import CODES, docs_link
+from loopguard._errors import DOCS_PAGE_TITLE, docs_section
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -164,12 +165,74 @@ def test_generated_parts_match_the_code() -> None:
     assert stale == [], f"stale pages {stale}: run .venv/bin/python docs/_gen.py"
 
 
+# What a captured output must not show: a home, a checkout, a virtualenv or a temporary
+# directory of the machine that captured it (docs/_gen.py shortens them to "...").
+MACHINE_PATH = re.compile(
+    r"(?<![\w.])/(?:home|root|work|Users|opt|usr|var|private)/[^\s'\"]*"
+    r"|/tmp/(?!pg-socket-dir\b)[^\s'\"&]+"
+    r"|%2Ftmp%2F(?!pg-socket-dir\b)[^\s&]+"
+)
+
+
+def machine_paths_shown(text: str) -> list[str]:
+    return MACHINE_PATH.findall(text)
+
+
+def test_shown_outputs_name_no_path_of_the_machine_that_captured_them() -> None:
+    """The real outputs on the pages, in the README and in the ``loopguard explain`` texts
+    show ``.../site-packages/...``, not ``/work/main/.venv/lib/python3.11/site-packages``."""
+    shown = {
+        f"{page.name} {name}": body
+        for page in gen.pages()
+        for name, body in gen.blocks(page).items()
+        if name.startswith("output:")
+    }
+    shown.update({f"explain {code}": text for code, text in gen.explanations().items()})
+    assert len(shown) > len(gen.RUNS)
+    found = {where: machine_paths_shown(text) for where, text in shown.items()}
+    assert {where: paths for where, paths in found.items() if paths} == {}
+    assert sys.prefix not in "".join(shown.values())
+
+
+def test_the_machine_path_pattern_finds_what_it_must() -> None:
+    """The check above is not vacuous: the paths of an uncleaned capture are found, the
+    shortened ones are not."""
+    assert machine_paths_shown(
+        "/work/main/.venv/lib/python3.11/site-packages/sqlalchemy/pool/base.py:728: x "
+        "at /usr/lib/python3.11/asyncio/base_events.py:180 "
+        "host=%2Ftmp%2Floopguard-pg-xzzvhq78&port=5432 /tmp/tmpab12cd/examples/x.py"
+    ) == [
+        "/work/main/.venv/lib/python3.11/site-packages/sqlalchemy/pool/base.py:728:",
+        "/usr/lib/python3.11/asyncio/base_events.py:180",
+        "%2Ftmp%2Floopguard-pg-xzzvhq78",
+        "/tmp/tmpab12cd/examples/x.py",
+    ]
+    assert not machine_paths_shown(
+        ".../site-packages/sqlalchemy/pool/base.py:728 .../python3.11/asyncio/base_events.py "
+        "host=%2Ftmp%2Fpg-socket-dir&port=5432 host=/tmp/pg-socket-dir&port=5432"
+    )
+
+
+def test_explain_texts_are_the_error_page_s_sections() -> None:
+    """The texts ``loopguard explain`` prints (loopguard/explanations/, in the wheel) are the
+    sections of docs/errors.md as docs/_gen.py renders them now: one per documented code."""
+    stale = gen.stale_explanations()
+    assert stale == [], f"stale texts of {stale}: run .venv/bin/python docs/_gen.py"
+    assert set(gen.explanations()) == set(CODES) - SECTIONS_TO_WRITE
+
+
 def test_every_message_link_lands_on_a_heading() -> None:
-    """Messages link docs/errors.md#lg101: that file has the heading whose anchor that is."""
+    """Messages send the reader to "LG101 on the Error codes page of the docs": the site's
+    navigation has a page of that title, it is docs/errors.md, and it has LG101's heading."""
     link = docs_link("LG101")
     page, anchor = link.split("#")
     assert (ROOT / page).is_file()
-    headings = re.findall(r"^#+ (.+)$", (ROOT / page).read_text(encoding="utf-8"), re.M)
+    text = (ROOT / page).read_text(encoding="utf-8")
+    assert text.startswith(f"# {DOCS_PAGE_TITLE}\n")
+    nav = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
+    assert f"  - {DOCS_PAGE_TITLE}: {Path(page).name}\n" in nav
+    assert docs_section("LG101") == f"LG101 on the {DOCS_PAGE_TITLE} page of the docs"
+    headings = re.findall(r"^#+ (.+)$", text, re.M)
     assert anchor in [h.strip().lower() for h in headings]
 
 
@@ -247,7 +310,9 @@ def test_pytest_bug_fails_with_loop_mismatch_under_loopguard(
     assert outcomes.get("failed", 0) >= 1, outcomes
     text = _output(result)
     assert "loopguard.LoopMismatchError" in text
-    assert f"(Background on this error at: {docs_link(code)}, code {code})" in text
+    assert (
+        f"(Background on this error: `loopguard explain {code}`, or {docs_section(code)})" in text
+    )
     assert not RAW_PYTEST_ERRORS[code].search(text)
 
 
@@ -488,7 +553,7 @@ def fresh_outputs(
     workdir = tmp_path_factory.mktemp("docs-runs") / "examples"
     saved = os.environ.pop("PYTEST_CURRENT_TEST", None)
     try:
-        yield gen.run_all(workdir, sqlalchemy_url(pg_dsn), redis_url), workdir
+        yield gen.run_all(workdir, pg_dsn, redis_url), workdir
     finally:
         if saved is not None:
             os.environ["PYTEST_CURRENT_TEST"] = saved

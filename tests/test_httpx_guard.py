@@ -205,7 +205,8 @@ def test_the_message_is_exact(
             "`async with httpx.AsyncClient() as client:` (or in an async fixture that ends "
             "with `await client.aclose()`), or run every test that uses it on one loop "
             "(loop_scope=).",
-            "  (Background on this error at: docs/errors.md#lg108, code LG108)",
+            "  (Background on this error: `loopguard explain LG108`, "
+            "or LG108 on the Error codes page of the docs)",
         ]
     )
 

@@ -118,7 +118,8 @@ SCENARIO2_WARNING = [
     # (0.26+ adds the ini option here: see test_the_fixes_are_spelled_for_...)
     '(@pytest.mark.asyncio(loop_scope="session") on them*), or give the fixture the tests\' '
     'loop scope (@pytest_asyncio.fixture(scope="function", loop_scope="function")).',
-    "    (Background on this warning at: docs/errors.md#lg105, code LG105)",
+    "    (Background on this warning: `loopguard explain LG105`, "
+    "or LG105 on the Error codes page of the docs)",
 ]
 
 
@@ -852,7 +853,8 @@ def test_warning_message_exact_words() -> None:
         "asyncio_default_test_loop_scope = module in the ini), or give the fixture the tests' "
         'loop scope (@pytest_asyncio.fixture(scope="class", loop_scope="class"), or '
         "asyncio_default_fixture_loop_scope = class).",
-        "  (Background on this warning at: docs/errors.md#lg105, code LG105)",
+        "  (Background on this warning: `loopguard explain LG105`, "
+        "or LG105 on the Error codes page of the docs)",
     ]
     assert issubclass(loopguard.LoopScopeMismatchWarning, loopguard.LoopguardWarning)
 

@@ -280,7 +280,8 @@ def test_message_is_exact(
         "  fix:           open it in an async fixture on the tests' loop scope (`async with "
         "AsyncConnectionPool(conninfo, open=False) as pool: yield pool`), which closes it "
         "before that loop ends, or run every test that uses it on one loop (loop_scope=).",
-        "  (Background on this error at: docs/errors.md#lg112, code LG112)",
+        "  (Background on this error: `loopguard explain LG112`, or LG112 on the Error codes "
+        "page of the docs)",
     ]
 
 

@@ -283,7 +283,8 @@ def test_message_is_exact(
         "  fix:           create the client in an async fixture on the test's loop and `await "
         "client.aclose()` in its teardown, or run every test that uses it on one loop "
         "(loop_scope=).",
-        "  (Background on this error at: docs/errors.md#lg110, code LG110)",
+        "  (Background on this error: `loopguard explain LG110`, "
+        "or LG110 on the Error codes page of the docs)",
     ]
 
 

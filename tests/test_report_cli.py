@@ -30,6 +30,7 @@ from test_docs import EXAMPLES, needs_documented_stack
 
 import loopguard
 from loopguard._causes import ASYNCPG_CONNECTION, ASYNCPG_POOL, ENGINE
+from loopguard._codes import CODES
 from loopguard._log import SCHEMA_VERSION
 
 Run = Callable[..., "subprocess.CompletedProcess[str]"]
@@ -233,7 +234,9 @@ def test_table_is_the_default_format(run: Run, tmp_path: Path) -> None:
     assert "    bound during: tests/test_users.py::test_create_user (call)" in lines
     assert "    loops:        #1->#2, #1->#3" in lines
     assert f"    engine:       {URL}" in lines
-    assert "    docs:         docs/errors.md#lg101" in lines
+    assert (
+        "    docs:         `loopguard explain LG101`, or LG101 on the Error codes page of the docs"
+    ) in lines
     flat = " ".join(result.stdout.split())
     assert f"cause: closed-loop-test: {ENGINE['closed-loop-test'].text}" in flat
     assert f"fix: {ENGINE['closed-loop-test'].fix}" in flat
@@ -630,7 +633,9 @@ def test_every_code_gets_its_rows(run: Run, real_log: Path) -> None:
     assert "    loops:        session loop scope->function" in table
     assert "    loops:        #1, captured at create_pool()" in table
     assert "    loops:        #1->#2" in table
-    assert "    docs:         docs/errors.md#lg104" in table
+    assert (
+        "    docs:         `loopguard explain LG104`, or LG104 on the Error codes page of the docs"
+    ) in table
 
 
 # -- bad field types ---------------------------------------------------------------------------
@@ -749,7 +754,9 @@ def test_version(run: Run) -> None:
     assert result.stdout == f"loopguard {loopguard.__version__}\n"
 
 
-@pytest.mark.parametrize("args", [["--help"], ["report", "--help"], ["run", "--help"]])
+@pytest.mark.parametrize(
+    "args", [["--help"], ["report", "--help"], ["run", "--help"], ["explain", "--help"]]
+)
 def test_help_is_plain_text(run: Run, args: list[str]) -> None:
     """Help texts read well in a terminal: no reST markup (``code``, :role:`name`)."""
     result = run(*args)
@@ -761,6 +768,15 @@ def test_help_is_plain_text(run: Run, args: list[str]) -> None:
 def test_report_help_says_what_dash_means(run: Run) -> None:
     result = run("report", "--help")
     assert '"-" reads standard input' in " ".join(result.stdout.split())
+
+
+def test_report_help_says_the_action_of_every_code(run: Run) -> None:
+    """The actions paragraph names every code of the table, the raising ones as raised."""
+    text = " ".join(run("report", "--help").stdout.split())
+    actions = text.split("actions: ", 1)[1].split(" --fail-on raise", 1)[0]
+    assert sorted(re.findall(r"LG\d+", actions)) == sorted(CODES)
+    raised = actions.split(" in raise mode", 1)[0]
+    assert sorted(re.findall(r"LG\d+", raised)) == sorted(c for c in CODES if CODES[c].raises)
 
 
 def test_run_help_describes_the_command(run: Run) -> None:

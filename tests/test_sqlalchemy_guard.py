@@ -22,7 +22,7 @@ import pickle
 import sys
 import threading
 import warnings
-from collections.abc import Awaitable, Iterator, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional, TypeVar
@@ -277,7 +277,8 @@ def test_second_asyncio_run_message_is_exact(
         "  fix:           dispose it when its loop ends (`await engine.dispose()` in the "
         "teardown of a fixture on the test's loop), or create it per test in a fixture, or "
         "build it with `poolclass=NullPool` for tests.",
-        "  (Background on this error at: docs/errors.md#lg101, code LG101)",
+        "  (Background on this error: `loopguard explain LG101`, "
+        "or LG101 on the Error codes page of the docs)",
     ]
 
 
@@ -1387,3 +1388,45 @@ def test_connection_left_checked_out_on_a_closed_loop_is_closed_when_collected(
     if SQLALCHEMY >= (2, 0):  # 1.4 logs a failed reset instead ("Exception during reset")
         assert any("non-checked-in connection" in str(w.message) for w in caught)
     assert asyncio.run(_wait_backends_gone(pg_dsn, [pid]))
+
+
+def _calls_during(action: Callable[[], object]) -> int:
+    """Python calls (generator resumptions included) made while ``action`` runs."""
+    calls = 0
+
+    def count(frame: Any, event: str, arg: Any) -> None:
+        nonlocal calls
+        if event == "call":
+            calls += 1
+
+    gc.disable()  # no collection (and its weakref callbacks) inside the count
+    sys.setprofile(count)
+    try:
+        action()
+    finally:
+        sys.setprofile(None)
+        gc.enable()
+    return calls
+
+
+async def _use_and_dispose(engine: AsyncEngine) -> None:
+    await _pid(engine)
+    await engine.dispose()
+
+
+def test_a_closing_loop_looks_only_at_the_pools_bound_on_it(
+    url: str, engines: list[AsyncEngine]
+) -> None:
+    """LG106 at a loop's close visits the pools bound on that loop, not every tracked pool:
+    disposed engines wait for the garbage collector (often a full collection, hundreds of
+    tests later), and a scan of all of them at every loop close made each test of a long
+    suite cost more than the one before."""
+
+    def close_a_loop_with(waiting: int) -> int:
+        while len(engines) < waiting:  # each used on its own loop, disposed, not yet collected
+            engine = create_async_engine(url)
+            engines.append(engine)
+            asyncio.run(_use_and_dispose(engine))
+        return _calls_during(asyncio.new_event_loop().close)
+
+    assert close_a_loop_with(3) == close_a_loop_with(30)

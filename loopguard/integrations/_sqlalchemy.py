@@ -163,6 +163,20 @@ _connection_lookup = CONNECTIONS.lookup
 
 _unguarded_pool_class: Any = None  # sqlalchemy.pool.NullPool, set by setup()
 
+# Loop number -> the ids of the pools bound on that loop (in the order they were bound): the
+# pools a closing loop may leave connections in (LG106), found without scanning every tracked
+# pool.  Disposed engines' pools wait in POOLS for the garbage collector, often until a full
+# collection: a scan at each loop close made each test of a long suite cost more than the
+# one before.  A pool bound again on another loop is listed under both; the report checks
+# the binding it has when the loop closes.
+_bound_on: dict[int, dict[int, None]] = {}
+
+
+def _bind(pool: Any, state: PoolState, binding: Binding) -> None:
+    state.binding = binding
+    if pool is not None:  # None: a held connection's record whose pool was not found
+        _bound_on.setdefault(binding.loop.id, {})[id(pool)] = None
+
 
 def _is_guarded_pool(pool: Any) -> bool:
     # Every pool that keeps connections (QueuePool and its subclasses, StaticPool,
@@ -249,9 +263,12 @@ def _make_guarded_do_get(original: Callable[[Any], Any]) -> Callable[[Any], Any]
             ):
                 # Adopt it for the loop it really belongs to: it may have been opened before
                 # install(), or reconnected by an earlier checkout on another loop.
-                conn = _adopt_connection(state, record, _driver_loop(dbapi_connection) or loop)
+                conn = _adopt_connection(
+                    self, state, record, _driver_loop(dbapi_connection) or loop
+                )
             elif binding is None:
-                state.binding = binding = conn.binding  # tracked again after a reinstall
+                _bind(self, state, conn.binding)  # tracked again after a reinstall
+                binding = conn.binding
             if conn.binding.loop._ref() is loop:
                 # Only the test: where it was checked out costs a stack walk, too much here.
                 conn.checked_out_during = _current_test()
@@ -270,7 +287,7 @@ def _driver_loop(dbapi_connection: Any) -> Any:
     return getattr(driver, "_loop", None)
 
 
-def _adopt_connection(state: PoolState, record: Any, loop: Any) -> ConnectionFacts:
+def _adopt_connection(pool: Any, state: PoolState, record: Any, loop: Any) -> ConnectionFacts:
     """A connection seen for the first time: it belongs to ``loop``."""
     site = _sites.user_site(_context.rootdir, skip=3)
     binding = Binding(LoopRef(loop), site, _context.current_test())
@@ -287,7 +304,7 @@ def _adopt_connection(state: PoolState, record: Any, loop: Any) -> ConnectionFac
             DRIVERS.add(driver, facts)
     conn = CONNECTIONS.add(record, facts)
     if state.binding is None:
-        state.binding = binding
+        _bind(pool, state, binding)
     return conn
 
 
@@ -419,7 +436,14 @@ def _release_foreign_before_dispose(pool: Any, state: PoolState) -> None:
 
 def _report_connections_left_on(loop: Any) -> None:
     """LG106: a loop is closing while pools still hold its connections: they can only leak."""
-    for pool, state in POOLS.live():
+    bound = _bound_on.pop(loop_id(loop), None)
+    if not bound:
+        return
+    for key in bound:
+        found = POOLS.find(key)
+        if found is None:  # collected (or disposed and untracked) since
+            continue
+        pool, state = found
         binding = state.binding
         if binding is None or binding.loop() is not loop:
             continue
@@ -521,6 +545,7 @@ class SQLAlchemyIntegration(Integration):
         POOLS.clear()
         CONNECTIONS.clear()
         DRIVERS.clear()
+        _bound_on.clear()
 
     def __repr__(self) -> str:
         return f"<SQLAlchemyIntegration tracking {len(POOLS)} pools>"

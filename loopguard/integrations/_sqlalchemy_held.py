@@ -126,7 +126,8 @@ def _on_mismatch(conn: ConnectionFacts, loop: Any, operation: str) -> bool:
     if record is None or record.dbapi_connection is None:
         return False  # released or invalidated already: SQLAlchemy's own path follows
     if not conn.holds(record):
-        _adopt_connection(conn.state, record, _driver_loop(record.dbapi_connection) or loop)
+        pool = getattr(record, "_ConnectionRecord__pool", None)  # the record's own pool
+        _adopt_connection(pool, conn.state, record, _driver_loop(record.dbapi_connection) or loop)
         return False
     if STATE.mode == "raise":
         raise raise_record(_held_record(conn, loop, "raised", operation))
