@@ -208,7 +208,8 @@ def test_held_connection_message_is_exact(
             "  fix:           open it on the test's loop and close it there: `async with "
             "engine.connect() as conn: yield conn` (or `async with AsyncSession(engine) as "
             "session: yield session`) in a fixture with the test's loop scope.",
-            "  (Background on this error at: docs/errors.md#lg101, code LG101)",
+            "  (Background on this error: `loopguard explain LG101`, "
+            "or LG101 on the Error codes page of the docs)",
         ]
     )
     asyncio.run(conn.invalidate())
