@@ -27,13 +27,7 @@ For ``benchmarks/run.py``: ``rows(quick)`` returns the rows as dicts, ``main()``
 from __future__ import annotations
 
 import argparse
-import gc
-import json
-import os
-import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List
 
@@ -42,8 +36,9 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "tools"))
 sys.path.insert(0, str(HERE))
 
+import _arm_process  # noqa: E402 - benchmarks/ on sys.path first
+
 LIBRARIES = ("httpx", "aiohttp")
-ARMS = ("off", "raise")
 TARGET = 1.02  # the httpx row's target: within 2 % of off
 
 
@@ -79,8 +74,8 @@ def _assert_arm(arm: str, library: str, client: Any) -> None:
 
 
 def _worker(arm: str, library: str, url: str, n: int) -> int:
-    """Answer ``ready``, then one line per command read from stdin: ``sample`` (time n GETs:
-    wall and CPU seconds per GET, as JSON), ``run`` (n GETs, untimed, gc paused), ``quit``."""
+    """Warm up, then answer commands (``_arm_process.serve``: ``sample`` times n GETs,
+    ``run`` does n GETs untimed with the collector paused, ``quit``)."""
     import asyncio
 
     import aiohttp  # every arm imports both libraries, in the same order
@@ -108,24 +103,7 @@ def _worker(arm: str, library: str, url: str, n: int) -> int:
         for _ in range(200):  # the connection opened, the caches filled
             await get()
         _assert_arm(arm, library, client)
-        print("ready", flush=True)
-        loop = asyncio.get_running_loop()
-        while True:
-            command = (await loop.run_in_executor(None, sys.stdin.readline)).strip()
-            if command == "sample":
-                wall, cpu = time.perf_counter(), time.process_time()
-                for _ in range(n):
-                    await get()
-                wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-                print(json.dumps([wall / n, cpu / n]), flush=True)
-            elif command == "run":
-                gc.disable()
-                for _ in range(n):
-                    await get()
-                gc.enable()
-                print("done", flush=True)
-            else:
-                break
+        await _arm_process.serve(get, n)
         await (client.aclose() if library == "httpx" else client.close())
 
     asyncio.run(main())
@@ -135,94 +113,23 @@ def _worker(arm: str, library: str, url: str, n: int) -> int:
 # -- the driver --------------------------------------------------------------------------------
 
 
-def _env() -> Dict[str, str]:
-    return {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("LOOPGUARD", "PYTHONASYNCIODEBUG", "PYTHONDEVMODE"))
-    }
-
-
 def _command(arm: str, library: str, url: str, n: int) -> List[str]:
     return [sys.executable, str(Path(__file__)), "--worker", arm, library, url, str(n)]
 
 
-class _Arm:
-    def __init__(self, arm: str, library: str, url: str, n: int) -> None:
-        self.proc = subprocess.Popen(
-            _command(arm, library, url, n),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env=_env(),
-            cwd=str(ROOT),
-        )
-        assert self._ask(None) == "ready"
-
-    def _ask(self, command: Any) -> str:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        if command is not None:
-            self.proc.stdin.write(command + "\n")
-            self.proc.stdin.flush()
-        line = self.proc.stdout.readline().strip()
-        if not line:
-            raise RuntimeError(f"worker exited with {self.proc.wait()}")
-        return line
-
-    def sample(self) -> List[float]:
-        return json.loads(self._ask("sample"))  # type: ignore[no-any-return]
-
-    def close(self) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write("quit\n")
-        self.proc.stdin.close()
-        self.proc.wait(30)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-
-
 def timed(library: str, url: str, rounds: int, samples: int, n: int) -> Dict[str, Any]:
     """Per arm the median seconds per GET (wall, CPU); the median of the rounds' ratios."""
-    per_arm: Dict[str, List[List[float]]] = {arm: [] for arm in ARMS}
-    ratios: Dict[str, List[float]] = {"wall": [], "cpu": []}
-    for number in range(rounds):
-        arms = {arm: _Arm(arm, library, url, n) for arm in ARMS}
-        try:
-            got: Dict[str, List[List[float]]] = {arm: [] for arm in ARMS}
-            for index in range(samples):
-                order = ARMS if (number + index) % 2 == 0 else ARMS[::-1]
-                for arm in order:
-                    got[arm].append(arms[arm].sample())
-        finally:
-            for worker in arms.values():
-                worker.close()
-        for which, column in (("wall", 0), ("cpu", 1)):
-            off = statistics.median(s[column] for s in got["off"])
-            on = statistics.median(s[column] for s in got["raise"])
-            ratios[which].append(on / off)
-        for arm in ARMS:
-            per_arm[arm] += got[arm]
-    return {
-        "library": library,
-        "off_us": statistics.median(s[0] for s in per_arm["off"]) * 1e6,
-        "raise_us": statistics.median(s[0] for s in per_arm["raise"]) * 1e6,
-        "ratio_wall": statistics.median(ratios["wall"]),
-        "ratio_cpu": statistics.median(ratios["cpu"]),
-        "round_ratios_wall": ratios["wall"],  # for a confidence interval of the median
-        "rounds": rounds,
-    }
+    by_round = _arm_process.alternating_rounds(
+        lambda arm: _command(arm, library, url, n), str(ROOT), rounds, samples
+    )
+    return {"library": library, **_arm_process.summarize(by_round)}
 
 
 def instructions(library: str, url: str, n: int) -> Dict[str, float]:
     """Client instructions per GET, per arm (valgrind)."""
-    import _instructions
-
-    counts = {}
-    for arm in ARMS:
-        command = _command(arm, library, url, n)
-        _instructions.warm(command, _env(), str(ROOT), stdin="quit\n")
-        counts[arm] = _instructions.per_operation(command, n, _env(), str(ROOT))
-    return counts
+    return _arm_process.instructions_per_operation(
+        lambda arm: _command(arm, library, url, n), n, str(ROOT)
+    )
 
 
 def rows(quick: bool = False, log: Callable[[str], None] = print) -> List[Dict[str, Any]]:

@@ -21,13 +21,7 @@ doing 3N (``_instructions.per_operation``), the garbage collector paused.
 from __future__ import annotations
 
 import argparse
-import gc
-import json
-import os
-import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -36,7 +30,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "tools"))
 sys.path.insert(0, str(HERE))
 
-ARMS = ("off", "raise")
+import _arm_process  # noqa: E402 - benchmarks/ on sys.path first
 
 
 def _assert_arm(arm: str, pool: Any) -> None:
@@ -58,9 +52,8 @@ def _assert_arm(arm: str, pool: Any) -> None:
 
 
 def _worker(arm: str, dsn: str, n: int) -> int:
-    """Answer ``ready``, then one line per command read from stdin: ``sample`` (time n
-    operations: wall and CPU seconds per operation, as JSON), ``run`` (n operations, untimed,
-    gc paused), ``quit``."""
+    """Warm up, then answer commands (``_arm_process.serve``: ``sample`` times n operations,
+    ``run`` does n operations untimed with the collector paused, ``quit``)."""
     import asyncio
 
     import psycopg_pool
@@ -83,101 +76,22 @@ def _worker(arm: str, dsn: str, n: int) -> int:
             for _ in range(500):  # caches filled, the connection warm
                 await operation()
             _assert_arm(arm, pool)
-            print("ready", flush=True)
-            loop = asyncio.get_running_loop()
-            while True:
-                command = (await loop.run_in_executor(None, sys.stdin.readline)).strip()
-                if command == "sample":
-                    wall, cpu = time.perf_counter(), time.process_time()
-                    for _ in range(n):
-                        await operation()
-                    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-                    print(json.dumps([wall / n, cpu / n]), flush=True)
-                elif command == "run":
-                    gc.disable()
-                    for _ in range(n):
-                        await operation()
-                    gc.enable()
-                    print("done", flush=True)
-                else:
-                    break
+            await _arm_process.serve(operation, n)
 
     asyncio.run(main())
     return 0
-
-
-def _env() -> Dict[str, str]:
-    return {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("LOOPGUARD", "PYTHONASYNCIODEBUG", "PYTHONDEVMODE"))
-    }
 
 
 def _command(arm: str, dsn: str, n: int) -> List[str]:
     return [sys.executable, str(Path(__file__)), "--worker", arm, dsn, str(n)]
 
 
-class _Arm:
-    def __init__(self, arm: str, dsn: str, n: int) -> None:
-        self.proc = subprocess.Popen(
-            _command(arm, dsn, n),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env=_env(),
-            cwd=str(ROOT),
-        )
-        assert self._ask(None) == "ready"
-
-    def _ask(self, command: Any) -> str:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        if command is not None:
-            self.proc.stdin.write(command + "\n")
-            self.proc.stdin.flush()
-        line = self.proc.stdout.readline().strip()
-        if not line:
-            raise RuntimeError(f"worker exited with {self.proc.wait()}")
-        return line
-
-    def sample(self) -> List[float]:
-        return json.loads(self._ask("sample"))  # type: ignore[no-any-return]
-
-    def close(self) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write("quit\n")
-        self.proc.stdin.close()
-        self.proc.wait(30)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-
-
 def timed(dsn: str, rounds: int, samples: int, n: int) -> Dict[str, Any]:
     """Per arm the median seconds per operation (wall, CPU); the median of the rounds' ratios."""
-    per_arm: Dict[str, List[List[float]]] = {arm: [] for arm in ARMS}
-    ratios: Dict[str, List[float]] = {"wall": [], "cpu": []}
-    for number in range(rounds):
-        arms = {arm: _Arm(arm, dsn, n) for arm in ARMS}
-        try:
-            got: Dict[str, List[List[float]]] = {arm: [] for arm in ARMS}
-            for index in range(samples):
-                for arm in ARMS if (number + index) % 2 == 0 else ARMS[::-1]:
-                    got[arm].append(arms[arm].sample())
-        finally:
-            for worker in arms.values():
-                worker.close()
-        for which, column in (("wall", 0), ("cpu", 1)):
-            off = statistics.median(s[column] for s in got["off"])
-            on = statistics.median(s[column] for s in got["raise"])
-            ratios[which].append(on / off)
-        for arm in ARMS:
-            per_arm[arm] += got[arm]
-    return {
-        "off_us": statistics.median(s[0] for s in per_arm["off"]) * 1e6,
-        "raise_us": statistics.median(s[0] for s in per_arm["raise"]) * 1e6,
-        "wall_ratio": statistics.median(ratios["wall"]),
-        "cpu_ratio": statistics.median(ratios["cpu"]),
-    }
+    by_round = _arm_process.alternating_rounds(
+        lambda arm: _command(arm, dsn, n), str(ROOT), rounds, samples
+    )
+    return _arm_process.summarize(by_round)
 
 
 def instructions(dsn: str, n: int) -> Dict[str, float]:
@@ -185,10 +99,7 @@ def instructions(dsn: str, n: int) -> Dict[str, float]:
 
     if not _instructions.available():
         return {}
-    return {
-        arm: _instructions.per_operation(_command(arm, dsn, n), n, _env(), str(ROOT))
-        for arm in ARMS
-    }
+    return _arm_process.instructions_per_operation(lambda arm: _command(arm, dsn, n), n, str(ROOT))
 
 
 def main(argv: List[str]) -> int:
@@ -207,7 +118,7 @@ def main(argv: List[str]) -> int:
     print("|---|---|---|---|")
     print(
         f"| wall time per operation | {result['off_us']:.1f} us | {result['raise_us']:.1f} us | "
-        f"x{result['wall_ratio']:.3f} (CPU time x{result['cpu_ratio']:.3f}) |"
+        f"x{result['ratio_wall']:.3f} (CPU time x{result['ratio_cpu']:.3f}) |"
     )
     if counts:
         extra = counts["raise"] - counts["off"]

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
+import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -71,3 +73,20 @@ def stop_loop_thread(loop: asyncio.AbstractEventLoop, thread: object) -> None:
     loop.call_soon_threadsafe(loop.stop)
     thread.join(10)  # type: ignore[attr-defined]
     loop.close()
+
+
+def run_script(
+    source: str, tmp_path: Path, http_url: str, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """Run ``source`` as a program of its own (``HTTP_URL`` set, no loopguard or pytest
+    setting inherited; ``env`` adds more, such as ``LOOPGUARD="1"``)."""
+    script = tmp_path / "jobs.py"
+    script.write_text(source)
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("LOOPGUARD", "PYTEST_"))}
+    return subprocess.run(
+        [sys.executable, str(script)],
+        env={**environ, "HTTP_URL": http_url, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )

@@ -158,3 +158,34 @@ def written(log_file: Path, asyncpg_fails: bool = False) -> Iterator[Written]:
     out.events = [entry for entry in logs if entry.get("event", "").startswith("loopguard.")]
     out.file_lines = log_file.read_text().splitlines()[start:]
     assert [json.loads(line)["code"] for line in out.file_lines] == out.codes()
+
+
+def install_round_trip(
+    classes: tuple[type, ...], while_installed: Callable[[], object] = lambda: None
+) -> list[str]:
+    """The ``Class.attribute`` names of ``classes`` that ``loopguard.install()`` changes
+    (from uninstalled; ``while_installed`` runs before it is undone), after asserting that
+    ``uninstall()`` puts back every attribute exactly: the same objects, no more, no fewer."""
+
+    def class_dicts() -> dict[str, dict[str, object]]:
+        return {cls.__qualname__: dict(vars(cls)) for cls in classes}
+
+    loopguard.uninstall()
+    before = class_dicts()
+    loopguard.install()
+    during = class_dicts()
+    while_installed()
+    loopguard.uninstall()
+    after = class_dicts()
+    assert after.keys() == before.keys()
+    for cls, attrs in before.items():
+        assert after[cls].keys() == attrs.keys(), cls
+        for name, value in attrs.items():
+            assert after[cls][name] is value, f"{cls}.{name}"
+    missing = object()
+    return sorted(
+        f"{cls}.{name}"
+        for cls, attrs in during.items()
+        for name, value in attrs.items()
+        if before[cls].get(name, missing) is not value
+    )

@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import os
-import subprocess
-import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +23,7 @@ from client_helpers import (
     forget_modules,
     hits,
     new_key,
+    run_script,
     running_loop_thread,
     sdk_package,
     stop_loop_thread,
@@ -33,6 +31,7 @@ from client_helpers import (
 from guard_helpers import (
     current_test_id,
     display_path,
+    install_round_trip,
     marker_line,
     on_new_loop,
     silence_checked,
@@ -141,23 +140,10 @@ finally:
 """
 
 
-def _run_script(source: str, tmp_path: Path, http_url: str, **env: str) -> Any:
-    script = tmp_path / "jobs.py"
-    script.write_text(source)
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("LOOPGUARD", "PYTEST_"))}
-    return subprocess.run(
-        [sys.executable, str(script)],
-        env={**environ, "HTTP_URL": http_url, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
 def test_without_loopguard_the_second_job_fails_with_event_loop_is_closed(
     http_url: str, tmp_path: Path
 ) -> None:
-    done = _run_script(JOBS_SCRIPT, tmp_path, http_url)
+    done = run_script(JOBS_SCRIPT, tmp_path, http_url)
     assert done.stdout == "job 1: 200\n"
     assert "\nRuntimeError: Event loop is closed\n" in done.stderr
     assert "LoopMismatch" not in done.stderr
@@ -167,7 +153,7 @@ def test_without_loopguard_an_idle_owner_loop_gives_the_misleading_timeout_error
     http_url: str, tmp_path: Path
 ) -> None:
     """aio-libs/aiohttp#10153: the session's loop is open, so the error is about timeouts."""
-    done = _run_script(IDLE_LOOP_SCRIPT, tmp_path, http_url)
+    done = run_script(IDLE_LOOP_SCRIPT, tmp_path, http_url)
     assert done.stdout == "owner loop: 200\n"
     assert done.stderr.rstrip().endswith(
         "RuntimeError: Timeout context manager should be used inside a task"
@@ -175,13 +161,13 @@ def test_without_loopguard_an_idle_owner_loop_gives_the_misleading_timeout_error
 
 
 def test_under_loopguard_both_scripts_stop_with_the_facts(http_url: str, tmp_path: Path) -> None:
-    done = _run_script(JOBS_SCRIPT, tmp_path, http_url, LOOPGUARD="1")
+    done = run_script(JOBS_SCRIPT, tmp_path, http_url, LOOPGUARD="1")
     assert done.stdout == "job 1: 200\n"
     assert "\nloopguard.LoopMismatchError: aiohttp ClientSession used on event loop #2" in (
         done.stderr
     )
     assert "Event loop is closed" not in done.stderr
-    done = _run_script(IDLE_LOOP_SCRIPT, tmp_path, http_url, LOOPGUARD="1")
+    done = run_script(IDLE_LOOP_SCRIPT, tmp_path, http_url, LOOPGUARD="1")
     assert "which is still open but not running" in done.stderr
     assert "Timeout context manager" not in done.stderr
 
@@ -421,18 +407,11 @@ def test_a_session_created_before_its_loop_runs_and_used_on_that_loop_is_silent(
 
 
 def test_uninstall_restores_every_aiohttp_attribute_exactly() -> None:
-    loopguard.uninstall()
-    before = dict(vars(aiohttp.ClientSession))
-    loopguard.install()
-    during = dict(vars(aiohttp.ClientSession))
-    changed = sorted(name for name, value in during.items() if before.get(name) is not value)
-    assert changed == ["__init__", "_request"]
-    assert asyncio.iscoroutinefunction(aiohttp.ClientSession._request)
-    loopguard.uninstall()
-    after = dict(vars(aiohttp.ClientSession))
-    assert after.keys() == before.keys()
-    for name, value in before.items():
-        assert after[name] is value, name
+    def request_stays_a_coroutine_function() -> None:
+        assert asyncio.iscoroutinefunction(aiohttp.ClientSession._request)
+
+    changed = install_round_trip((aiohttp.ClientSession,), request_stays_a_coroutine_function)
+    assert changed == ["ClientSession.__init__", "ClientSession._request"]
 
 
 def test_sessions_are_held_weakly(http_url: str) -> None:

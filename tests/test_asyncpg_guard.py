@@ -43,6 +43,7 @@ from guard_helpers import (
     current_test_id,
     display_path,
     error_texts,
+    install_round_trip,
     marker_line,
     on_new_loop,
     silence_checked,
@@ -1155,26 +1156,17 @@ _GUARDED_CLASSES = (
     PreparedStatement,
     Transaction,
 )
-_MISSING = object()
-
-
-def _class_dicts() -> dict[str, dict[str, Any]]:
-    return {cls.__qualname__: dict(vars(cls)) for cls in _GUARDED_CLASSES}
 
 
 def test_uninstall_restores_every_asyncpg_attribute_exactly() -> None:
     """install() changes exactly the documented attributes; uninstall() puts back the very
     objects that were there (proxies and ConnectionResource subclasses are never touched)."""
-    loopguard.uninstall()
-    before = _class_dicts()
-    loopguard.install()
-    during = _class_dicts()
-    changed = sorted(
-        f"{cls}.{name}"
-        for cls, attrs in during.items()
-        for name, value in attrs.items()
-        if before[cls].get(name, _MISSING) is not value
-    )
+
+    def wrappers_stay_coroutine_functions() -> None:
+        assert asyncio.iscoroutinefunction(asyncpg.Connection.close)
+        assert asyncio.iscoroutinefunction(Pool._async__init__)
+
+    changed = install_round_trip(_GUARDED_CLASSES, wrappers_stay_coroutine_functions)
     assert changed == [
         "Connection.__init__",
         "Connection._check_open",
@@ -1188,15 +1180,6 @@ def test_uninstall_restores_every_asyncpg_attribute_exactly() -> None:
         "Pool.close",
         "Pool.terminate",
     ]
-    assert asyncio.iscoroutinefunction(asyncpg.Connection.close)
-    assert asyncio.iscoroutinefunction(Pool._async__init__)
-    loopguard.uninstall()
-    after = _class_dicts()
-    assert after.keys() == before.keys()
-    for cls, attrs in before.items():
-        assert after[cls].keys() == attrs.keys(), cls
-        for name, value in attrs.items():
-            assert after[cls][name] is value, f"{cls}.{name}"
 
 
 def test_pool_created_before_install_is_guarded_with_its_site_unknown(

@@ -28,6 +28,7 @@ from client_helpers import (
     forget_modules,
     hits,
     new_key,
+    run_script,
     running_loop_thread,
     sdk_package,
     stop_loop_thread,
@@ -35,6 +36,7 @@ from client_helpers import (
 from guard_helpers import (
     current_test_id,
     display_path,
+    install_round_trip,
     marker_line,
     on_new_loop,
     silence_checked,
@@ -108,23 +110,10 @@ for number in (1, 2, 3):
 """
 
 
-def _run_script(source: str, tmp_path: Path, http_url: str, **env: str) -> Any:
-    script = tmp_path / "jobs.py"
-    script.write_text(source)
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("LOOPGUARD", "PYTEST_"))}
-    return subprocess.run(
-        [sys.executable, str(script)],
-        env={**environ, "HTTP_URL": http_url, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
 def test_without_loopguard_the_second_job_fails_with_event_loop_is_closed(
     http_url: str, tmp_path: Path
 ) -> None:
-    done = _run_script(JOBS_SCRIPT, tmp_path, http_url)
+    done = run_script(JOBS_SCRIPT, tmp_path, http_url)
     assert done.stdout.startswith("job 1: 200\n")
     assert done.stderr.rstrip().endswith("RuntimeError: Event loop is closed")
     assert "LoopMismatch" not in done.stderr
@@ -132,7 +121,7 @@ def test_without_loopguard_the_second_job_fails_with_event_loop_is_closed(
 
 def test_under_loopguard_the_script_stops_at_the_second_job(http_url: str, tmp_path: Path) -> None:
     """LOOPGUARD=1: the start-up hook installs loopguard when httpx is imported."""
-    done = _run_script(JOBS_SCRIPT, tmp_path, http_url, LOOPGUARD="1")
+    done = run_script(JOBS_SCRIPT, tmp_path, http_url, LOOPGUARD="1")
     assert done.stdout == "job 1: 200\n"
     assert "\nloopguard.LoopMismatchError: httpx AsyncClient used on event loop #2" in done.stderr
     assert "Event loop is closed" not in done.stderr
@@ -474,32 +463,15 @@ def test_no_loop_running_checks_nothing(http_url: str, clients: list[httpx.Async
 # -- what loopguard changes, and what it keeps --------------------------------------------------
 
 
-def _class_dicts() -> dict[str, dict[str, Any]]:
-    return {
-        cls.__qualname__: dict(vars(cls))
-        for cls in (httpx.AsyncClient, httpcore.AsyncConnectionPool, httpx.Client)
-    }
-
-
 def test_uninstall_restores_every_httpx_attribute_exactly() -> None:
-    loopguard.uninstall()
-    before = _class_dicts()
-    loopguard.install()
-    during = _class_dicts()
-    changed = sorted(
-        f"{cls}.{name}"
-        for cls, attrs in during.items()
-        for name, value in attrs.items()
-        if before[cls].get(name) is not value
+    def handle_stays_a_coroutine_function() -> None:
+        assert asyncio.iscoroutinefunction(httpcore.AsyncConnectionPool.handle_async_request)
+
+    changed = install_round_trip(
+        (httpx.AsyncClient, httpcore.AsyncConnectionPool, httpx.Client),
+        handle_stays_a_coroutine_function,
     )
     assert changed == ["AsyncClient.__init__", "AsyncConnectionPool.handle_async_request"]
-    assert asyncio.iscoroutinefunction(httpcore.AsyncConnectionPool.handle_async_request)
-    loopguard.uninstall()
-    after = _class_dicts()
-    for cls, attrs in before.items():
-        assert after[cls].keys() == attrs.keys(), cls
-        for name, value in attrs.items():
-            assert after[cls][name] is value, f"{cls}.{name}"
 
 
 def test_pools_are_held_weakly(http_url: str) -> None:

@@ -16,11 +16,11 @@ import os
 import subprocess
 import sys
 import warnings
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import structlog
+from engine_helpers import _uninstall, assert_silent_on_three_loops, engines
 from mysqlserver import sqlalchemy_url
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -28,6 +28,7 @@ from sqlalchemy.pool import NullPool, QueuePool
 
 import loopguard
 
+__all__ = ["_uninstall", "engines"]  # fixtures
 DRIVERS = ["aiomysql", "asyncmy"]
 
 
@@ -35,24 +36,6 @@ DRIVERS = ["aiomysql", "asyncmy"]
 def url(request: pytest.FixtureRequest, mariadb_socket: str) -> str:
     pytest.importorskip(request.param)
     return sqlalchemy_url(mariadb_socket, request.param)
-
-
-@pytest.fixture
-def engines() -> Iterator[list[AsyncEngine]]:
-    created: list[AsyncEngine] = []
-    yield created
-    loopguard.install("warn")  # dispose() below releases connections of dead loops quietly
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", loopguard.LoopMismatchWarning)
-        for engine in created:
-            asyncio.run(engine.dispose())
-
-
-@pytest.fixture(autouse=True)
-def _uninstall() -> Iterator[None]:
-    yield
-    if loopguard.is_installed():
-        loopguard.uninstall()
 
 
 async def _connection_id(engine: AsyncEngine) -> int:
@@ -151,15 +134,4 @@ def test_legitimate_patterns_stay_silent(
     kwargs: dict[str, Any] = {"poolclass": NullPool} if pattern == "nullpool" else {}
     engine = create_async_engine(url, **kwargs)
     engines.append(engine)
-
-    async def job() -> int:
-        try:
-            return await _connection_id(engine)
-        finally:
-            if pattern == "dispose-per-loop":
-                await engine.dispose()
-
-    with structlog.testing.capture_logs() as logs:
-        for _ in range(3):
-            asyncio.run(job())
-    assert logs == []
+    assert_silent_on_three_loops(engine, _connection_id, pattern == "dispose-per-loop")

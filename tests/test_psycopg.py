@@ -11,10 +11,9 @@ import asyncio
 import gc
 import os
 import warnings
-from collections.abc import Iterator
 
 import pytest
-import structlog
+from engine_helpers import _uninstall, assert_silent_on_three_loops, engines
 from pgserver import sqlalchemy_url
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -31,25 +30,12 @@ if SQLALCHEMY < (2, 0):
     )
 
 
+__all__ = ["_uninstall", "engines"]  # fixtures
+
+
 @pytest.fixture
 def url(pg_dsn: str) -> str:
     return sqlalchemy_url(pg_dsn, driver="psycopg")
-
-
-@pytest.fixture
-def engines() -> Iterator[list[AsyncEngine]]:
-    created: list[AsyncEngine] = []
-    yield created
-    loopguard.install("warn")  # dispose() below releases connections of dead loops quietly
-    for engine in created:
-        asyncio.run(engine.dispose())
-
-
-@pytest.fixture(autouse=True)
-def _uninstall() -> Iterator[None]:
-    yield
-    if loopguard.is_installed():
-        loopguard.uninstall()
 
 
 async def _pid(engine: AsyncEngine) -> int:
@@ -127,15 +113,4 @@ def test_legitimate_patterns_stay_silent_with_psycopg(
         else (create_async_engine(url))
     )
     engines.append(engine)
-
-    async def job() -> int:
-        try:
-            return await _pid(engine)
-        finally:
-            if pattern == "dispose-per-loop":
-                await engine.dispose()
-
-    with structlog.testing.capture_logs() as logs:
-        for _ in range(3):
-            asyncio.run(job())
-    assert logs == []
+    assert_silent_on_three_loops(engine, _pid, pattern == "dispose-per-loop")

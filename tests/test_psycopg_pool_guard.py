@@ -33,6 +33,7 @@ from guard_helpers import (
     current_test_id,
     display_path,
     error_texts,
+    install_round_trip,
     marker_line,
     on_new_loop,
     silence_checked,
@@ -585,26 +586,16 @@ def test_no_password_in_any_sink(
 # -- the patch table, off, and memory -------------------------------------------------------------
 
 _GUARDED_CLASSES = (AsyncConnectionPool, AsyncNullConnectionPool)
-_MISSING = object()
-
-
-def _class_dicts() -> dict[str, dict[str, Any]]:
-    return {cls.__qualname__: dict(vars(cls)) for cls in _GUARDED_CLASSES}
 
 
 def test_uninstall_restores_every_psycopg_pool_attribute_exactly() -> None:
     """install() changes exactly the documented attributes; uninstall() puts back the very
     objects that were there (an inherited attribute goes back to being inherited)."""
-    loopguard.uninstall()
-    before = _class_dicts()
-    loopguard.install()
-    during = _class_dicts()
-    changed = sorted(
-        f"{cls}.{name}"
-        for cls, attrs in during.items()
-        for name, value in attrs.items()
-        if before[cls].get(name, _MISSING) is not value
-    )
+
+    def close_stays_a_coroutine_function() -> None:
+        assert asyncio.iscoroutinefunction(AsyncConnectionPool.close)
+
+    changed = install_round_trip(_GUARDED_CLASSES, close_stays_a_coroutine_function)
     expected = [
         "AsyncConnectionPool.__init__",
         "AsyncConnectionPool._check_open_getconn",
@@ -619,14 +610,6 @@ def test_uninstall_restores_every_psycopg_pool_attribute_exactly() -> None:
     if hasattr(AsyncConnectionPool, "drain"):
         expected.append("AsyncConnectionPool.drain")
     assert changed == sorted(expected)
-    assert asyncio.iscoroutinefunction(AsyncConnectionPool.close)
-    loopguard.uninstall()
-    after = _class_dicts()
-    assert after.keys() == before.keys()
-    for cls, attrs in before.items():
-        assert after[cls].keys() == attrs.keys(), cls
-        for name, value in attrs.items():
-            assert after[cls][name] is value, f"{cls}.{name}"
 
 
 _DEFERRED_IMPORT = """

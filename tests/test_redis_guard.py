@@ -26,7 +26,14 @@ from typing import Any, Optional, TypeVar, cast
 import pytest
 import redis.asyncio as redis
 import structlog
-from guard_helpers import current_test_id, display_path, marker_line, silence_checked, written
+from guard_helpers import (
+    current_test_id,
+    display_path,
+    install_round_trip,
+    marker_line,
+    silence_checked,
+    written,
+)
 from redis.asyncio.client import PubSub, Redis
 from redis.asyncio.connection import AbstractConnection, BlockingConnectionPool, ConnectionPool
 from redis.asyncio.sentinel import Sentinel
@@ -582,25 +589,16 @@ def test_one_client_on_one_loop_for_the_whole_run_is_silent(redis_url: str, log_
 
 # -- the patches: off, uninstall, weak references --------------------------------------------
 
-_MISSING = object()
 _PATCHED = (ConnectionPool, AbstractConnection, PubSub, Redis)
 
 
-def _class_dicts() -> dict[str, dict[str, Any]]:
-    return {cls.__name__: dict(vars(cls)) for cls in _PATCHED}
-
-
 def test_uninstall_restores_every_redis_attribute_exactly() -> None:
-    loopguard.uninstall()
-    before = _class_dicts()
-    loopguard.install()
-    during = _class_dicts()
-    changed = sorted(
-        f"{cls}.{name}"
-        for cls, attrs in during.items()
-        for name, value in attrs.items()
-        if before[cls].get(name, _MISSING) is not value
-    )
+    def wrappers_stay_coroutine_functions() -> None:
+        if sys.version_info >= (3, 12):  # inspect.markcoroutinefunction()
+            assert asyncio.iscoroutinefunction(ConnectionPool.ensure_connection)
+            assert asyncio.iscoroutinefunction(Redis.initialize)
+
+    changed = install_round_trip(_PATCHED, wrappers_stay_coroutine_functions)
     assert changed == [
         "ConnectionPool.__init__",
         "ConnectionPool.ensure_connection",
@@ -608,15 +606,6 @@ def test_uninstall_restores_every_redis_attribute_exactly() -> None:
         "PubSub.parse_response",
         "Redis.initialize",
     ]
-    if sys.version_info >= (3, 12):  # inspect.markcoroutinefunction()
-        assert asyncio.iscoroutinefunction(ConnectionPool.ensure_connection)
-        assert asyncio.iscoroutinefunction(Redis.initialize)
-    loopguard.uninstall()
-    after = _class_dicts()
-    for cls, attrs in before.items():
-        assert after[cls].keys() == attrs.keys(), cls
-        for name, value in attrs.items():
-            assert after[cls][name] is value, f"{cls}.{name}"
 
 
 def test_off_means_redis_is_neither_imported_nor_patched(tmp_path: Path) -> None:

@@ -11,12 +11,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from engine_helpers import _uninstall
 from pgserver import sqlalchemy_url
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 import loopguard
 
+__all__ = ["_uninstall"]  # an autouse fixture
 uvloop = pytest.importorskip("uvloop")
 
 
@@ -29,13 +31,6 @@ def engine(pg_dsn: str) -> Iterator[AsyncEngine]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", loopguard.LoopMismatchWarning)
         uvloop.run(engine.dispose())
-
-
-@pytest.fixture(autouse=True)
-def _uninstall() -> Iterator[None]:
-    yield
-    if loopguard.is_installed():
-        loopguard.uninstall()
 
 
 async def _pid(engine: AsyncEngine) -> int:

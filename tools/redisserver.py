@@ -27,15 +27,16 @@ import contextlib
 import importlib.util
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import List, Optional
+
+import throwaway
 
 __all__ = ["ENV_URL", "find_server", "throwaway_redis", "throwaway_sentinel"]
 
@@ -78,17 +79,6 @@ def _pings(port: int) -> bool:
         return False
 
 
-def _stop(process: subprocess.Popen) -> None:  # type: ignore[type-arg]
-    if process.poll() is not None:
-        return
-    process.terminate()  # SIGTERM: redis-server shuts down (and saves nothing: save "")
-    try:
-        process.wait(STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 @contextlib.contextmanager
 def _started(binary: str, workdir: str, sentinel_of: Optional[str] = None) -> Iterator[str]:
     """One server on a free port; its log goes to ``workdir``/redis.log.  ``sentinel_of``:
@@ -124,19 +114,18 @@ def _started(binary: str, workdir: str, sentinel_of: Optional[str] = None) -> It
         ]
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         try:
-            deadline = time.monotonic() + START_TIMEOUT
-            while process.poll() is None and not _pings(port):
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server did not answer within {START_TIMEOUT}s")
-                time.sleep(0.02)
-            if process.poll() is not None:  # exited: e.g. the port was taken meanwhile
+            state = throwaway.wait_ready(process, partial(_pings, port), START_TIMEOUT, 0.02)
+            if state == "timeout":
+                raise RuntimeError(f"redis-server did not answer within {START_TIMEOUT}s")
+            if state == "exited":  # e.g. the port was taken meanwhile
                 log = Path(log_path).read_text(errors="replace") if os.path.exists(log_path) else ""
                 errors.append(f"exit status {process.returncode}: {log.strip()[-300:]}")
                 continue
             yield f"127.0.0.1:{port}" if sentinel_of is not None else f"redis://127.0.0.1:{port}/0"
             return
         finally:
-            _stop(process)
+            # SIGTERM: redis-server shuts down (and saves nothing: save "")
+            throwaway.stop(process, STOP_TIMEOUT)
     raise RuntimeError(f"redis-server ({binary}) did not start: " + "; ".join(errors))
 
 
@@ -177,10 +166,6 @@ def throwaway_sentinel(master_url: str) -> Iterator[str]:
 # -- command line --------------------------------------------------------------
 
 
-def _raise_system_exit(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)  # unwinds the with-block: the server stops
-
-
 def _server_version(url: str) -> str:
     """INFO server's redis_version, asked over a plain socket (no client library needed)."""
     host_port = url.split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[-1]
@@ -199,42 +184,8 @@ def _server_version(url: str) -> str:
     return "Redis (version unknown)"
 
 
-def _check() -> int:
-    t0 = time.perf_counter()
-    with throwaway_redis() as url:
-        t1 = time.perf_counter()
-        print(url)
-        print(_server_version(url))
-        t2 = time.perf_counter()
-    t3 = time.perf_counter()
-    print(f"start {t1 - t0:.2f}s, query {t2 - t1:.2f}s, stop {t3 - t2:.2f}s", file=sys.stderr)
-    return 0
-
-
-def _run_with_server(cmd: List[str]) -> int:
-    with throwaway_redis() as url:
-        env = dict(os.environ, **{ENV_URL: url})
-        try:
-            code = subprocess.run(cmd, env=env).returncode
-        except FileNotFoundError as exc:
-            print(f"redisserver.py: {exc}", file=sys.stderr)
-            code = 127
-    return code if code >= 0 else 128 - code  # killed by signal N -> 128+N
-
-
 def main(argv: Optional[List[str]] = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] == ["run"] and args[1:2] == ["--"]:
-        del args[1]
-    if not (args == ["check"] or (args[:1] == ["run"] and len(args) > 1)):
-        print("usage: redisserver.py check | redisserver.py run -- CMD [ARGS...]", file=sys.stderr)
-        return 2
-    signal.signal(signal.SIGTERM, _raise_system_exit)
-    try:
-        return _check() if args[0] == "check" else _run_with_server(args[1:])
-    except RuntimeError as exc:
-        print(f"redisserver.py: {exc}", file=sys.stderr)
-        return 1
+    return throwaway.main("redisserver.py", throwaway_redis, ENV_URL, _server_version, argv)
 
 
 if __name__ == "__main__":

@@ -8,13 +8,11 @@ is ``_worker.benches()[key]``: a new row is one line here and one entry there.
 
 from __future__ import annotations
 
-import contextlib
 import random
-import subprocess
 import sys
-import tempfile
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
+from _arm_process import ArmProcess
 from _arms import ARMS
 from _env import BENCH_DIR, NEUTRAL_CWD, clean_env, log
 from _report import Row
@@ -82,7 +80,7 @@ TIMED = (
 )
 
 
-class Worker:
+class Worker(ArmProcess):
     """One arm in its own process (benchmarks/_worker.py), answering one line per command."""
 
     def __init__(
@@ -91,43 +89,8 @@ class Worker:
         env = dict(env if env is not None else clean_env())
         if arm_name == "debug":
             env["PYTHONASYNCIODEBUG"] = "1"
-        self.arm = arm_name
-        self.stderr = tempfile.TemporaryFile("w+")  # noqa: SIM115 - closed in close()
-        self.proc = subprocess.Popen(
-            [sys.executable, str(WORKER), arm_name, key, str(n), dsn],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self.stderr,
-            text=True,
-            env=env,
-            cwd=NEUTRAL_CWD,
-        )
-
-    def ask(self, command: Optional[str]) -> str:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        if command is not None:
-            self.proc.stdin.write(command + "\n")
-            self.proc.stdin.flush()
-        answer = self.proc.stdout.readline().strip()
-        if not answer or answer.startswith("error"):
-            self.proc.wait(timeout=60)
-            self.stderr.seek(0)
-            raise RuntimeError(
-                f"benchmark worker ({self.arm}) failed: {answer or 'no answer'}\n"
-                + self.stderr.read()
-            )
-        return answer
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(Exception):
-                self.ask("quit")
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.stderr.close()
+        cmd = [sys.executable, str(WORKER), arm_name, key, str(n), dsn]
+        super().__init__(arm_name, cmd, env, NEUTRAL_CWD)
 
 
 # A new layout seed per round (see run_interleaved): a rerun samples new layouts.
