@@ -13,15 +13,44 @@ rootdir: Optional[str] = None
 in_pytest = False
 # Set by the pytest plugin in a pytest-xdist worker: its id ("gw0"), logged with each record.
 worker: Optional[str] = None
-# Kept by the pytest plugin's pytest_fixture_setup wrapper: (pytest's FixtureDef, its
-# function) of each fixture being set up now, innermost last (a fixture may request another
-# while it runs).  The function is taken on entry: anyio's plugin swaps in a wrapper of its own.
+# Kept by the pytest plugin's pytest_fixture_setup hook (a plain hook, not a wrapper: ~4
+# fixtures per test): (pytest's FixtureDef, its function) of each fixture whose setup began,
+# innermost last (a fixture may request another while it runs).  An entry is done once its
+# FixtureDef has a cached_result (pytest sets it when the setup ends, also on an error):
+# done entries are dropped when read, and the plugin empties the list after each setup and
+# before each teardown.  The function is taken on entry: anyio's plugin swaps in a wrapper of
+# its own around the call.
 fixtures_in_setup: list[tuple[Any, Any]] = []
+
+
+_VARIABLE = "PYTEST_CURRENT_TEST"
+# os.environ.get() costs three Python calls (Mapping.get, __getitem__, encodekey) and is
+# asked a few times per test (each engine, connection and loop): CPython's os.environ keeps
+# the encoded variables in a dict, read here directly while os.environ is that object.
+_environ = os.environ
+_data = getattr(_environ, "_data", None)
+_key = _environ.encodekey(_VARIABLE) if hasattr(_environ, "encodekey") else None
+_decode = getattr(_environ, "decodevalue", None)
 
 
 def current_test() -> Optional[str]:
     """The pytest node id and phase running now, e.g. ``tests/test_a.py::test_x (call)``."""
-    return os.environ.get("PYTEST_CURRENT_TEST") if in_pytest else None
+    if not in_pytest:
+        return None
+    if os.environ is _environ and _data is not None and _decode is not None:
+        raw = _data.get(_key)
+        return None if raw is None else _decode(raw)
+    return os.environ.get(_VARIABLE)
+
+
+def fixture_in_setup() -> Optional[tuple[Any, Any]]:
+    """(FixtureDef, function) of the fixture being set up now, or None."""
+    while fixtures_in_setup:
+        entry = fixtures_in_setup[-1]
+        if getattr(entry[0], "cached_result", None) is None:
+            return entry
+        fixtures_in_setup.pop()
+    return None
 
 
 def current_fixture() -> Optional[str]:
@@ -29,7 +58,8 @@ def current_fixture() -> Optional[str]:
     at tests/conftest.py:12``; None outside a fixture's setup (one list test: cheap)."""
     if not fixtures_in_setup:
         return None
-    return describe_fixture(*fixtures_in_setup[-1])
+    entry = fixture_in_setup()
+    return describe_fixture(*entry) if entry is not None else None
 
 
 def describe_fixture(fixturedef: Any, func: Any) -> str:
@@ -41,9 +71,22 @@ def describe_fixture(fixturedef: Any, func: Any) -> str:
     func = getattr(func, "__func__", func)  # a fixture defined in a class
     with contextlib.suppress(ValueError):  # a __wrapped__ cycle
         func = inspect.unwrap(func)
+    func = _unwrap_anyio(func)
     code = getattr(func, "__code__", None)
     at = f" at {display_path(code.co_filename, rootdir)}:{code.co_firstlineno}" if code else ""
     return f"{fixturedef.scope}-scoped fixture {fixturedef.argname!r}{at}"
+
+
+def _unwrap_anyio(func: Any) -> Any:
+    """anyio's plugin sets an async fixture up through a closure of its own over the
+    fixture's function (no ``__wrapped__``), swapped in around the setup: that function."""
+    if getattr(func, "__module__", None) != "anyio.pytest_plugin":
+        return func
+    code, closure = getattr(func, "__code__", None), getattr(func, "__closure__", None)
+    if code is None or not closure or "func" not in code.co_freevars:
+        return func
+    inner = closure[code.co_freevars.index("func")].cell_contents
+    return getattr(inner, "__func__", inner)
 
 
 def fixture_scope(described: Optional[str]) -> Optional[str]:

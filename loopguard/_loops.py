@@ -9,6 +9,7 @@ pytest-asyncio's loops), and a weak reference that can say whether a loop is clo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import sys
@@ -44,41 +45,68 @@ def _no_thread() -> int:
 
 # -- loop numbers and names -----------------------------------------------------------------
 
-_loop_ids: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
-_strong_loop_ids: dict[int, int] = {}  # for loop types without weakref support
+# id(loop) -> its number, while the loop lives.  A plain dict read by id (loop_id() is on
+# paths run for every connection and every loop close): a WeakKeyDictionary builds a weak
+# reference per lookup.  The weak reference kept per loop forgets the loop's number, name and
+# kind when it is collected, before its id can be reused.  Loop types without weak references
+# keep their number for the life of the process.
+_loop_numbers: dict[int, int] = {}
+_loop_refs: dict[int, _LoopKeyRef] = {}
 _counter = itertools.count(1)
-# loop id -> a name given by whoever made the loop; an entry goes when its loop is collected.
+# loop number -> a name given by whoever made the loop; an entry goes when its loop is collected.
 _loop_names: dict[int, str] = {}
-# loop id -> what made it, in a word the causes read ("pytest-asyncio", "anyio-test",
+# loop number -> what made it, in a word the causes read ("pytest-asyncio", "anyio-test",
 # "test-client", "test-client-request"); goes with the name.
 _loop_kinds: dict[int, str] = {}
 
 
+class _LoopKeyRef(weakref.ref):  # type: ignore[type-arg]
+    """A weak reference to a loop that knows the loop's id (its key above)."""
+
+    __slots__ = ("key",)
+    key: int
+
+    def __new__(cls, loop: Any, key: int) -> _LoopKeyRef:
+        self = super().__new__(cls, loop, _forget_loop)
+        self.key = key
+        return self
+
+    def __init__(self, loop: Any, key: int) -> None:
+        super().__init__(loop, _forget_loop)  # type: ignore[call-arg]
+
+
+def _forget_loop(ref: _LoopKeyRef) -> None:
+    # Called while the loop is freed: its id is not reused before this runs.
+    if _loop_refs.get(ref.key) is ref:
+        del _loop_refs[ref.key]
+        number = _loop_numbers.pop(ref.key, None)
+        if number is not None:
+            _loop_names.pop(number, None)
+            _loop_kinds.pop(number, None)
+
+
 def loop_id(loop: Any) -> int:
     """A small number naming a loop for the life of the process (numbers are never reused)."""
-    try:
-        known = _loop_ids.get(loop)
-        if known is None:
-            known = _loop_ids[loop] = next(_counter)
-        return known
-    except TypeError:
-        key = id(loop)
-        if key not in _strong_loop_ids:
-            _strong_loop_ids[key] = next(_counter)
-        return _strong_loop_ids[key]
+    known = _loop_numbers.get(id(loop))
+    if known is None:
+        known = _number_loop(loop)
+    return known
+
+
+def _number_loop(loop: Any) -> int:
+    key = id(loop)
+    number = next(_counter)
+    with contextlib.suppress(TypeError):  # no weak references: the number stays
+        _loop_refs[key] = _LoopKeyRef(loop, key)
+    _loop_numbers[key] = number
+    return number
 
 
 def name_loop(loop: Any, name: str, kind: Optional[str] = None) -> None:
     """Name a loop in every message that mentions it: ``loop #3 (name)``; ``kind`` says what
-    made it, for the likely cause (``_patterns``)."""
+    made it, for the likely cause (``_patterns``).  Both go when the loop is collected (with
+    its number's entry, ``_forget_loop``)."""
     key = loop_id(loop)
-    if key not in _loop_names:
-        try:
-            finalizer = weakref.finalize(loop, _forget_name, key)
-        except TypeError:  # no weak references: the name stays, like the loop's number
-            finalizer = None
-        if finalizer is not None:
-            finalizer.atexit = False
     _loop_names[key] = name
     if kind is None:
         _loop_kinds.pop(key, None)
@@ -86,20 +114,36 @@ def name_loop(loop: Any, name: str, kind: Optional[str] = None) -> None:
         _loop_kinds[key] = kind
 
 
-def _forget_name(key: int) -> None:
-    _loop_names.pop(key, None)
-    _loop_kinds.pop(key, None)
+# Set by whoever names loops late (the pytest plugin names pytest-asyncio's loops once a
+# test's setup is done): called when a message asks for a name or kind not given yet, so that
+# a mismatch during the setup names a loop made in that same setup.
+late_namer: Optional[Callable[[], None]] = None
+
+
+def _name_late() -> None:
+    if late_namer is not None:
+        with contextlib.suppress(Exception):  # a message without a loop's name, not a crash
+            late_namer()
 
 
 def loop_name(key: int) -> str:
     """`` (name)`` for a loop number that has a name, else an empty string."""
     name = _loop_names.get(key)
+    if name is None and late_namer is not None:
+        _name_late()
+        name = _loop_names.get(key)
     return f" ({name})" if name else ""
 
 
 def loop_kind(key: Optional[int]) -> Optional[str]:
     """What made the loop numbered ``key`` (see ``name_loop``), if its maker said."""
-    return _loop_kinds.get(key) if key is not None else None
+    if key is None:
+        return None
+    kind = _loop_kinds.get(key)
+    if kind is None and late_namer is not None:
+        _name_late()
+        kind = _loop_kinds.get(key)
+    return kind
 
 
 # -- fork -----------------------------------------------------------------------------------
@@ -131,9 +175,8 @@ def remove_fork_listener(listener: Callable[[], None]) -> None:
 
 def _after_fork_in_child() -> None:
     global _thread_ident
-    loops = list(_loop_ids.keys())
-    _inherited.update(_loop_ids[loop] for loop in loops)
-    _inherited.update(_strong_loop_ids.values())
+    loops = [loop for loop in (ref() for ref in list(_loop_refs.values())) if loop is not None]
+    _inherited.update(_loop_numbers.values())  # every live loop's (and weakref-less ones')
     if any(getattr(loop, "_thread_id", None) is not None for loop in loops):
         # A loop was running at fork(): its copy claims this thread.
         _thread_ident = _no_thread

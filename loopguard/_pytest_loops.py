@@ -8,13 +8,14 @@ pytest-asyncio makes its loops in fixtures, one per loop scope and node:
   and from 0.23 ``_session_event_loop`` and ``<collector nodeid>::<event_loop>`` for the
   class, module and package loops.
 
-The ``pytest_fixture_setup`` wrapper of loopguard's pytest plugin (in ``_pytest_scopes``)
-passes each fixture's value to ``name_loop_fixture`` as it is made, which names a loop after
-the fixture's scope and the node it belongs to, e.g. "pytest-asyncio's
+The ``pytest_runtest_setup`` wrapper of loopguard's pytest plugin (in ``_pytest_scopes``)
+calls ``name_loops_of(item)`` once the test's fixtures are set up, which names each of these
+loops after its fixture's scope and the node it belongs to, e.g. "pytest-asyncio's
 session-scoped loop" or "pytest-asyncio's module-scoped loop for tests/test_a.py"; every
-message that mentions the loop then says so (``loop #3 (pytest-asyncio's session-scoped
-loop), which is still open but not running``).  The plugin object is registered only when
-loopguard is active, so nothing here runs otherwise.
+later message that mentions the loop then says so, also once it is closed (``loop #3
+(pytest-asyncio's session-scoped loop), which is still open but not running``).  A message
+written during the setup names a loop made in that same setup (``_loops.late_namer``).  The
+plugin object is registered only when loopguard is active, so nothing here runs otherwise.
 """
 
 from __future__ import annotations
@@ -37,19 +38,22 @@ _COLLECTOR_LOOP_SUFFIX = "::<event_loop>"  # 0.23 to 0.26: class, module and pac
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 
-def _new_style_wrapper() -> Optional[Decorator]:
-    """``pytest.hookimpl(wrapper=True)``, or None where pluggy predates it (< 1.1)."""
+def _new_style_wrapper(trylast: bool = False) -> Optional[Decorator]:
+    """``pytest.hookimpl(wrapper=True, trylast=...)``, or None where pluggy predates it (< 1.1)."""
     try:
-        decorator: Decorator = pytest.hookimpl(wrapper=True)
+        decorator: Decorator = pytest.hookimpl(wrapper=True, trylast=trylast)
     except TypeError:
         return None
     return decorator
 
 
-fixture_wrapper = _new_style_wrapper()
+wrapper = _new_style_wrapper()
+# trylast: the innermost wrapper of a test's setup, inside pytest's output capture and
+# logging of the setup phase.
+setup_wrapper = _new_style_wrapper(trylast=True)
 # The loop-scope plugin (with the loop naming) needs new-style hook wrappers; on an older
 # pluggy it is not registered.
-SUPPORTED = fixture_wrapper is not None
+SUPPORTED = setup_wrapper is not None
 
 
 def loop_of(argname: str, value: Any) -> Optional[asyncio.AbstractEventLoop]:
@@ -74,12 +78,69 @@ def loop_label(scope: str, node_id: str) -> str:
     return f"pytest-asyncio's {scope}-scoped loop for {node_id}"
 
 
-def name_loop_fixture(fixturedef: Any, request: Any, value: Any) -> None:
-    """Name the loop ``value`` holds when ``fixturedef`` is one of pytest-asyncio's loop
-    fixtures; nothing otherwise.  Called from the ``pytest_fixture_setup`` wrapper of
-    ``_pytest_scopes.LoopScopeCheck``: one wrapper around every fixture setup, not two."""
-    loop = loop_of(fixturedef.argname, value)
-    if loop is not None:
-        node = getattr(request, "node", None)
-        label = loop_label(fixturedef.scope, getattr(node, "nodeid", ""))
-        _loops.name_loop(loop, label, PYTEST_ASYNCIO)
+_NAMED_FIXTURES = _RUNNER_FIXTURES | _LOOP_FIXTURES
+
+# The node a fixture of each scope belongs to (what ``request.node`` is for its fixture).
+_SCOPE_NODES: dict[str, type[pytest.Collector]] = {
+    "class": pytest.Class,
+    "module": pytest.Module,
+    "package": pytest.Package,
+}
+
+
+def _node_id(item: pytest.Item, scope: str) -> str:
+    if scope == "function":
+        return item.nodeid
+    node_type = _SCOPE_NODES.get(scope)
+    node = item.getparent(node_type) if node_type is not None else None
+    return node.nodeid if node is not None else ""
+
+
+def _fixture_defs(item: pytest.Item) -> Any:
+    """(argname, FixtureDef) of every fixture set up for ``item``: its request's record, which
+    also holds the fixtures requested dynamically (pytest-asyncio asks for its loop fixtures
+    with ``getfixturevalue``); the static closure where pytest has no such record."""
+    used = getattr(getattr(item, "_request", None), "_fixture_defs", None)
+    if isinstance(used, dict):
+        return used.items()
+    info = getattr(item, "_fixtureinfo", None)
+    definitions = getattr(info, "name2fixturedefs", None) or {}
+    return ((name, defs[-1]) for name, defs in definitions.items() if defs)
+
+
+# The test whose setup is running (set by the setup wrapper): its loops are named at the end
+# of the setup, or earlier when a message during the setup asks for a loop's name.
+setting_up: Optional[pytest.Item] = None
+
+
+def _name_loops_in_setup() -> None:
+    if setting_up is not None:
+        name_loops_of(setting_up)
+
+
+_loops.late_namer = _name_loops_in_setup
+
+
+# id(FixtureDef) -> the number of the loop last named for it: a loop fixture's value is the
+# same for every test of its scope, and is named once (numbers are never reused).
+_named: dict[int, int] = {}
+
+
+def name_loops_of(item: pytest.Item) -> None:
+    """Name the loops of pytest-asyncio's loop fixtures set up for ``item``.  Called once the
+    test's setup is done, from the ``pytest_runtest_setup`` wrapper of
+    ``_pytest_scopes.LoopScopeCheck``: one call per test, not one per fixture."""
+    for argname, fixturedef in _fixture_defs(item):
+        if argname not in _NAMED_FIXTURES and not argname.endswith(_COLLECTOR_LOOP_SUFFIX):
+            continue
+        cached = getattr(fixturedef, "cached_result", None)
+        if cached is None or cached[2] is not None:
+            continue
+        loop = loop_of(argname, cached[0])
+        if loop is None:
+            continue
+        number = _loops.loop_id(loop)
+        if _named.get(id(fixturedef)) != number:
+            _named[id(fixturedef)] = number
+            label = loop_label(fixturedef.scope, _node_id(item, fixturedef.scope))
+            _loops.name_loop(loop, label, PYTEST_ASYNCIO)

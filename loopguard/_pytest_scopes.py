@@ -13,9 +13,10 @@ the notes).  This module finds the mismatch before any test body runs:
   ``_loop_scope`` attribute set by ``pytest_asyncio.fixture(loop_scope=...)`` (0.24+),
   ``asyncio_default_fixture_loop_scope`` and the fixture's own scope.  Anything missing or
   unexpected makes a scope "unknown", and unknown scopes are never reported;
-- whether the fixture's value is bound to a loop is only known once it exists: right after
-  the fixture is set up (a ``pytest_fixture_setup`` wrapper) or, when it was set up for an
-  earlier test, at the start of the next test's setup.  Only values that belong to one loop
+- whether the fixture's value is bound to a loop is only known once it exists: at the end
+  of the setup of the first test that uses it (a ``pytest_runtest_setup`` wrapper, still in
+  the setup phase) or, when it was set up for an earlier test, at the start of the next
+  test's setup.  Only values that belong to one loop
   count: pooled SQLAlchemy ``AsyncEngine`` (not ``NullPool``), ``AsyncConnection``,
   ``AsyncSession`` and ``async_sessionmaker`` bound to those, asyncpg and psycopg pools and
   connections, also inside a tuple, list or dict.  A fixture yielding anything else is silent.
@@ -44,10 +45,10 @@ from typing import Any, NamedTuple, Optional
 
 import pytest
 
-from . import _context, _sites
+from . import _context, _pytest_loops, _sites
 from ._emit import emit_fields
 from ._errors import LoopScopeMismatchWarning, background
-from ._pytest_loops import SCOPES, SUPPORTED, fixture_wrapper, name_loop_fixture
+from ._pytest_loops import SCOPES, SUPPORTED, name_loops_of, setup_wrapper, wrapper
 from ._state import STATE
 
 LG105 = "LG105"
@@ -349,7 +350,6 @@ class LoopScopeCheck:
 
     def __init__(self) -> None:
         self._fixture_scopes: dict[int, tuple[Any, Optional[LoopScope]]] = {}
-        self._watched: dict[int, Any] = {}  # id -> fixturedef of every fixture in a Use
         self._tests: dict[tuple[int, str, str], list[str]] = {}  # Use.key -> node ids
         self._reported: set[tuple[int, str, str]] = set()
         # node id -> the fixtures LG105 reported for it (pytest-asyncio's own warning about
@@ -376,7 +376,6 @@ class LoopScopeCheck:
             if uses:
                 item.stash[_uses_key] = uses
                 for use in uses:
-                    self._watched[id(use.fixturedef)] = use.fixturedef
                     self._tests.setdefault(use.key, []).append(item.nodeid)
 
     def _uses(
@@ -403,33 +402,42 @@ class LoopScopeCheck:
                 uses.append(Use(fixturedef, fixture, test))
         return uses
 
-    def pytest_runtest_setup(self, item: pytest.Item) -> None:
-        # Fixtures set up for an earlier test: their value is known before this test's setup.
-        for use in item.stash.get(_uses_key, ()):
+    if setup_wrapper is not None:
+
+        @setup_wrapper
+        def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None, Any, Any]:
+            # One wrapper around each test's setup, not one around every fixture's (~4 per
+            # test): fixtures set up for an earlier test are checked before this setup, the
+            # others once it is done, still in the setup phase, before the test body runs.
+            uses = item.stash.get(_uses_key, ())
+            self._check_values(item, uses)
+            _context.fixtures_in_setup.clear()
+            _pytest_loops.setting_up = item
+            try:
+                return (yield)
+            finally:
+                _pytest_loops.setting_up = None
+                _context.fixtures_in_setup.clear()
+                name_loops_of(item)
+                self._check_values(item, uses)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_fixture_setup(self, fixturedef: Any) -> None:
+        # What the fixture creates is created by it (_registry.Origin reads the list).  A
+        # plain hook: a wrapper around every fixture's setup costs several times more.
+        _context.fixtures_in_setup.append((fixturedef, fixturedef.func))
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_teardown(self) -> None:
+        # Fixtures requested during the test body (getfixturevalue) are done by now, and
+        # their finalizers reset what marks them as done.
+        _context.fixtures_in_setup.clear()
+
+    def _check_values(self, item: pytest.Item, uses: Any) -> None:
+        for use in uses:
             cached = getattr(use.fixturedef, "cached_result", None)
             if cached is not None and cached[2] is None:
                 self._check(item, use, cached[0])
-
-    if fixture_wrapper is not None:
-
-        @fixture_wrapper
-        def pytest_fixture_setup(self, fixturedef: Any, request: Any) -> Generator[None, Any, Any]:
-            # What the fixture creates is created by it (_registry.Origin reads the stack).
-            in_setup = _context.fixtures_in_setup
-            in_setup.append((fixturedef, fixturedef.func))
-            try:
-                result = yield
-            finally:
-                in_setup.pop()
-            # Also names pytest-asyncio's loops (_pytest_loops): one wrapper around every
-            # fixture setup instead of two (~55k instructions per test each, measured).
-            name_loop_fixture(fixturedef, request, result)
-            item = getattr(request, "_pyfuncitem", None)
-            if id(fixturedef) in self._watched and item is not None:
-                for use in item.stash.get(_uses_key, ()):
-                    if use.fixturedef is fixturedef:
-                        self._check(item, use, result)
-            return result
 
     def _check(self, item: pytest.Item, use: Use, value: Any) -> None:
         if use.key in self._reported:
@@ -487,9 +495,9 @@ class _DeduplicatedAsyncioWarning:
         self._check = check
         self._category = category
 
-    if fixture_wrapper is not None:  # registered only where new-style wrappers exist
+    if wrapper is not None:  # registered only where new-style wrappers exist
 
-        @fixture_wrapper
+        @wrapper
         def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, Any, Any]:
             names = self._check.reported_fixtures.get(item.nodeid)
             if not names:

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 class Origin:
     """Where and when an object was created (shared by an engine and its successive pools)."""
 
-    __slots__ = ("site", "created_during", "created_in_loop", "known", "fixture")
+    __slots__ = ("site", "created_during", "created_in_loop", "known", "_fixture")
 
     def __init__(
         self,
@@ -34,17 +34,33 @@ class Origin:
         created_during: Optional[str],
         created_in_loop: Optional[bool],
         known: bool = True,
-        fixture: Optional[str] = None,
+        fixture: Any = None,
     ) -> None:
         self.site = site
         self.created_during = created_during  # the test (and phase) running then
         self.created_in_loop = created_in_loop  # was a loop running?
         self.known = known  # False: found after the fact (created before install())
-        # The pytest fixture whose setup created it ("session-scoped fixture 'engine' at
-        # conftest.py:12"): looked up here, so every guard's origins carry it.
+        # The pytest fixture whose setup created it: looked up here, so every guard's origins
+        # carry it; kept as the setup's (FixtureDef, function) and described only when a
+        # message or record reads it (``fixture``).  A text is also accepted.
         if fixture is None and known and _context.fixtures_in_setup:
-            fixture = _context.current_fixture()
-        self.fixture = fixture
+            fixture = _context.fixture_in_setup()
+        self._fixture = fixture
+
+    @property
+    def fixture(self) -> Optional[str]:
+        """The fixture whose setup created it, as messages name it: ``session-scoped fixture
+        'engine' at conftest.py:12``; None if it was not created by a fixture's setup."""
+        fixture = self._fixture
+        if fixture is None or isinstance(fixture, str):
+            return fixture
+        described = self._fixture = _context.describe_fixture(*fixture)
+        return described
+
+    @property
+    def fixture_entry(self) -> Any:
+        """What ``fixture`` is made from (for a copy of this origin: no description made)."""
+        return self._fixture
 
     def __repr__(self) -> str:
         where = str(self.site) if self.site else "unknown site"

@@ -457,6 +457,48 @@ def test_engine_of_a_session_scoped_sync_fixture_is_described_as_that_fixture(
     assert (record["cause"], record["created_by"]) == ("closed-loop-fixture", fixture)
 
 
+NESTED_FIXTURE_CONFTEST_PY = """
+    import os
+
+    import pytest
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+
+    @pytest.fixture(scope="session")
+    def database_url():
+        return os.environ["DATABASE_URL"]
+
+
+    @pytest.fixture(scope="session")
+    def engine(request):
+        url = request.getfixturevalue("database_url")  # set up inside engine's own setup
+        return create_async_engine(url)
+"""
+
+
+def test_an_engine_made_after_a_nested_fixture_setup_is_described_as_its_own_fixture(
+    pytester: pytest.Pytester, db_url: str, run: RunPytest
+) -> None:
+    """The fixture ``engine`` asks for ``database_url`` while it is being set up, then creates
+    the engine: ``created_by`` names ``engine`` (the fixture still being set up), not the
+    nested fixture whose setup ended before the engine was created."""
+    write(
+        pytester.path,
+        {
+            "pytest.ini": ini(),
+            "conftest.py": NESTED_FIXTURE_CONFTEST_PY,
+            "test_db.py": FIXTURE_TESTS_PY,
+        },
+    )
+    log = pytester.path / "lg.jsonl"
+    result = run("--loopguard", "--tb=short", env={"LOOPGUARD_LOG_FILE": str(log)})
+    result.assert_outcomes(passed=1, failed=1)
+    line = line_of(NESTED_FIXTURE_CONFTEST_PY, "def engine(request)") - 1
+    fixture = f"session-scoped fixture 'engine' at conftest.py:{line}"
+    [record] = [r for r in records(log) if r["code"] == "LG101"]
+    assert (record["cause"], record["created_by"]) == ("closed-loop-fixture", fixture)
+
+
 HTTPX_FIXTURE_CONFTEST_PY = """
     import os
 

@@ -199,6 +199,62 @@ def test_scenario2_warns_at_setup_before_the_loop_mismatch_error(
     assert output(result).count("LoopScopeMismatchWarning: ") == 1
 
 
+SETUP_MISMATCH_CONFTEST_PY = """
+    import os
+
+    import pytest
+    import pytest_asyncio
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+
+    @pytest.fixture(scope="session")
+    def engine():
+        return create_async_engine(os.environ["DATABASE_URL"], pool_size=5)
+
+
+    @pytest_asyncio.fixture
+    async def row(engine):
+        async with engine.connect() as conn:
+            return (await conn.execute(text("select 1"))).scalar()
+"""
+
+SETUP_MISMATCH_TESTS_PY = """
+    def test_one(row):
+        assert row == 1
+
+
+    def test_two(row):
+        assert row == 1
+"""
+
+
+def test_a_loop_made_in_this_setup_is_named_in_a_mismatch_during_the_setup(
+    pytester: pytest.Pytester, db_url: str, run: RunPytest
+) -> None:
+    """A function-scoped async fixture uses a session-wide engine: test_two's setup connects
+    on test_two's new loop, and the LoopMismatchError raised there (still in the setup) names
+    that loop as pytest-asyncio's function-scoped loop for test_two, although the loop was
+    made in the same setup, before the plugin's end-of-setup naming."""
+    write(
+        pytester.path,
+        {
+            "pytest.ini": ini(),
+            "conftest.py": SETUP_MISMATCH_CONFTEST_PY,
+            "test_setup.py": SETUP_MISMATCH_TESTS_PY,
+        },
+    )
+    result = run("--loopguard", "--tb=short")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "E   loopguard.LoopMismatchError: SQLAlchemy AsyncEngine used on event loop #*",
+            "E     used now:      during test_setup.py::test_two (setup) on loop #* "
+            "(pytest-asyncio's function-scoped loop for test_setup.py::test_two), at *",
+        ]
+    )
+
+
 FAILING_PROCESSOR_CONFTEST_PY = """
 
     import structlog

@@ -73,7 +73,11 @@ class EngineFacts(Origin):
 
     def __init__(self, url: Any, pool_class: str, origin: Origin) -> None:
         super().__init__(
-            origin.site, origin.created_during, origin.created_in_loop, origin.known, origin.fixture
+            origin.site,
+            origin.created_during,
+            origin.created_in_loop,
+            origin.known,
+            origin.fixture_entry,
         )
         self._url = url  # SQLAlchemy's URL (immutable); rendered only when a record needs it
         self._rendered: Optional[str] = None
