@@ -58,6 +58,7 @@ from ._base import Integration, Patch
 
 _current_test = _context.current_test
 _fixtures_in_setup = _context.fixtures_in_setup  # the list itself: appended to, never rebound
+_fixture_in_setup = _context.fixture_in_setup  # the innermost fixture whose setup is running
 
 # 1.4.24 is the first release with ConnectionRecord.dbapi_connection and the adapted
 # connections' driver_connection, which the guard reads; older releases are refused.
@@ -276,7 +277,7 @@ def _make_guarded_do_get(original: Callable[[Any], Any]) -> Callable[[Any], Any]
             if conn.binding.loop._ref() is loop:
                 # Only the test: where it was checked out costs a stack walk, too much here.
                 conn.checked_out_during = _current_test()
-                conn.checked_out_by = _fixtures_in_setup[-1] if _fixtures_in_setup else None
+                conn.checked_out_by = _fixture_in_setup() if _fixtures_in_setup else None
                 return record
             _on_connection_mismatch(self, state, record, conn, loop)  # raises, or releases
             if not state.queued:
@@ -297,7 +298,7 @@ def _adopt_connection(pool: Any, state: PoolState, record: Any, loop: Any) -> Co
     binding = Binding(LoopRef(loop), site, _context.current_test())
     facts = ConnectionFacts(binding, id(record.dbapi_connection), record.starttime, state, record)
     facts.checked_out_during = binding.during
-    facts.checked_out_by = _fixtures_in_setup[-1] if _fixtures_in_setup else None
+    facts.checked_out_by = _fixture_in_setup() if _fixtures_in_setup else None
     driver = getattr(record.dbapi_connection, "driver_connection", None)
     if driver is not None:
         if not (type(driver).__module__ or "").startswith("asyncpg"):
