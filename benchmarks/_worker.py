@@ -82,6 +82,16 @@ def sqlalchemy_tracked(engine: Any) -> bool:
     return state is not None and state.binding is not None
 
 
+def held_tracked(resource: Any) -> bool:
+    """The raise arm's held connection is known to loopguard, so each statement is checked."""
+    from loopguard.integrations import _sqlalchemy
+
+    conn = resource[1]
+    record = conn.sync_connection.connection._connection_record
+    registry = getattr(_sqlalchemy, "CONNECTIONS", None)
+    return registry is not None and registry.get(record) is not None
+
+
 def asyncpg_guarded(_: Any) -> bool:
     from loopguard._state import STATE
 
@@ -133,6 +143,25 @@ def benches(url: str, dsn: str) -> Dict[str, Bench]:
                 await session.execute(select_1)
         return since(t0)
 
+    def make_held(driver: str) -> Any:
+        async def make() -> Any:
+            engine = create_async_engine(url.replace("+asyncpg", f"+{driver}"), pool_size=5)
+            conn = await engine.connect()
+            return engine, conn, text("select 1")
+
+        return make
+
+    async def close_held(resource: Any) -> None:
+        await resource[1].close()
+        await resource[0].dispose()
+
+    async def held_statements(resource: Any, n: int) -> Tuple[int, int]:
+        _, conn, select_1 = resource
+        t0 = now()
+        for _ in range(n):
+            await conn.execute(select_1)
+        return since(t0)
+
     async def make_pool() -> Any:
         return await asyncpg.create_pool(dsn, min_size=1, max_size=5)
 
@@ -157,6 +186,8 @@ def benches(url: str, dsn: str) -> Dict[str, Bench]:
         "1a": (make_engine, pool_checkouts, dispose, sqlalchemy_tracked),
         "1b": (make_engine, engine_connects, dispose, sqlalchemy_tracked),
         "2": (make_sessions, session_select, dispose_sessions, lambda r: sqlalchemy_tracked(r[0])),
+        "2b": (make_held("asyncpg"), held_statements, close_held, held_tracked),
+        "2c": (make_held("psycopg"), held_statements, close_held, held_tracked),
         "3a": (make_pool, acquires, close_pool, asyncpg_guarded),
         "3b": (make_pool, acquire_fetchval, close_pool, asyncpg_guarded),
     }

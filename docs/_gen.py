@@ -80,7 +80,8 @@ _MESSAGE = (
     r"^(?:E\s+|\s*)(loopguard\.LoopMismatchError: .*)$",
     r"((?:LoopMismatch|PoolCreatedOutsideLoop)Warning: .*)$",
     r"^(?:E\s+|\s*)"
-    r"((?:engine|pool|connection|client|session|created at|bound|used now|likely cause|fix): .*)$",
+    r"((?:engine|pool|connection|client|session|created at|bound|checked out|used now"
+    r"|likely cause|fix): .*)$",
     r"^(?:E\s+|\s*)(\(Background on this (?:error|warning): .*)$",
 )
 # The plugin's terminal summary.
@@ -168,6 +169,18 @@ RUNS: dict[str, Run] = {
         (*_MESSAGE, *_EXCEPTION),
     ),
     "lg103_fix": Run("LOOPGUARD=1 python -X dev lg103_fix_pool_per_job.py", (r"^(.*)$",)),
+    "held_bug_raw": Run("python lg101_held_bug.py 2>&1 | tail -n 1", _EXCEPTION),
+    "held_bug_guarded": Run("LOOPGUARD=1 python lg101_held_bug.py 2>&1 | tail -n 9", _MESSAGE),
+    "held_bug_warn": Run(
+        "LOOPGUARD=warn python lg101_held_bug.py 2>&1"
+        " | grep -E '^job|LoopMismatchWarning: |^[a-zA-Z._]+Error: '",
+        (r"^(job \d+: .*)$", *_MESSAGE, r"^([\w.]+Error): .*(connection is closed)"),
+    ),
+    "held_fixture_guarded": Run(
+        f"{_ERRORS} lg101_held_in_tests_bug.py --loopguard",
+        _MESSAGE + _SUMMARY + _OUTCOME,
+    ),
+    "held_fix": Run("LOOPGUARD=1 python -X dev lg101_held_fix_session_per_job.py", (r"^(.*)$",)),
     "lg112_raw": Run(
         "python lg112_global_pool_bug.py 2>&1"
         " | grep -E '^(job [0-9]+:|[a-zA-Z._]+(Error|Timeout): )'",
@@ -728,6 +741,12 @@ def ref_asyncpg_causes() -> str:
     return "\n".join(rows)
 
 
+def ref_held_causes() -> str:
+    from loopguard._causes import HELD_CONNECTION
+
+    return _cause_table(HELD_CONNECTION)
+
+
 def ref_api_tracking() -> str:
     """track(), check() and unbind(): the public API for any loop-bound object."""
     return ref_api(("track", "check", "unbind"))
@@ -739,6 +758,13 @@ def _cause_table(causes: dict[str, Any]) -> str:
     for key, (cause, fix) in causes.items():
         rows.append(f"| `{key}` | {cause} | {fix} |")
     return "\n".join(rows)
+
+
+def ref_held_hooks() -> str:
+    """The held-connection checks' module docstring, without its title line."""
+    from loopguard.integrations import _sqlalchemy_held
+
+    return _docstring_md(_sqlalchemy_held.__doc__, skip=2)
 
 
 def ref_redis_causes() -> str:
@@ -782,6 +808,8 @@ REFERENCE: dict[str, Callable[[], str]] = {
     "cli": ref_cli,
     "causes": ref_causes,
     "asyncpg_causes": ref_asyncpg_causes,
+    "held_causes": ref_held_causes,
+    "held_hooks": ref_held_hooks,
     "patterns": ref_patterns,
     "redis_causes": ref_redis_causes,
     "redis_hooks": ref_redis_hooks,

@@ -78,6 +78,51 @@ ENGINE = {
     ),
 }
 
+# A connection held open (an AsyncConnection, the connection of an AsyncSession in a
+# transaction, a stream) and used on a loop other than the one it was checked out on.
+HELD_CONNECTION = {
+    "closed-loop-test": Cause(
+        "the connection outlived the event loop it was checked out on: an AsyncConnection or an "
+        "AsyncSession (in a transaction, or streaming a result) is kept by a fixture, a module "
+        "global or a cache while pytest-asyncio gives each test a new loop.",
+        "open it on the test's loop and close it there: `async with engine.connect() as conn: "
+        "yield conn` (or `async with AsyncSession(engine) as session: yield session`) in a "
+        "fixture with the test's loop scope.",
+    ),
+    "closed-loop-run": Cause(
+        "the connection outlived the event loop it was checked out on: an AsyncConnection or an "
+        "AsyncSession (in a transaction, or streaming a result) kept from one asyncio.run() is "
+        "used by the next, on a new loop.",
+        "open and close it inside each job (`async with engine.connect()` or `async with "
+        "AsyncSession(engine)` in the coroutine that asyncio.run() runs), and open a new one "
+        "in the next job.",
+    ),
+    "idle-loop-test": Cause(
+        "it was checked out on a loop that is still open but not running: typically a fixture "
+        "with a wider loop scope (session, package, module or class) yields the connection or "
+        "session to tests that run on their own loop.",
+        _RUN_ON_FIXTURE_LOOP.format(noun="connection or session"),
+    ),
+    "idle-loop-run": Cause(
+        "it was checked out on another event loop that is still open but not running.",
+        "use each connection or session on the loop that opened it; open another one for the "
+        "new loop.",
+    ),
+    "running-loop": Cause(
+        "it was checked out on another event loop that is running right now, most likely in "
+        "another thread.",
+        "give each thread's loop its own connection or session, or run the work on the "
+        "connection's loop (asyncio.run_coroutine_threadsafe()).",
+    ),
+    "forked-child": Cause(
+        "this process was forked from one whose event loop checked this connection out "
+        "(os.fork() or multiprocessing's fork start method): its socket is shared with the "
+        "parent, and using it here corrupts the parent's connection.",
+        "open new connections in the child, after the fork (`engine.sync_engine.dispose("
+        "close=False)` first), or use the spawn start method.",
+    ),
+}
+
 _OUTSIDE_LOOP = Cause(
     "asyncpg.create_pool() was called with no event loop running (at import time, in a sync "
     "function or fixture, or before asyncio.run()), so the pool captured the loop "
@@ -598,6 +643,17 @@ _UNKNOWN_FIXTURE = "a fixture"  # `loopguard report` reads no fixture
 # resource (as records name it) -> its causes; integrations add theirs with ``register``.
 _BY_RESOURCE: dict[str, dict[str, Cause]] = {
     "SQLAlchemy AsyncEngine": ENGINE,
+    "SQLAlchemy connection": HELD_CONNECTION,
+    # A pool made by create_async_pool_from_url(): no engine around it, its own dispose().
+    "SQLAlchemy pool": {
+        key: Cause(
+            cause.text.replace("the engine", "the pool").replace("engine", "pool"),
+            cause.fix.replace("await engine.dispose()", "pool.dispose()")
+            .replace("`engine.sync_engine.dispose(close=False)`", "`pool.dispose()`")
+            .replace("engine", "pool"),
+        )
+        for key, cause in ENGINE.items()
+    },
     "asyncpg Pool": ASYNCPG_POOL,
     "asyncpg Connection": ASYNCPG_CONNECTION,
     "httpx AsyncClient": HTTPX_CLIENT,

@@ -43,6 +43,12 @@ MISMATCH_FIELDS = (
     "released",
     "sockets_closed",
 )
+# LG101 also names the test that checked a held connection out (logged only for those).
+ENGINE_FIELDS = tuple(
+    field
+    for name in MISMATCH_FIELDS
+    for field in ((name, "checked_out_during") if name == "bound_at" else (name,))
+)
 # LG102: a pool created with no loop running, at its first use.
 CREATION_FIELDS = (
     "code",
@@ -148,8 +154,8 @@ CODES: dict[str, Code] = {
             EVENT_LOOP_MISMATCH,
             LoopMismatchWarning,
             True,
-            MISMATCH_FIELDS,
-            ("SQLAlchemy AsyncEngine",),
+            ENGINE_FIELDS,
+            ("SQLAlchemy AsyncEngine", "SQLAlchemy pool", "SQLAlchemy connection"),
         ),
         Code(
             "LG102",

@@ -115,6 +115,7 @@ FIELD_TYPES: dict[str, type] = {
             "created_by",
             "created_via",
             "bound_during",
+            "checked_out_during",
             "used_during",
             "cause",
             "fixture",

@@ -54,7 +54,8 @@ def format_engine_message(record: Record) -> str:
     lines = [
         f"{record.resource} used on event loop #{record.current_loop_id}, but its pooled "
         f"connections belong to loop #{record.owner_loop_id}; {outcome}",
-        f"  engine:        {record.url} ({record.pool_class})",
+        f"  {'pool:  ' if record.resource == 'SQLAlchemy pool' else 'engine:'}        "
+        f"{record.url} ({record.pool_class})",
         "  created at:    "
         + _created_line(
             record,
@@ -62,6 +63,39 @@ def format_engine_message(record: Record) -> str:
         ),
         f"  bound:         first connection opened {_during(record.bound_during)}{bound_at} on "
         f"{record.owner_loop}",
+        _used_now(record),
+        f"  likely cause:  {cause.text}",
+        f"  fix:           {cause.fix}",
+        _background(record),
+    ]
+    return "\n".join(lines)
+
+
+def format_held_message(record: Record) -> str:
+    """LG101 for a connection held open (AsyncConnection, AsyncSession, stream) and used on a
+    loop other than the one it was checked out on."""
+    cause = _cause(record)
+    bound_at = f" (first opened at {record.bound_at})" if record.bound_at else ""
+    if record.action == "raised":
+        outcome = "stopped before any I/O; it stays usable on its own loop."
+    elif record.released:
+        outcome = (
+            "loopguard closed it without I/O on its loop and invalidated it: SQLAlchemy's "
+            "'connection is closed' error follows, and after a rollback the connection is "
+            "opened again on this loop."
+        )
+    else:
+        outcome = "its loop runs in another thread, so loopguard let the call go ahead."
+    lines = [
+        f"SQLAlchemy connection used on event loop #{record.current_loop_id}, but it was "
+        f"checked out on loop #{record.owner_loop_id} and belongs to it; {outcome}",
+        f"  engine:        {record.url} ({record.pool_class})",
+        "  created at:    "
+        + _created_line(
+            record,
+            "unknown: the engine was created before loopguard was installed " + _UNKNOWN_SITE,
+        ),
+        f"  checked out:   {_during(record.checked_out_during)} on {record.owner_loop}{bound_at}",
         _used_now(record),
         f"  likely cause:  {cause.text}",
         f"  fix:           {cause.fix}",
@@ -396,5 +430,14 @@ _FORMATTERS: dict[str, Callable[[Record], str]] = {
 }
 
 
+# Resources whose words differ from their code's formatter.
+_RESOURCE_FORMATTERS: dict[str, Callable[[Record], str]] = {
+    "SQLAlchemy connection": format_held_message,
+}
+
+
 def format_message(record: Record) -> str:
-    return _FORMATTERS.get(record.code, format_object_message)(record)
+    formatter = _RESOURCE_FORMATTERS.get(record.resource)
+    if formatter is None:
+        formatter = _FORMATTERS.get(record.code, format_object_message)
+    return formatter(record)

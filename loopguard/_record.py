@@ -16,6 +16,7 @@ OPTIONAL_FIELDS = frozenset(
         "operation",
         "created_by",
         "created_via",
+        "checked_out_during",
         "released",
         "sockets_closed",
         "held",
@@ -39,6 +40,7 @@ class Record:
     created_via: Optional[str] = None  # the library code that created it (module:line in function)
     bound_during: Optional[str] = None
     bound_at: Optional[str] = None  # path:line in function
+    checked_out_during: Optional[str] = None  # a held connection: the test that checked it out
     used_at: Optional[str] = None
     used_during: Optional[str] = None
     operation: Optional[str] = None  # the method called, e.g. Pool.acquire

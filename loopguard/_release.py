@@ -99,6 +99,29 @@ def _close_psycopg(connection: Any) -> bool:
     return True
 
 
+def _close_aiosqlite(connection: Any) -> bool:
+    # aiosqlite runs sqlite3 in a thread of its own and binds no loop.  What its stop()
+    # (0.22.1+) queues, without the future stop() would make on the running loop (the thread
+    # would report to that loop after it may have closed): the thread closes the sqlite3
+    # connection and ends.  Older releases are left to their own close().
+    import sys
+
+    sentinel = getattr(sys.modules.get("aiosqlite.core"), "_STOP_RUNNING_SENTINEL", None)
+    queue = getattr(connection, "_tx", None)
+    if sentinel is None or queue is None or not getattr(connection, "_running", False):
+        return False
+
+    def close_and_stop() -> Any:
+        if connection._connection is not None:
+            connection._connection.close()
+            connection._connection = None
+        return sentinel
+
+    connection._running = False
+    queue.put_nowait((None, close_and_stop))
+    return True
+
+
 def _close_stream(connection: Any, transport: Any, forget: Any) -> bool:
     """A driver connection over an asyncio transport (aiomysql, asyncmy): its socket closed
     without the loop, then ``forget()`` drops the driver's references to the transport, as
@@ -159,6 +182,8 @@ def close_without_loop(driver_connection: Any, loop_number: Optional[int] = None
         return _close_asyncpg(driver_connection)
     if module.startswith("psycopg"):
         return _close_psycopg(driver_connection)
+    if module.startswith("aiosqlite"):
+        return _close_aiosqlite(driver_connection)
     if module.startswith("aiomysql"):
         return _close_aiomysql(driver_connection)
     if module.startswith("asyncmy"):

@@ -30,6 +30,7 @@ from urllib.parse import quote
 
 import asyncpg
 import pytest
+import sqlalchemy.exc
 import structlog
 from asyncpg import connresource
 from asyncpg.pool import Pool, PoolConnectionProxy
@@ -1105,8 +1106,8 @@ def test_sqlalchemy_connection_misused_by_sqlalchemy_is_not_reported_twice(
 ) -> None:
     """A SQLAlchemy connection checked out on loop A and used on loop B while still checked
     out: raw use of its driver connection is reported (raise mode: stopped, naming where it
-    came from), but SQLAlchemy's own calls into asyncpg are left to SQLAlchemy's guard: no
-    LG103 record, asyncpg's own error (as test_sqlalchemy_guard.py pins)."""
+    came from), but SQLAlchemy's own calls into asyncpg are reported once, as the SQLAlchemy
+    guard's LG101 for a held connection (test_held_connections.py): no LG103 record."""
     engine = create_async_engine(sqlalchemy_url(pg_dsn))
 
     async def check_out() -> tuple[Any, Any]:
@@ -1124,13 +1125,22 @@ def test_sqlalchemy_connection_misused_by_sqlalchemy_is_not_reported_twice(
             assert "created at:    opened by a SQLAlchemy engine's pool" in str(excinfo.value)
 
         async def misuse() -> None:
-            with pytest.raises(RuntimeError, match="attached to a different loop"):
+            if mode == "raise":
+                with pytest.raises(loopguard.LoopMismatchError) as caught:
+                    await conn.execute(text("select 1"))
+                assert caught.value.code == "LG101"
+                await conn.invalidate()  # its loop is closed: dropped without I/O
+                return
+            with (
+                pytest.warns(loopguard.LoopMismatchWarning),
+                pytest.raises(sqlalchemy.exc.InterfaceError, match="connection is closed"),
+            ):
                 await conn.execute(text("select 1"))
             await conn.close()
 
         with structlog.testing.capture_logs() as logs, _asyncpg_fallout():
             asyncio.run(misuse())
-        assert [e for e in _mismatches(logs) if e["code"] == "LG103"] == []
+        assert [e["code"] for e in _mismatches(logs)] == ["LG101"]
     finally:
         with _asyncpg_fallout():
             _shut_down(engine)

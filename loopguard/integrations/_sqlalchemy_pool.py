@@ -4,6 +4,11 @@ Used when a pool is healed (``warn`` mode), disposed on a foreign loop (LG104) o
 connections when their loop closes (LG106).  SQLAlchemy's ``AsyncAdaptedQueue`` creates its
 ``asyncio.Queue`` lazily (memoized in ``__dict__``); a thread-safe ``Queue`` keeps its items
 in ``.queue``.
+
+The pools without a queue keep their connections each in its own way: ``StaticPool`` one
+record, memoized in ``__dict__["connection"]``; ``SingletonThreadPool`` one per thread, all in
+``_all_conns``; ``AssertionPool`` one, in ``_conn``, with ``_checked_out`` telling whether it is
+out.  ``idle_records`` and ``checked_out_count`` read them all alike.
 """
 
 from __future__ import annotations
@@ -17,6 +22,40 @@ from .._log import app_log
 def asyncio_queue(pool: Any) -> Any:
     """The pool's asyncio.Queue if it has been created, else None."""
     return getattr(pool._pool, "__dict__", {}).get("_queue")
+
+
+def is_queued(pool: Any) -> bool:
+    """A QueuePool (or subclass): connections wait in a queue, checkouts are counted."""
+    return hasattr(pool, "_pool") and hasattr(pool, "checkedout")
+
+
+def idle_records(pool: Any) -> list[Any]:
+    """The connection records a pool keeps and has not handed out, without taking them out."""
+    if is_queued(pool):
+        return queued_records(pool)
+    static = pool.__dict__.get("connection")  # StaticPool: one record, memoized
+    if static is not None:
+        return [static] if static.fairy_ref is None else []
+    all_conns = getattr(pool, "_all_conns", None)  # SingletonThreadPool: one per thread
+    if all_conns is not None:
+        return [record for record in list(all_conns) if record.fairy_ref is None]
+    record = getattr(pool, "_conn", None)  # AssertionPool
+    return [record] if record is not None and not getattr(pool, "_checked_out", False) else []
+
+
+def checked_out_count(pool: Any) -> int:
+    """How many connections the pool has handed out and not had back."""
+    if is_queued(pool):
+        return max(int(pool.checkedout()), 0)
+    records: list[Any] = []
+    static = pool.__dict__.get("connection")
+    if static is not None:
+        records = [static]
+    elif getattr(pool, "_all_conns", None) is not None:
+        records = list(pool._all_conns)
+    elif getattr(pool, "_conn", None) is not None:
+        records = [pool._conn]
+    return sum(1 for record in records if record.fairy_ref is not None)
 
 
 def queued_records(pool: Any) -> list[Any]:
@@ -118,6 +157,17 @@ def release_matching(
     """Release the idle connections for which ``matches(record)``, keeping the others in the
     queue, in order; the released stay queued without a DBAPI connection (dispose() discards
     them as usual).  Returns the first match and the counts."""
+    if not is_queued(pool):  # the record stays where the pool keeps it, without a connection
+        first = None
+        released = closed = 0
+        for record in idle_records(pool):
+            if matches(record):
+                first = first or record
+                released += 1
+                closed += release_record(
+                    pool, record, count_overflow=False, loop_number=loop_of(record)
+                )
+        return first, released, closed
     if not any(matches(record) for record in queued_records(pool)):
         return None, 0, 0  # the common case: a look, without taking records out
     from sqlalchemy.util.queue import Empty
