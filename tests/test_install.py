@@ -412,9 +412,12 @@ def test_without_sqlalchemy_or_asyncpg_install_guards_asyncio_primitives(tmp_pat
         print("GUARDING:", STATE.enabled)
         for name, why in STATE.skipped.items():
             print("SKIPPED:", name, why)
-        lock = asyncio.Lock()
+        lock = None
 
         async def contend():
+            global lock
+            if lock is None:
+                lock = asyncio.Lock()  # made in the first loop: bound to it on every Python
             async def hold():
                 async with lock:
                     await asyncio.sleep(0.01)
