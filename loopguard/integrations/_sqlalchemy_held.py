@@ -187,7 +187,10 @@ def _make_pre_exec(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
 
     def pre_exec(self: Any) -> Any:
         __tracebackhide__ = True
-        conn = _connection_lookup(id(self._dbapi_connection._connection_record))
+        try:
+            conn = _connection_lookup(id(self._dbapi_connection._connection_record))
+        except AttributeError:  # SQLAlchemy 1.4's first connect: the raw DBAPI connection
+            return original(self)
         if conn is not None:
             owner_ref = conn.owner
             if owner_ref is not None:
@@ -199,7 +202,10 @@ def _make_pre_exec(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
 
     def pre_exec_of_no_op(self: Any) -> None:
         __tracebackhide__ = True
-        conn = _connection_lookup(id(self._dbapi_connection._connection_record))
+        try:
+            conn = _connection_lookup(id(self._dbapi_connection._connection_record))
+        except AttributeError:  # SQLAlchemy 1.4's first connect: the raw DBAPI connection
+            return
         if conn is not None:
             owner_ref = conn.owner
             if owner_ref is not None:
@@ -227,7 +233,8 @@ def _make_transaction_end(
             __tracebackhide__ = True
             fairy = (self.connection if of_transaction else self)._dbapi_connection
             if fairy is not None:
-                conn = _connection_lookup(id(fairy._connection_record))
+                # (SQLAlchemy 1.4's first connect wraps the raw DBAPI connection: no record.)
+                conn = _connection_lookup(id(getattr(fairy, "_connection_record", None)))
                 if conn is not None:
                     # asyncpg's too: its own check would come after SQLAlchemy changed the
                     # transaction's state, and a failed commit would leave the connection
