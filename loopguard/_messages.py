@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-from ._causes import Cause, cause_for
+from ._cause_wording import Cause
+from ._causes import cause_for
 from ._errors import background
 from ._loops import loop_name
 from ._record import Record
