@@ -671,7 +671,7 @@ def ref_autoload() -> str:
 
 
 def ref_causes() -> str:
-    from loopguard._causes import ENGINE
+    from loopguard._resource_causes import ENGINE
 
     rows = ["| `cause` | likely cause (as the message says it) | fix (as the message says it) |"]
     rows.append("|---|---|---|")
@@ -682,7 +682,7 @@ def ref_causes() -> str:
 
 def ref_primitive_causes() -> str:
     """LG111's causes, worded for a lock (the other primitives get their own noun)."""
-    from loopguard._causes import primitive_causes
+    from loopguard._primitive_causes import primitive_causes
 
     rows = ["| `cause` | likely cause (as the message says it) | fix (as the message says it) |"]
     rows.append("|---|---|---|")
@@ -692,7 +692,7 @@ def ref_primitive_causes() -> str:
 
 
 def ref_psycopg_pool_causes() -> str:
-    from loopguard._causes import PSYCOPG_POOL
+    from loopguard._resource_causes import PSYCOPG_POOL
 
     rows = ["| `cause` | likely cause (as the message says it) | fix (as the message says it) |"]
     rows.append("|---|---|---|")
@@ -716,8 +716,9 @@ def ref_psycopg_pool_hooks() -> str:
 
 
 def ref_patterns() -> str:
-    """The causes that name a pattern (``_causes.PATTERNS``), in an engine's words."""
-    from loopguard._causes import PATTERNS, cause_for
+    """The causes that name a pattern (``_pattern_causes.PATTERNS``), in an engine's words."""
+    from loopguard._causes import cause_for
+    from loopguard._pattern_causes import PATTERNS
 
     rows = ["| `cause` | likely cause (as the message says it) | fix (as the message says it) |"]
     rows.append("|---|---|---|")
@@ -729,7 +730,7 @@ def ref_patterns() -> str:
 
 
 def ref_asyncpg_causes() -> str:
-    from loopguard._causes import ASYNCPG_CONNECTION, ASYNCPG_POOL
+    from loopguard._resource_causes import ASYNCPG_CONNECTION, ASYNCPG_POOL
 
     rows = [
         "| `cause` | for | likely cause (as the message says it) | fix (as the message says it) |"
@@ -742,7 +743,7 @@ def ref_asyncpg_causes() -> str:
 
 
 def ref_held_causes() -> str:
-    from loopguard._causes import HELD_CONNECTION
+    from loopguard._resource_causes import HELD_CONNECTION
 
     return _cause_table(HELD_CONNECTION)
 
@@ -768,19 +769,19 @@ def ref_held_hooks() -> str:
 
 
 def ref_redis_causes() -> str:
-    from loopguard._causes import REDIS_CLIENT
+    from loopguard._resource_causes import REDIS_CLIENT
 
     return _cause_table(REDIS_CLIENT)
 
 
 def ref_httpx_causes() -> str:
-    from loopguard._causes import HTTPX_CLIENT
+    from loopguard._resource_causes import HTTPX_CLIENT
 
     return _cause_table(HTTPX_CLIENT)
 
 
 def ref_aiohttp_causes() -> str:
-    from loopguard._causes import AIOHTTP_SESSION
+    from loopguard._resource_causes import AIOHTTP_SESSION
 
     return _cause_table(AIOHTTP_SESSION)
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import NamedTuple, Optional
 
-from ._causes import PRIMITIVE_NOUNS, Cause, cause_for
+from ._cause_wording import Cause
+from ._causes import cause_for
 from ._errors import (
     LoopguardWarning,
     LoopMismatchWarning,
@@ -17,6 +18,7 @@ from ._errors import (
     PoolCreatedOutsideLoopWarning,
 )
 from ._errors import docs_link as docs_link  # re-exported: the docs link codes through here
+from ._primitive_causes import PRIMITIVE_NOUNS
 
 EVENT_LOOP_MISMATCH = "loopguard.loop_mismatch"
 

@@ -36,7 +36,6 @@ compare.  The plugin object is registered only when loopguard is active.
 
 from __future__ import annotations
 
-import inspect
 import re
 import sys
 import warnings
@@ -46,22 +45,32 @@ from typing import Any, NamedTuple, Optional
 import pytest
 
 from . import _context, _pytest_loops, _sites
+from ._asyncio_loop_scopes import (
+    LoopScope,
+    _function_of,
+    _unwrapped,
+    asyncio_mode,
+    asyncio_plugin_version,
+    fixture_loop_scope,
+    loop_scope_of_test,
+)
 from ._emit import emit_fields
 from ._errors import LoopScopeMismatchWarning, background
+from ._loop_bound_values import (
+    ASYNCPG,
+    ASYNCPG_CONNECTION,
+    ENGINE,
+    OTHER,
+    PSYCOPG_CONNECTION,
+    Bound,
+    bound_to_loop,
+)
 from ._pytest_loops import SCOPES, SUPPORTED, name_loops_of, setup_wrapper, wrapper
 from ._state import STATE
 
 LG105 = "LG105"
-# asyncio_default_fixture_loop_scope's value for "the fixture's own scope" (recent 1.x).
-_MATCH_FIXTURE_SCOPE = "fixture-scope"
 _MAX_LISTED_TESTS = 3
-_MAX_CONTAINER_ITEMS = 16
 _SCOPES_PLUGIN = "loopguard-loop-scopes"
-
-
-class LoopScope(NamedTuple):
-    scope: str
-    source: str  # where the value came from, for the message
 
 
 class Use(NamedTuple):
@@ -77,173 +86,6 @@ class Use(NamedTuple):
 
 
 _uses_key = pytest.StashKey[list[Use]]()
-
-
-# -- what the installed pytest-asyncio says ------------------------------------------------
-
-
-def asyncio_plugin_version(config: pytest.Config) -> Optional[tuple[int, ...]]:
-    """The version of the pytest-asyncio plugin active in this run, or None."""
-    if not config.pluginmanager.has_plugin("asyncio"):  # not installed, or -p no:asyncio
-        return None
-    module = sys.modules.get("pytest_asyncio")
-    match = re.match(r"(\d+)\.(\d+)", str(getattr(module, "__version__", "")))
-    return (int(match.group(1)), int(match.group(2))) if match else None
-
-
-def _ini(config: pytest.Config, name: str) -> Optional[str]:
-    try:
-        value = config.getini(name)
-    except ValueError:  # an option this pytest-asyncio version does not have
-        return None
-    return value if isinstance(value, str) and value else None
-
-
-def asyncio_mode(config: pytest.Config) -> str:
-    try:
-        value = config.getoption("asyncio_mode")
-    except ValueError:
-        value = None
-    return str(value or _ini(config, "asyncio_mode") or "strict")
-
-
-def loop_scope_of_test(item: pytest.Item, config: pytest.Config) -> Optional[LoopScope]:
-    """The loop scope pytest-asyncio runs ``item`` on, or None (not an asyncio test, unknown)."""
-    marker = item.get_closest_marker("asyncio")
-    if marker is None:
-        return None
-    scope = marker.kwargs.get("loop_scope") or marker.kwargs.get("scope")
-    source = "its asyncio marker"
-    if not scope:
-        scope = _ini(config, "asyncio_default_test_loop_scope")  # 0.26+
-        source = "asyncio_default_test_loop_scope"
-        if scope is None:
-            scope, source = "function", "pytest-asyncio's default"
-    return LoopScope(scope, source) if scope in SCOPES else None
-
-
-def _function_of(fixturedef: Any) -> Any:
-    func = getattr(fixturedef, "func", None)
-    return getattr(func, "__func__", func)  # a fixture defined in a class
-
-
-def _unwrapped(func: Any) -> Any:
-    try:
-        return inspect.unwrap(func)
-    except ValueError:  # a __wrapped__ cycle
-        return func
-
-
-def fixture_loop_scope(
-    fixturedef: Any, config: pytest.Config, mode: str, version: tuple[int, ...]
-) -> Optional[LoopScope]:
-    """The loop scope of an async fixture as pytest-asyncio resolves it; None for the others."""
-    func = _function_of(fixturedef)
-    if not getattr(func, "_force_asyncio_fixture", False):  # pytest_asyncio.fixture
-        if mode != "auto":
-            return None  # strict mode: pytest-asyncio leaves plain async fixtures alone
-        original = _unwrapped(func)
-        if not (inspect.iscoroutinefunction(original) or inspect.isasyncgenfunction(original)):
-            return None
-    explicit = getattr(func, "_loop_scope", None)
-    default = _ini(config, "asyncio_default_fixture_loop_scope")
-    if default and default != _MATCH_FIXTURE_SCOPE:
-        fallback = LoopScope(default, "asyncio_default_fixture_loop_scope")
-    else:
-        fallback = LoopScope(fixturedef.scope, "its fixture scope")
-    if not explicit:
-        found = fallback
-    elif (0, 24) <= version < (1, 1) and explicit == fallback.scope:
-        # These versions write the loop scope they resolved back onto the fixture function
-        # at collection: equal to the fallback, it may have come from either.
-        found = LoopScope(explicit, f"its loop_scope argument or {fallback.source}")
-    else:
-        found = LoopScope(explicit, "its loop_scope argument")
-    return found if found.scope in SCOPES else None
-
-
-# -- what a fixture's value is bound to ---------------------------------------------------
-
-
-def _instance_of(value: Any, module_name: str, *names: str) -> bool:
-    """``isinstance`` against classes of a module, only if something imported it already."""
-    module = sys.modules.get(module_name)
-    if module is None:
-        return False
-    classes = tuple(c for c in (getattr(module, n, None) for n in names) if isinstance(c, type))
-    return bool(classes) and isinstance(value, classes)
-
-
-class Bound(NamedTuple):
-    """What in a fixture's value belongs to one event loop: in words, and which kind of
-    thing it is (the kind decides what happens to the tests, ``OUTCOMES``)."""
-
-    text: str  # "a pooled SQLAlchemy AsyncEngine (AsyncAdaptedQueuePool)"
-    kind: str  # ENGINE, ASYNCPG, ASYNCPG_CONNECTION, PSYCOPG_CONNECTION or OTHER
-
-    def within(self, prefix: str) -> Bound:
-        return Bound(f"{prefix}{self.text}", self.kind)
-
-
-# The kinds of loop-bound values, by what their first use on another loop does.
-ENGINE = "engine"  # checked out from its pool: LG101
-ASYNCPG = "asyncpg"  # a raw asyncpg Pool or Connection: LG103
-ASYNCPG_CONNECTION = "asyncpg-connection"  # a SQLAlchemy connection held open, over asyncpg
-PSYCOPG_CONNECTION = "psycopg-connection"  # psycopg: its I/O follows the running loop
-OTHER = "other"
-
-
-def loop_bound(value: Any, nested: bool = False) -> Optional[str]:
-    """What in ``value`` belongs to one event loop, in words; None when nothing does."""
-    bound = bound_to_loop(value, nested)
-    return bound.text if bound is not None else None
-
-
-def bound_to_loop(value: Any, nested: bool = False) -> Optional[Bound]:
-    """What in ``value`` belongs to one event loop; None when nothing does.
-
-    ``a pooled SQLAlchemy AsyncEngine (AsyncAdaptedQueuePool)``, ``an asyncpg Pool``, ...
-    A NullPool engine opens a new connection on the running loop at every checkout: it may
-    cross loops, so it (and sessions and sessionmakers bound to it) are not loop-bound.
-    """
-    asa = "sqlalchemy.ext.asyncio"
-    if _instance_of(value, asa, "AsyncEngine"):
-        pool = value.sync_engine.pool
-        if _instance_of(pool, "sqlalchemy.pool", "NullPool"):
-            return None
-        return Bound(f"a pooled SQLAlchemy AsyncEngine ({type(pool).__name__})", ENGINE)
-    if _instance_of(value, asa, "AsyncConnection"):
-        if getattr(value, "sync_connection", None) is None:  # not connected yet
-            return bound_to_loop(value.engine, nested)
-        driver = str(getattr(getattr(value.engine, "dialect", None), "driver", ""))
-        kind = {"asyncpg": ASYNCPG_CONNECTION, "psycopg": PSYCOPG_CONNECTION}.get(driver, OTHER)
-        return Bound("a SQLAlchemy AsyncConnection", kind)
-    if _instance_of(value, asa, "AsyncSession"):
-        bind = getattr(value, "bind", None)  # SQLAlchemy 2.0 sets it only when given
-        bound = bound_to_loop(bind, True) if bind is not None else None
-        return bound.within("a SQLAlchemy AsyncSession bound to ") if bound else None
-    kw = getattr(value, "kw", None)
-    if type(value).__name__ in ("async_sessionmaker", "sessionmaker") and isinstance(kw, dict):
-        bind = kw.get("bind")
-        bound = bound_to_loop(bind, True) if bind is not None else None
-        return bound.within(f"an {type(value).__name__} bound to ") if bound else None
-    if _instance_of(value, "asyncpg", "Pool"):
-        return Bound("an asyncpg Pool", ASYNCPG)
-    if _instance_of(value, "asyncpg", "Connection"):
-        return Bound("an asyncpg Connection", ASYNCPG)
-    if _instance_of(value, "asyncpg.pool", "PoolConnectionProxy"):
-        return Bound("an asyncpg Connection acquired from a Pool", ASYNCPG)
-    if _instance_of(value, "psycopg", "AsyncConnection"):
-        return Bound("a psycopg AsyncConnection", PSYCOPG_CONNECTION)
-    if _instance_of(value, "psycopg_pool", "AsyncConnectionPool"):
-        return Bound("a psycopg_pool AsyncConnectionPool", OTHER)
-    if not nested and isinstance(value, (tuple, list, dict)):
-        items = list(value.values() if isinstance(value, dict) else value)
-        for element in items[:_MAX_CONTAINER_ITEMS]:
-            bound = bound_to_loop(element, True)
-            if bound:
-                return bound.within(f"a {type(value).__name__} holding ")
-    return None
 
 
 # -- the message ---------------------------------------------------------------------------

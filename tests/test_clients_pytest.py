@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from teststack import PYTEST_ASYNCIO
 
-from loopguard._causes import AIOHTTP_SESSION, HTTPX_CLIENT
+from loopguard._resource_causes import AIOHTTP_SESSION, HTTPX_CLIENT
 
 
 def _ini() -> str:

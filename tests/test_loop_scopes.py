@@ -24,19 +24,18 @@ from teststack import PYTEST_ASYNCIO, SQLALCHEMY, describe
 
 import loopguard
 from loopguard import _loops
-from loopguard._pytest_loops import loop_label, loop_of
-from loopguard._pytest_scopes import (
+from loopguard._asyncio_loop_scopes import LoopScope
+from loopguard._loop_bound_values import (
     ASYNCPG,
     ENGINE,
     OTHER,
     PSYCOPG_CONNECTION,
     Bound,
-    LoopScope,
-    Use,
     bound_to_loop,
-    format_message,
     loop_bound,
 )
+from loopguard._pytest_loops import loop_label, loop_of
+from loopguard._pytest_scopes import Use, format_message
 
 # The plugin tests' fixtures, the autouse one that cleans the environment included.
 _clean_environment = plugin_tests._clean_environment

@@ -24,7 +24,7 @@ from sqlalchemy.util import greenlet_spawn
 from teststack import SQLALCHEMY
 
 import loopguard
-from loopguard.integrations import _sqlalchemy
+from loopguard.integrations import _sqlalchemy_facts
 
 pytestmark = pytest.mark.usefixtures("_guard")
 
@@ -137,7 +137,7 @@ def test_pools_used_correctly_are_silent(
 def test_nullpool_is_not_tracked(url_of: Callable[[str], str], disposed: list[Any]) -> None:
     engine = create_async_engine(url_of("asyncpg"), poolclass=NullPool)
     disposed.append(engine)
-    assert engine.sync_engine.pool not in _sqlalchemy.POOLS
+    assert engine.sync_engine.pool not in _sqlalchemy_facts.POOLS
     for _ in range(3):
         assert asyncio.run(_job(engine)) == 1
 

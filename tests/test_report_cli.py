@@ -29,9 +29,9 @@ from pgserver import sqlalchemy_url
 from test_docs import EXAMPLES, needs_documented_stack
 
 import loopguard
-from loopguard._causes import ASYNCPG_CONNECTION, ASYNCPG_POOL, ENGINE
 from loopguard._codes import CODES
 from loopguard._log import SCHEMA_VERSION
+from loopguard._resource_causes import ASYNCPG_CONNECTION, ASYNCPG_POOL, ENGINE
 
 Run = Callable[..., "subprocess.CompletedProcess[str]"]
 

@@ -52,7 +52,7 @@ from teststack import SQLALCHEMY
 
 import loopguard
 from loopguard._loops import loop_id
-from loopguard.integrations import _sqlalchemy, _sqlalchemy_pool
+from loopguard.integrations import _sqlalchemy_facts, _sqlalchemy_pool
 
 T = TypeVar("T")
 
@@ -1132,7 +1132,7 @@ def test_install_again_after_uninstall_keeps_the_pools_owner(
         loopguard.uninstall()
         loopguard.install("raise")
         assert loop.run_until_complete(_pid(engine)) == first_pid  # the owner: no error
-        state = _sqlalchemy.POOLS.get(pool)
+        state = _sqlalchemy_facts.POOLS.get(pool)
         assert state is not None and state.binding is not None
         assert state.binding.loop._ref() is loop
         with pytest.raises(loopguard.LoopMismatchError) as excinfo:
@@ -1204,7 +1204,7 @@ def test_record_reconnected_on_a_new_loop_is_judged_by_its_new_connection(
         async with engine.connect():
             pass
         [record] = _sqlalchemy_pool.queued_records(pool)
-        facts = _sqlalchemy.CONNECTIONS.get(record)  # still the old connection's (loop A)
+        facts = _sqlalchemy_facts.CONNECTIONS.get(record)  # still the old connection's (loop A)
         assert facts is not None
         assert facts.binding.loop() is not asyncio.get_running_loop()
         facts.dbapi_id = id(record.dbapi_connection)  # as if the new one got the old address

@@ -52,6 +52,7 @@ from .._log import report_once
 from .._loops import LoopRef, current_loop, running_loop
 from .._state import STATE
 from . import _primitive_facts as facts
+from . import _primitive_records as records
 from ._base import Integration, Patch
 
 _getframe = sys._getframe
@@ -237,7 +238,7 @@ def _mismatch(obj: Any, owner: Any, loop: Any, frame: FrameType) -> bool:
         return movable
     try:
         action = "raised" if mode == "raise" else "warned"
-        record = facts.mismatch_record(
+        record = records.mismatch_record(
             obj, owner, loop, frame, action, healed=None if mode == "raise" else movable
         )
     except Exception as exc:  # a bug of loopguard's: asyncio's own behaviour, unchanged

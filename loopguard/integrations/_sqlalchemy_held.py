@@ -63,10 +63,10 @@ from .._record import Record
 from .._state import STATE
 from . import _sqlalchemy_pool as pools
 from ._base import Integration, Patch
-from ._sqlalchemy import (
+from ._sqlalchemy import MIN_VERSION
+from ._sqlalchemy_facts import (
     CONNECTIONS,
     DRIVERS,
-    MIN_VERSION,
     ConnectionFacts,
     _adopt_connection,
     _driver_loop,
