@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from ._message_parts import (
     _UNKNOWN_SITE,
-    _background,
     _cause,
+    _closing_lines,
     _created_line,
     _during,
-    _used_now,
 )
 from ._record import Record
 
@@ -68,10 +67,7 @@ def format_client_message(record: Record) -> str:
         what,
         f"  created at:    {_created_line(record, unknown)}",
         f"  bound:         {bound}",
-        _used_now(record),
-        f"  likely cause:  {cause.text}",
-        f"  fix:           {cause.fix}",
-        _background(record),
+        *_closing_lines(record, cause),
     ]
     return "\n".join(lines)
 
@@ -113,9 +109,6 @@ def format_redis_message(record: Record) -> str:
         what,
         f"  created at:    {created}",
         f"  bound:         {bound} {record.owner_loop}",
-        _used_now(record),
-        f"  likely cause:  {cause.text}",
-        f"  fix:           {cause.fix}",
-        _background(record),
+        *_closing_lines(record, cause),
     ]
     return "\n".join(lines)

@@ -8,9 +8,9 @@ from ._message_parts import (
     _UNKNOWN_SITE,
     _background,
     _cause,
+    _closing_lines,
     _created_line,
     _during,
-    _used_now,
 )
 from ._record import Record
 
@@ -36,10 +36,7 @@ def format_engine_message(record: Record) -> str:
         ),
         f"  bound:         first connection opened {_during(record.bound_during)}{bound_at} on "
         f"{record.owner_loop}",
-        _used_now(record),
-        f"  likely cause:  {cause.text}",
-        f"  fix:           {cause.fix}",
-        _background(record),
+        *_closing_lines(record, cause),
     ]
     return "\n".join(lines)
 
@@ -69,10 +66,7 @@ def format_held_message(record: Record) -> str:
             "unknown: the engine was created before loopguard was installed " + _UNKNOWN_SITE,
         ),
         f"  checked out:   {_during(record.checked_out_during)} on {record.owner_loop}{bound_at}",
-        _used_now(record),
-        f"  likely cause:  {cause.text}",
-        f"  fix:           {cause.fix}",
-        _background(record),
+        *_closing_lines(record, cause),
     ]
     return "\n".join(lines)
 
@@ -120,10 +114,7 @@ def format_asyncpg_message(record: Record) -> str:
         what,
         f"  created at:    {_asyncpg_created_line(record, kind)}",
         f"  bound:         {bound} {record.owner_loop}",
-        _used_now(record),
-        f"  likely cause:  {cause.text}",
-        f"  fix:           {cause.fix}",
-        _background(record),
+        *_closing_lines(record, cause),
     ]
     return "\n".join(lines)
 
@@ -188,9 +179,6 @@ def format_psycopg_pool_message(record: Record) -> str:
             record, "unknown: the pool was created before loopguard was installed " + _UNKNOWN_SITE
         ),
         f"  bound:         {bound}",
-        _used_now(record),
-        f"  likely cause:  {cause.text}",
-        f"  fix:           {cause.fix}",
-        _background(record),
+        *_closing_lines(record, cause),
     ]
     return "\n".join(lines)

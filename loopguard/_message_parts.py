@@ -36,6 +36,17 @@ def _background(record: Record, what: str = "error") -> str:
     return "  " + background(record.code, what)
 
 
+def _closing_lines(record: Record, cause: Cause) -> list[str]:
+    """The lines every report ends with: where it is used now, the cause, the fix, the
+    Background line."""
+    return [
+        _used_now(record),
+        f"  likely cause:  {cause.text}",
+        f"  fix:           {cause.fix}",
+        _background(record),
+    ]
+
+
 def _created_line(record: Record, unknown: str) -> str:
     if not record.created_at:
         return unknown

@@ -14,11 +14,10 @@ from ._database_messages import (
 )
 from ._message_parts import (
     _UNKNOWN_SITE,
-    _background,
     _cause,
+    _closing_lines,
     _created_line,
     _during,
-    _used_now,
 )
 from ._primitive_messages import format_primitive_message
 from ._record import Record
@@ -43,10 +42,7 @@ def format_object_message(record: Record) -> str:
         ),
         f"  bound:         first used {_during(record.bound_during)}{bound_at} on "
         f"{record.owner_loop}",
-        _used_now(record),
-        f"  likely cause:  {cause.text}",
-        f"  fix:           {cause.fix}",
-        _background(record),
+        *_closing_lines(record, cause),
     ]
     return "\n".join(lines)
 

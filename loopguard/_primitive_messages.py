@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from ._message_parts import (
     _UNKNOWN_SITE,
-    _background,
     _cause,
+    _closing_lines,
     _created_line,
     _during,
-    _used_now,
 )
 from ._record import Record
 
@@ -65,9 +64,6 @@ def format_primitive_message(record: Record) -> str:
         f"#{record.owner_loop_id}; {outcome}",
         f"  created at:    {created}",
         f"  bound:         {bound}",
-        _used_now(record),
-        f"  likely cause:  {cause.text}",
-        f"  fix:           {cause.fix}",
-        _background(record),
+        *_closing_lines(record, cause),
     ]
     return "\n".join(lines)
