@@ -155,6 +155,7 @@ def _parent_greenlet_frame() -> Optional[FrameType]:
 def user_site(root: Optional[str] = None, skip: int = 1) -> Optional[Site]:
     """The first frame of user code above the caller, or None if none is found in the bound."""
     frame: Optional[FrameType] = sys._getframe(skip)
+    verdict = _verdicts.get  # _is_internal()'s cache, without the call (a walk: ~15 frames)
     hopped = False
     for _ in range(MAX_FRAMES):
         if frame is None:
@@ -163,13 +164,11 @@ def user_site(root: Optional[str] = None, skip: int = 1) -> Optional[Site]:
             frame, hopped = _parent_greenlet_frame(), True
             if frame is None:
                 return None
-        code = frame.f_code
-        internal = _verdicts.get(code.co_filename)  # _is_internal()'s cache, without the call
-        if internal is None:
-            internal = _is_internal(code.co_filename)
-        if not internal:
-            return site_of(frame, root)
-        frame = frame.f_back
+        internal = verdict(frame.f_code.co_filename)
+        if internal or (internal is None and _is_internal(frame.f_code.co_filename)):
+            frame = frame.f_back
+            continue
+        return site_of(frame, root)
     return None
 
 

@@ -115,17 +115,19 @@ def _sqlalchemy_dir() -> Optional[str]:
 
 def opener(frame: Optional[FrameType]) -> tuple[str, Optional[_sites.Site]]:
     """Who is opening a connection: an asyncpg Pool, SQLAlchemy, or the user (with the site)."""
-    sqlalchemy_dir = _sqlalchemy_dir()
+    sqlalchemy_dir = _sqlalchemy_dir() or "\0"  # "\0": no file name starts with it
     pool_file = _dirs.get("pool")
+    verdict = _sites._verdicts.get  # is_internal()'s cache, without the call
     for _ in range(MAX_FRAMES):
         if frame is None:
             break
         filename = frame.f_code.co_filename
         if filename == pool_file:
             return ORIGIN_POOL, None
-        if sqlalchemy_dir and filename.startswith(sqlalchemy_dir):
+        if filename.startswith(sqlalchemy_dir):
             return ORIGIN_SQLALCHEMY, None
-        if not _sites.is_internal(filename):
+        internal = verdict(filename)
+        if not internal and (internal is not None or not _sites.is_internal(filename)):
             return ORIGIN_DIRECT, _sites.site_of(frame, _context.rootdir)
         frame = frame.f_back
     return ORIGIN_DIRECT, None
