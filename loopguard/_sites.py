@@ -130,9 +130,14 @@ def is_library(filename: str) -> bool:
 def site_of(frame: FrameType, root: Optional[str] = None) -> Site:
     """The place ``frame`` is at, as messages show it."""
     code = frame.f_code
-    return Site(
-        display_path(code.co_filename, root), frame.f_lineno, code.co_name, code.co_filename
+    # tuple.__new__: what Site(...) does, without the Python __new__ NamedTuple generates.
+    return _new_tuple(
+        Site,
+        (display_path(code.co_filename, root), frame.f_lineno, code.co_name, code.co_filename),
     )
+
+
+_new_tuple = tuple.__new__
 
 
 def reset_caches() -> None:

@@ -633,10 +633,10 @@ def test_the_event_of_a_librarys_queue_made_in_a_task_is_reported_as_the_queue(
     SQLAlchemy's pool does per pool) the Event is recorded as the Queue, at the line the
     task's own coroutine is at, with the library's line that made the Queue."""
 
-    async def make() -> asyncio.Queue[int]:
+    async def make() -> Any:
         return await library.deep_queue()  # deep queue created
 
-    queue = asyncio.run(make())
+    queue: asyncio.Queue[int] = asyncio.run(make())
 
     async def join_once() -> None:
         queue.put_nowait(1)

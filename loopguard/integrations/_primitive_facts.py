@@ -272,9 +272,9 @@ def created_elsewhere(obj: Any, frame: FrameType) -> None:
                 if caller_kind == _LIBRARY:
                     # A library's Queue made in a task (SQLAlchemy's pool queue, per pool):
                     # what the short walk finds, without the walk.
-                    creation = _library_owner_creation(frame, caller, owner)
-                    if creation is not None:
-                        _store(CREATED, obj, creation)
+                    found = _library_owner_creation(frame, caller, owner)
+                    if found is not None:
+                        _store(CREATED, obj, found)
                         return
         if type(obj) not in BASES and not _keyable(type(obj)):
             return  # a subclass with an equality of its own cannot key the table: untracked
