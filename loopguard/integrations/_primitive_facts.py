@@ -295,18 +295,20 @@ def _library_owner_creation(
     wrapper, above = frame.f_back, caller.f_back
     if SHORT_WALK != 4 or wrapper is None or above is None:
         return None
-    code, wrapper_code, above_code = caller.f_code, wrapper.f_code, above.f_code
+    wrapper_code = wrapper.f_code
+    # (asyncio's constructors and loop runners are never a library's code: no need to look
+    # for the caller or the frame above it among them)
     if (
         _kinds.get(wrapper_code.co_filename) != _OTHER
-        or _kinds.get(above_code.co_filename) != _LIBRARY
-        or not _owner_inits.keys().isdisjoint((id(wrapper_code), id(code), id(above_code)))
-        or not _loop_runners.isdisjoint((id(wrapper_code), id(code), id(above_code)))
+        or _kinds.get(above.f_code.co_filename) != _LIBRARY
+        or id(wrapper_code) in _owner_inits
+        or id(wrapper_code) in _loop_runners
     ):
         return None
     loop = running_loop()
     if loop is None:
         return None
-    by = (str(caller.f_globals.get("__name__")), code, caller.f_lasti)
+    by = (str(caller.f_globals.get("__name__")), caller.f_code, caller.f_lasti)
     return (*task_line(loop), _test_now(), True, by, owner)
 
 
