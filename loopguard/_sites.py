@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 from types import FrameType
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 MAX_FRAMES = 80
 
@@ -140,12 +140,25 @@ def site_of(frame: FrameType, root: Optional[str] = None) -> Site:
 _new_tuple = tuple.__new__
 
 
+# Caches of other modules built on the verdicts above: emptied with them.
+_dependent_caches: list[dict[str, Any]] = []
+
+
+def dependent_cache() -> dict[str, Any]:
+    """A dict keyed by file name, emptied whenever the verdicts are (``reset_caches``)."""
+    cache: dict[str, Any] = {}
+    _dependent_caches.append(cache)
+    return cache
+
+
 def reset_caches() -> None:
     """Forget cached verdicts (used on install: libraries may have been imported since)."""
     global _prefixes
     _verdicts.clear()  # in place: the asyncpg integration reads this same dict
     _library_verdicts.clear()
     _displayed.clear()
+    for cache in _dependent_caches:
+        cache.clear()
     _prefixes = ()
 
 
