@@ -47,19 +47,31 @@ def asyncio_mode(config: pytest.Config) -> str:
     return str(value or _ini(config, "asyncio_mode") or "strict")
 
 
-def loop_scope_of_test(item: pytest.Item, config: pytest.Config) -> Optional[LoopScope]:
-    """The loop scope pytest-asyncio runs ``item`` on, or None (not an asyncio test, unknown)."""
+def default_test_loop_scope(config: pytest.Config) -> Optional[LoopScope]:
+    """The loop scope of an asyncio test whose marker names none, or None (unknown)."""
+    scope = _ini(config, "asyncio_default_test_loop_scope")  # 0.26+
+    source = "asyncio_default_test_loop_scope"
+    if scope is None:
+        scope, source = "function", "pytest-asyncio's default"
+    return LoopScope(scope, source) if scope in SCOPES else None
+
+
+_NOT_GIVEN: Any = object()
+
+
+def loop_scope_of_test(
+    item: pytest.Item, config: pytest.Config, default: Optional[LoopScope] = _NOT_GIVEN
+) -> Optional[LoopScope]:
+    """The loop scope pytest-asyncio runs ``item`` on, or None (not an asyncio test, unknown).
+    ``default``: ``default_test_loop_scope(config)``, when the caller has it already (at
+    collection it is read once, not once per test)."""
     marker = item.get_closest_marker("asyncio")
     if marker is None:
         return None
     scope = marker.kwargs.get("loop_scope") or marker.kwargs.get("scope")
-    source = "its asyncio marker"
     if not scope:
-        scope = _ini(config, "asyncio_default_test_loop_scope")  # 0.26+
-        source = "asyncio_default_test_loop_scope"
-        if scope is None:
-            scope, source = "function", "pytest-asyncio's default"
-    return LoopScope(scope, source) if scope in SCOPES else None
+        return default_test_loop_scope(config) if default is _NOT_GIVEN else default
+    return LoopScope(scope, "its asyncio marker") if scope in SCOPES else None
 
 
 def _function_of(fixturedef: Any) -> Any:

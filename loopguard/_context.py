@@ -31,15 +31,26 @@ _environ = os.environ
 _data = getattr(_environ, "_data", None)
 _key = _environ.encodekey(_VARIABLE) if hasattr(_environ, "encodekey") else None
 _decode = getattr(_environ, "decodevalue", None)
+_raw_get = _data.get if _data is not None and _decode is not None else None
+# The last raw value read and its decoding (decodevalue is a Python function): pytest sets
+# the variable once per phase, and it is read several times in each.
+_last_raw: Any = None
+_last_test: Optional[str] = None
 
 
 def current_test() -> Optional[str]:
     """The pytest node id and phase running now, e.g. ``tests/test_a.py::test_x (call)``."""
+    global _last_raw, _last_test
     if not in_pytest:
         return None
-    if os.environ is _environ and _data is not None and _decode is not None:
-        raw = _data.get(_key)
-        return None if raw is None else _decode(raw)
+    if _raw_get is not None and os.environ is _environ:
+        raw = _raw_get(_key)
+        if raw is None:
+            return None
+        if raw is not _last_raw:
+            _last_test = _decode(raw)  # type: ignore[misc]
+            _last_raw = raw
+        return _last_test
     return os.environ.get(_VARIABLE)
 
 

@@ -61,18 +61,11 @@ _loop_kinds: dict[int, str] = {}
 
 
 class _LoopKeyRef(weakref.ref):  # type: ignore[type-arg]
-    """A weak reference to a loop that knows the loop's id (its key above)."""
+    """A weak reference to a loop that knows the loop's id (its key above); built by weakref's
+    C constructor, then given its key (no Python frame of its own)."""
 
     __slots__ = ("key",)
     key: int
-
-    def __new__(cls, loop: Any, key: int) -> _LoopKeyRef:
-        self = super().__new__(cls, loop, _forget_loop)
-        self.key = key
-        return self
-
-    def __init__(self, loop: Any, key: int) -> None:
-        super().__init__(loop, _forget_loop)  # type: ignore[call-arg]
 
 
 def _forget_loop(ref: _LoopKeyRef) -> None:
@@ -96,8 +89,13 @@ def loop_id(loop: Any) -> int:
 def _number_loop(loop: Any) -> int:
     key = id(loop)
     number = next(_counter)
-    with contextlib.suppress(TypeError):  # no weak references: the number stays
-        _loop_refs[key] = _LoopKeyRef(loop, key)
+    try:
+        ref = _LoopKeyRef(loop, _forget_loop)
+    except TypeError:  # no weak references: the number stays
+        pass
+    else:
+        ref.key = key
+        _loop_refs[key] = ref
     _loop_numbers[key] = number
     return number
 

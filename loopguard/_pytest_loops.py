@@ -142,5 +142,5 @@ def name_loops_of(item: pytest.Item) -> None:
         number = _loops.loop_id(loop)
         if _named.get(id(fixturedef)) != number:
             _named[id(fixturedef)] = number
-            label = loop_label(fixturedef.scope, _node_id(item, fixturedef.scope))
-            _loops.name_loop(loop, label, PYTEST_ASYNCIO)
+            scope = fixturedef.scope  # a property over an enum's value: read once
+            _loops.name_loop(loop, loop_label(scope, _node_id(item, scope)), PYTEST_ASYNCIO)

@@ -51,6 +51,7 @@ from ._asyncio_loop_scopes import (
     _unwrapped,
     asyncio_mode,
     asyncio_plugin_version,
+    default_test_loop_scope,
     fixture_loop_scope,
     loop_scope_of_test,
 )
@@ -211,19 +212,25 @@ class LoopScopeCheck:
 
         _register_deduplication(config, self)
         mode = asyncio_mode(config)
+        default_test_scope = default_test_loop_scope(config)
         for item in items:
             if not pytest_asyncio.is_async_test(item):
                 continue
-            uses = self._uses(item, config, mode, version)
+            uses = self._uses(item, config, mode, version, default_test_scope)
             if uses:
                 item.stash[_uses_key] = uses
                 for use in uses:
                     self._tests.setdefault(use.key, []).append(item.nodeid)
 
     def _uses(
-        self, item: pytest.Item, config: pytest.Config, mode: str, version: tuple[int, ...]
+        self,
+        item: pytest.Item,
+        config: pytest.Config,
+        mode: str,
+        version: tuple[int, ...],
+        default_test_scope: Optional[LoopScope],
     ) -> list[Use]:
-        test = loop_scope_of_test(item, config)
+        test = loop_scope_of_test(item, config, default_test_scope)
         info = getattr(item, "_fixtureinfo", None)
         names = getattr(info, "names_closure", None)
         definitions = getattr(info, "name2fixturedefs", None)

@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 from types import FrameType
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 MAX_FRAMES = 80
 
@@ -130,9 +130,25 @@ def is_library(filename: str) -> bool:
 def site_of(frame: FrameType, root: Optional[str] = None) -> Site:
     """The place ``frame`` is at, as messages show it."""
     code = frame.f_code
-    return Site(
-        display_path(code.co_filename, root), frame.f_lineno, code.co_name, code.co_filename
+    # tuple.__new__: what Site(...) does, without the Python __new__ NamedTuple generates.
+    return _new_tuple(
+        Site,
+        (display_path(code.co_filename, root), frame.f_lineno, code.co_name, code.co_filename),
     )
+
+
+_new_tuple = tuple.__new__
+
+
+# Caches of other modules built on the verdicts above: emptied with them.
+_dependent_caches: list[dict[str, Any]] = []
+
+
+def dependent_cache() -> dict[str, Any]:
+    """A dict keyed by file name, emptied whenever the verdicts are (``reset_caches``)."""
+    cache: dict[str, Any] = {}
+    _dependent_caches.append(cache)
+    return cache
 
 
 def reset_caches() -> None:
@@ -141,6 +157,8 @@ def reset_caches() -> None:
     _verdicts.clear()  # in place: the asyncpg integration reads this same dict
     _library_verdicts.clear()
     _displayed.clear()
+    for cache in _dependent_caches:
+        cache.clear()
     _prefixes = ()
 
 
@@ -155,6 +173,7 @@ def _parent_greenlet_frame() -> Optional[FrameType]:
 def user_site(root: Optional[str] = None, skip: int = 1) -> Optional[Site]:
     """The first frame of user code above the caller, or None if none is found in the bound."""
     frame: Optional[FrameType] = sys._getframe(skip)
+    verdict = _verdicts.get  # _is_internal()'s cache, without the call (a walk: ~15 frames)
     hopped = False
     for _ in range(MAX_FRAMES):
         if frame is None:
@@ -163,13 +182,11 @@ def user_site(root: Optional[str] = None, skip: int = 1) -> Optional[Site]:
             frame, hopped = _parent_greenlet_frame(), True
             if frame is None:
                 return None
-        code = frame.f_code
-        internal = _verdicts.get(code.co_filename)  # _is_internal()'s cache, without the call
-        if internal is None:
-            internal = _is_internal(code.co_filename)
-        if not internal:
-            return site_of(frame, root)
-        frame = frame.f_back
+        internal = verdict(frame.f_code.co_filename)
+        if internal or (internal is None and _is_internal(frame.f_code.co_filename)):
+            frame = frame.f_back
+            continue
+        return site_of(frame, root)
     return None
 
 

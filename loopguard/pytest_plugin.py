@@ -79,6 +79,8 @@ def _resolve(config: pytest.Config, flag: bool, mode_option: Optional[str]) -> A
 def _start(config: pytest.Config, activation: Activation) -> None:
     session = _Session()
     config.stash[_session_key] = session
+    if not config.pluginmanager.has_plugin(_ADOPT_PLUGIN):
+        config.pluginmanager.register(_AdoptOnCollect(), _ADOPT_PLUGIN)
     session.previous_off = _activation.pytest_session_started(activation)
     # Lets a loopguard.install() from conftest.py attribute records to tests, too.
     _context.in_pytest = True
@@ -124,6 +126,7 @@ def _guard(config: pytest.Config, session: _Session) -> None:
     """Header, attribution, summary and loop-scope checks for the rest of the session."""
     _context.rootdir = str(config.rootpath)
     session.collector = _Collector()
+    _stop_adopting(config)
     STATE.listeners.append(session.collector)
     from . import _pytest_scopes  # pytest-asyncio's loops named; LG105 before tests run
 
@@ -159,9 +162,26 @@ def pytest_configure(config: pytest.Config) -> None:
     _adopt(config)  # the initial conftest.py files have been imported
 
 
-def pytest_itemcollected(item: pytest.Item) -> None:
-    # A conftest.py further down, or a test module's body, may call loopguard.install().
-    _adopt(item.config)
+_ADOPT_PLUGIN = "loopguard-adopt-on-collect"
+
+
+class _AdoptOnCollect:
+    """Plugin, registered while the session does not guard: a conftest.py further down, or a
+    test module's body, may call loopguard.install().  Unregistered once the session guards
+    (``_guard``): a hook per collected test costs, and would have nothing left to do."""
+
+    def pytest_itemcollected(self, item: pytest.Item) -> None:
+        _adopt(item.config)
+
+    def __repr__(self) -> str:
+        return "<loopguard: adopts an install() made during collection>"
+
+
+def _stop_adopting(config: pytest.Config) -> None:
+    manager = config.pluginmanager
+    plugin = manager.get_plugin(_ADOPT_PLUGIN)
+    if plugin is not None:
+        manager.unregister(plugin, _ADOPT_PLUGIN)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -525,6 +525,16 @@ async def deep_client(depth=6):  # a Client built six frames down the library's 
 
 async def client_task():  # a task of the library's own builds a Client
     return await asyncio.ensure_future(deep_client())
+
+
+def make_queue():
+    return asyncio.Queue()
+
+
+async def deep_queue(depth=2):  # a Queue made by the library's code, in the caller's task
+    if depth:
+        return await deep_queue(depth - 1)
+    return make_queue()
 """
 
 
@@ -613,6 +623,40 @@ def test_a_librarys_primitive_made_deep_in_a_library_task_says_its_line_was_not_
         "in a running loop): there loopguard keeps the library's line and the line of the "
         "task's own coroutine, which is not your code, by fakeclient:6 in "
     ) in message
+
+
+@pytest.mark.usefixtures("_guard")
+def test_the_event_of_a_librarys_queue_made_in_a_task_is_reported_as_the_queue(
+    library: Any,
+) -> None:
+    """asyncio's Queue makes an Event of its own; for a Queue a library makes in a task (as
+    SQLAlchemy's pool does per pool) the Event is recorded as the Queue, at the line the
+    task's own coroutine is at, with the library's line that made the Queue."""
+
+    async def make() -> Any:
+        return await library.deep_queue()  # deep queue created
+
+    queue: asyncio.Queue[int] = asyncio.run(make())
+
+    async def join_once() -> None:
+        queue.put_nowait(1)
+
+        async def consume() -> None:
+            await queue.get()
+            queue.task_done()
+
+        task = asyncio.ensure_future(consume())
+        await queue.join()
+        await task
+
+    if not LEGACY:
+        asyncio.run(join_once())
+    with pytest.raises(loopguard.LoopMismatchError) as excinfo:
+        asyncio.run(join_once())
+    error = excinfo.value
+    assert (error.resource, error.record["operation"]) == ("asyncio.Queue", "Event.wait")
+    assert error.created_at == f"{HERE}:{marker_line(__file__, 'deep queue created')}"
+    assert error.record["created_via"] == "fakeclient:24 in make_queue"
 
 
 # == warn mode =================================================================================

@@ -98,6 +98,7 @@ _dirs: dict[str, str] = {}  # "asyncpg", "pool", "sqlalchemy", "loopguard": set 
 
 
 def set_directories(asyncpg_module: Any, pool_module: Any) -> None:
+    _opener_kinds.clear()  # classified against the previous directories
     _dirs["asyncpg"] = os.path.dirname(asyncpg_module.__file__) + os.sep
     _dirs["pool"] = pool_module.__file__ or ""
     _dirs["loopguard"] = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
@@ -110,23 +111,45 @@ def _sqlalchemy_dir() -> Optional[str]:
         if not file:
             return None
         found = _dirs["sqlalchemy"] = os.path.dirname(file) + os.sep
+        _opener_kinds.clear()  # classified while SQLAlchemy's files were not known
     return found
+
+
+# File name -> who a frame of that file is, for ``opener``: an asyncpg Pool, SQLAlchemy, the
+# user's code (``ORIGIN_DIRECT``), or "" (asyncpg's, loopguard's, the standard library's...:
+# look further up).  Emptied with the sites' verdicts it is built on, and by ``setup()``.
+_OPENER_INTERNAL = ""
+_opener_kinds: dict[str, str] = _sites.dependent_cache()
+
+
+def _opener_kind(filename: str) -> str:
+    sqlalchemy_dir = _sqlalchemy_dir()
+    if filename == _dirs.get("pool"):
+        kind = ORIGIN_POOL
+    elif sqlalchemy_dir and filename.startswith(sqlalchemy_dir):
+        kind = ORIGIN_SQLALCHEMY
+    elif _sites.is_internal(filename):
+        kind = _OPENER_INTERNAL
+    else:
+        kind = ORIGIN_DIRECT
+    _opener_kinds[filename] = kind
+    return kind
 
 
 def opener(frame: Optional[FrameType]) -> tuple[str, Optional[_sites.Site]]:
     """Who is opening a connection: an asyncpg Pool, SQLAlchemy, or the user (with the site)."""
-    sqlalchemy_dir = _sqlalchemy_dir()
-    pool_file = _dirs.get("pool")
+    kind_of = _opener_kinds.get
     for _ in range(MAX_FRAMES):
         if frame is None:
             break
         filename = frame.f_code.co_filename
-        if filename == pool_file:
-            return ORIGIN_POOL, None
-        if sqlalchemy_dir and filename.startswith(sqlalchemy_dir):
-            return ORIGIN_SQLALCHEMY, None
-        if not _sites.is_internal(filename):
-            return ORIGIN_DIRECT, _sites.site_of(frame, _context.rootdir)
+        kind = kind_of(filename)
+        if kind is None:
+            kind = _opener_kind(filename)
+        if kind:
+            if kind == ORIGIN_DIRECT:
+                return ORIGIN_DIRECT, _sites.site_of(frame, _context.rootdir)
+            return kind, None
         frame = frame.f_back
     return ORIGIN_DIRECT, None
 

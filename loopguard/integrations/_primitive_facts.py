@@ -262,16 +262,54 @@ def created_elsewhere(obj: Any, frame: FrameType) -> None:
             # asyncio's Condition/Queue/Barrier creating it for itself, called by its wrapper
             # (``_primitives``), called by...: the user's code, most of the time.
             caller = frame.f_back.f_back if frame.f_back is not None else None
-            if caller is not None and _kinds.get(caller.f_code.co_filename) == _USER:
-                test, in_loop = _test_now(), running_loop() is not None
-                creation = (caller.f_code, caller.f_lasti, test, in_loop, None, owner)
-                _store(CREATED, obj, creation)
-                return
+            if caller is not None:
+                caller_kind = _kinds.get(caller.f_code.co_filename)
+                if caller_kind == _USER:
+                    test, in_loop = _test_now(), running_loop() is not None
+                    creation = (caller.f_code, caller.f_lasti, test, in_loop, None, owner)
+                    _store(CREATED, obj, creation)
+                    return
+                if caller_kind == _LIBRARY:
+                    # A library's Queue made in a task (SQLAlchemy's pool queue, per pool):
+                    # what the short walk finds, without the walk.
+                    found = _library_owner_creation(frame, caller, owner)
+                    if found is not None:
+                        _store(CREATED, obj, found)
+                        return
         if type(obj) not in BASES and not _keyable(type(obj)):
             return  # a subclass with an equality of its own cannot key the table: untracked
         _store(CREATED, obj, _creation_walk(frame, obj, running_loop() is not None))
     except Exception as exc:  # never fail the user's asyncio.Lock()
         report_once("recording where an asyncio primitive was created", exc, "it goes untracked")
+
+
+def _library_owner_creation(
+    frame: FrameType, caller: FrameType, owner: type
+) -> Optional[tuple[Any, ...]]:
+    """``_creation_walk``'s result, found without it, for the common case of a primitive that
+    asyncio's ``owner`` (a Queue's Event) makes for a library in a running task: the
+    ``SHORT_WALK`` frames are asyncio's constructor (``frame``), loopguard's wrapper, the
+    library's ``caller`` and a library's frame above it, so the walk would keep the caller as
+    ``created_via`` and end at the task's own line.  None when the frames are anything else:
+    the walk decides."""
+    wrapper, above = frame.f_back, caller.f_back
+    if SHORT_WALK != 4 or wrapper is None or above is None:
+        return None
+    wrapper_code = wrapper.f_code
+    # (asyncio's constructors and loop runners are never a library's code: no need to look
+    # for the caller or the frame above it among them)
+    if (
+        _kinds.get(wrapper_code.co_filename) != _OTHER
+        or _kinds.get(above.f_code.co_filename) != _LIBRARY
+        or id(wrapper_code) in _owner_inits
+        or id(wrapper_code) in _loop_runners
+    ):
+        return None
+    loop = running_loop()
+    if loop is None:
+        return None
+    by = (str(caller.f_globals.get("__name__")), caller.f_code, caller.f_lasti)
+    return (*task_line(loop), _test_now(), True, by, owner)
 
 
 def _get(table: dict[Any, Any], obj: Any) -> Any:

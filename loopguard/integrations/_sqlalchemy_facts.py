@@ -9,7 +9,6 @@ and ``_sqlalchemy_held`` (connections held open).
 
 from __future__ import annotations
 
-import contextlib
 import weakref
 from typing import Any, Callable, Optional
 
@@ -158,8 +157,10 @@ def _adopt_connection(pool: Any, state: PoolState, record: Any, loop: Any) -> Co
             # asyncpg checks every operation itself (the asyncpg guard reports it as LG101);
             # the other drivers are checked by loopguard's hooks in SQLAlchemy's adapters.
             facts.owner = binding.loop._ref
-        with contextlib.suppress(TypeError):  # a driver connection without weak references
+        try:  # noqa: SIM105 (contextlib.suppress: three Python calls per connection)
             DRIVERS.add(driver, facts)
+        except TypeError:  # a driver connection without weak references
+            pass
     conn = CONNECTIONS.add(record, facts)
     if state.binding is None:
         _bind(pool, state, binding)
