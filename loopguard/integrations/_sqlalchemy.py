@@ -36,10 +36,9 @@ from __future__ import annotations
 import gc
 from typing import Any, Callable
 
-from .. import _context, _loop_close, _release, _sites
+from .. import _context, _loop_close, _loops, _release, _sites
 from .._emit import emit, raise_record, warn_record
 from .._loops import (
-    current_loop,
     inherited,
     loop_id,
     on_fork_in_child,
@@ -149,9 +148,12 @@ def _make_guarded_do_get(original: Callable[[Any], Any]) -> Callable[[Any], Any]
         binding = state.binding
         # loop._ref: the weakref itself, a C call (LoopRef.__call__ adds a Python frame)
         owner = binding.loop._ref() if binding is not None else None
-        loop = current_loop(owner)
-        if loop is None:  # no loop: nothing asyncio-bound can be checked here
-            return original(self)
+        if getattr(owner, "_thread_id", None) == _loops._thread_ident():
+            loop = owner  # current_loop(owner) inline: its loop runs here
+        else:
+            loop = running_loop()
+            if loop is None:  # no loop: nothing asyncio-bound can be checked here
+                return original(self)
         if binding is not None and loop is not owner and state.queued:
             _on_pool_mismatch(self, state, loop)  # raises, or heals and returns
         while True:
