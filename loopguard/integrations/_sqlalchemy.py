@@ -154,7 +154,7 @@ def _make_guarded_do_get(original: Callable[[Any], Any]) -> Callable[[Any], Any]
             loop = running_loop()
             if loop is None:  # no loop: nothing asyncio-bound can be checked here
                 return original(self)
-        if binding is not None and loop is not owner and state.queued:
+        if loop is not owner and binding is not None and state.queued:
             _on_pool_mismatch(self, state, loop)  # raises, or heals and returns
         while True:
             record = original(self)
@@ -175,9 +175,10 @@ def _make_guarded_do_get(original: Callable[[Any], Any]) -> Callable[[Any], Any]
             elif binding is None:
                 _bind(self, state, conn.binding)  # tracked again after a reinstall
                 binding = conn.binding
-            if conn.binding.loop._ref() is loop:
+            if conn.loop() is loop:  # conn.binding.loop's weak reference, kept on the facts
                 # Only the test: where it was checked out costs a stack walk, too much here.
-                conn.checked_out_during = _current_test()
+                # (Outside pytest there is none: no call to ask.)
+                conn.checked_out_during = _current_test() if _context.in_pytest else None
                 conn.checked_out_by = _fixture_in_setup() if _fixtures_in_setup else None
                 return record
             _on_connection_mismatch(self, state, record, conn, loop)  # raises, or releases
