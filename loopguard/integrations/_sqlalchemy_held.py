@@ -237,8 +237,11 @@ def _make_transaction_end(
             __tracebackhide__ = True
             fairy = (self.connection if of_transaction else self)._dbapi_connection
             if fairy is not None:
-                # (SQLAlchemy 1.4's first connect wraps the raw DBAPI connection: no record.)
-                conn = _connection_lookup(id(getattr(fairy, "_connection_record", None)))
+                try:
+                    record = fairy._connection_record  # (getattr() with a default: ~300 more)
+                except AttributeError:  # SQLAlchemy 1.4's first connect: the raw connection
+                    return original(self)
+                conn = _connection_lookup(id(record))
                 if conn is not None:
                     # asyncpg's too: its own check would come after SQLAlchemy changed the
                     # transaction's state, and a failed commit would leave the connection
