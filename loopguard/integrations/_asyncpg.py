@@ -32,8 +32,10 @@ SQLAlchemy guard reports them (LG101, ``_sqlalchemy_held``): a connection held o
 is stopped here, by the check asyncpg's calls pay already.  Closing is left to SQLAlchemy's
 cleanup.  Raw use of such a connection (``driver_connection``) is checked as LG103.
 
-The hot path is one loop check (``_loops.current_loop``) and an identity compare; everything
-else runs only when the loops differ.  ``warn`` mode reports (record and
+The hot path is one loop check and an identity compare; everything else runs only when the
+loops differ.  The per-statement wrappers (``_check_open``, ``_check_conn_validity``,
+``_check_init``) have ``_loops.current_loop``'s fast path inline (its docstring says how):
+a Python call fewer per check.  ``warn`` mode reports (record and
 ``LoopMismatchWarning``, once per object and loop) and lets the call go ahead unchanged: an
 asyncpg pool or connection cannot be moved to another loop, so asyncpg's own error follows,
 as it would without loopguard.
@@ -45,7 +47,7 @@ import sys
 from types import FrameType
 from typing import Any, Callable
 
-from .. import _context, _release, _sites
+from .. import _context, _loops, _release, _sites
 from .._emit import raise_record, warn_record
 from .._loops import (
     current_loop,
@@ -212,7 +214,9 @@ def _make_pool_check_init(original: Callable[[Any], Any]) -> Callable[[Any], Any
         __tracebackhide__ = True
         result = original(self)  # not initialized or closed: asyncpg's own error, no I/O
         own = self._loop
-        loop = current_loop(own)
+        if getattr(own, "_thread_id", None) == _loops._thread_ident():
+            return result  # current_loop(own) inline: its loop runs here
+        loop = running_loop()
         if loop is not own and loop is not None:
             caller = sys._getframe(1)
             operation = _CHECKED_INIT_CALLERS.get(caller.f_code.co_name)
@@ -266,7 +270,9 @@ def _make_check_open(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
         __tracebackhide__ = True
         result = original(self)  # closed: asyncpg's own InterfaceError, no I/O either way
         own = self._loop
-        loop = current_loop(own)
+        if getattr(own, "_thread_id", None) == _loops._thread_ident():
+            return result  # current_loop(own) inline: its loop runs here
+        loop = running_loop()
         if loop is not own and loop is not None:
             caller = sys._getframe(1)
             operation = f"Connection.{caller.f_code.co_name.lstrip('_')}"
@@ -286,7 +292,9 @@ def _make_check_conn_validity(original: Callable[[Any, str], Any]) -> Callable[[
             return result
         conn = self._connection
         own = conn._loop
-        loop = current_loop(own)
+        if getattr(own, "_thread_id", None) == _loops._thread_ident():
+            return result  # current_loop(own) inline: its loop runs here
+        loop = running_loop()
         if loop is not own and loop is not None:
             operation = f"{type(self).__name__}.{meth_name}"
             _on_connection_mismatch(conn, loop, operation, sys._getframe(1))

@@ -32,9 +32,10 @@ Where each check sits, and why there:
   when its module is imported.
 
 The hot path of each hook is a dict lookup (the record's or driver connection's facts), one
-weak reference call, ``current_loop`` and an identity compare, inline in the hook (no other
-Python call).  Statements of asyncpg's connections are skipped after the lookup (no ``owner``:
-asyncpg checks them); their transactions' ends are checked here too (see ``end``).
+weak reference call and ``current_loop``'s fast path, inline in the hook (no other Python
+call; see ``_loops.current_loop``).  Statements of asyncpg's connections are skipped after
+the lookup (no ``owner``: asyncpg checks them); their transactions' ends are checked here
+too (see ``end``).
 
 What the modes do with a held connection used on another loop:
 - raise: ``LoopMismatchError`` before any I/O; the connection is untouched and stays checked
@@ -55,10 +56,11 @@ import sys
 from types import FrameType
 from typing import Any, Callable, Optional
 
+from .. import _loops
 from .._causes import likely_cause
 from .._context import describe_fixture
 from .._emit import raise_record, warn_record
-from .._loops import current_loop, loop_id
+from .._loops import loop_id, running_loop
 from .._record import Record
 from .._state import STATE
 from . import _sqlalchemy_pool as pools
@@ -182,8 +184,8 @@ def _no_op(self: Any) -> None:
 def _make_pre_exec(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
     """``DefaultExecutionContext.pre_exec()``: every statement, before the driver sees it.
 
-    The hot path is one dict lookup, one weak reference call, ``current_loop`` and an
-    identity compare; SQLAlchemy's own ``pre_exec`` (``pass``) is not called."""
+    The hot path is one dict lookup, one weak reference call and ``current_loop``'s fast
+    path, inline; SQLAlchemy's own ``pre_exec`` (``pass``) is not called."""
 
     def pre_exec(self: Any) -> Any:
         __tracebackhide__ = True
@@ -195,9 +197,10 @@ def _make_pre_exec(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
             owner_ref = conn.owner
             if owner_ref is not None:
                 owner = owner_ref()
-                loop = current_loop(owner)
-                if loop is not owner and loop is not None:
-                    _on_mismatch(conn, loop, "statement")
+                if getattr(owner, "_thread_id", None) != _loops._thread_ident():
+                    loop = running_loop()  # current_loop(owner) inline: not running here
+                    if loop is not owner and loop is not None:
+                        _on_mismatch(conn, loop, "statement")
         return original(self)
 
     def pre_exec_of_no_op(self: Any) -> None:
@@ -210,9 +213,10 @@ def _make_pre_exec(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
             owner_ref = conn.owner
             if owner_ref is not None:
                 owner = owner_ref()
-                loop = current_loop(owner)
-                if loop is not owner and loop is not None:
-                    _on_mismatch(conn, loop, "statement")
+                if getattr(owner, "_thread_id", None) != _loops._thread_ident():
+                    loop = running_loop()  # current_loop(owner) inline: not running here
+                    if loop is not owner and loop is not None:
+                        _on_mismatch(conn, loop, "statement")
 
     # SQLAlchemy's is ``pass`` in every supported version: one Python call fewer per
     # statement.  (A version with a body gets it called.)
@@ -233,17 +237,21 @@ def _make_transaction_end(
             __tracebackhide__ = True
             fairy = (self.connection if of_transaction else self)._dbapi_connection
             if fairy is not None:
-                # (SQLAlchemy 1.4's first connect wraps the raw DBAPI connection: no record.)
-                conn = _connection_lookup(id(getattr(fairy, "_connection_record", None)))
+                try:
+                    record = fairy._connection_record  # (getattr() with a default: ~300 more)
+                except AttributeError:  # SQLAlchemy 1.4's first connect: the raw connection
+                    return original(self)
+                conn = _connection_lookup(id(record))
                 if conn is not None:
                     # asyncpg's too: its own check would come after SQLAlchemy changed the
                     # transaction's state, and a failed commit would leave the connection
                     # waiting for a rollback (a failed rollback: its transaction forgotten
                     # by the adapter, still open in asyncpg and on the server).
                     owner = conn.loop()
-                    loop = current_loop(owner)
-                    if loop is not owner and loop is not None:
-                        _on_mismatch(conn, loop, operation)
+                    if getattr(owner, "_thread_id", None) != _loops._thread_ident():
+                        loop = running_loop()  # current_loop(owner) inline
+                        if loop is not owner and loop is not None:
+                            _on_mismatch(conn, loop, operation)
             return original(self)
 
         return end
@@ -267,9 +275,10 @@ def _check_cursor(cursor: Any) -> None:
         owner_ref = conn.owner
         if owner_ref is not None:
             owner = owner_ref()
-            loop = current_loop(owner)
-            if loop is not owner and loop is not None:
-                _on_mismatch(conn, loop, "stream fetch")
+            if getattr(owner, "_thread_id", None) != _loops._thread_ident():
+                loop = running_loop()  # current_loop(owner) inline
+                if loop is not owner and loop is not None:
+                    _on_mismatch(conn, loop, "stream fetch")
 
 
 _DEFAULT = object()
