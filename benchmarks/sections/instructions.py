@@ -28,8 +28,10 @@ PER_TEST_LIMIT = 0.015
 
 
 # Issue 12.1: the per-statement check of a held connection costs at most 0.3 us; counted in
-# instructions (no noise), at the rate row 1a measures (~1k instructions per 0.3 us).
-HELD_INSTRUCTION_LIMIT = 1000
+# instructions (no noise).  Row 1a's off arm runs about 10.8 k instructions per us on these
+# machines (valgrind count / timed median, 2026-12-06), so 0.3 us is about 3.2 k; 3,000 keeps
+# a margin.  (It was 1,000 until 2026-12-06: a wrong conversion of the same 0.3 us.)
+HELD_INSTRUCTION_LIMIT = 3000
 
 
 def run(ctx: Context) -> None:
