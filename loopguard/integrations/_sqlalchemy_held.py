@@ -56,7 +56,7 @@ import sys
 from types import FrameType
 from typing import Any, Callable, Optional
 
-from .. import _loops
+from .. import _context, _loops
 from .._causes import likely_cause
 from .._context import describe_fixture
 from .._emit import raise_record, warn_record
@@ -86,14 +86,18 @@ _driver_lookup = DRIVERS.lookup
 
 def _held_record(conn: ConnectionFacts, loop: Any, action: str, operation: str) -> Record:
     record, used = _pool_record(conn.state, conn.binding, "LG101", action, loop)
-    if conn.checked_out_by is not None:
+    # Checkouts note their test only under pytest (``_do_get``): out of it, what a connection
+    # holds is from an earlier pytest run in this process, not from its latest checkout.
+    in_pytest = _context.in_pytest
+    checked_out_by = conn.checked_out_by if in_pytest else None
+    if checked_out_by is not None:
         # A fixture holds the connection (``async with engine.connect() as conn: yield
         # conn``): that fixture is where it comes from, not the engine's.
-        record = record.replace(created_by=describe_fixture(*conn.checked_out_by))
+        record = record.replace(created_by=describe_fixture(*checked_out_by))
     return record.replace(
         resource=RESOURCE,
         operation=operation,
-        checked_out_during=conn.checked_out_during,
+        checked_out_during=conn.checked_out_during if in_pytest else None,
         cause=likely_cause(conn.binding.loop.state(), record.used_during is not None),
         used_site=(used.filename, used.lineno) if used else None,
     )
