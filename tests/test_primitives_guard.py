@@ -65,6 +65,19 @@ if hasattr(asyncio, "Barrier"):  # 3.11+: a Barrier waits on its own Condition
     KINDS["Barrier"] = (asyncio.Barrier, (2,), "asyncio.Barrier", "Condition.wait")
 
 
+async def join_once(queue: asyncio.Queue[int]) -> None:
+    """Put an item, let a task take it, and wait on ``queue.join()`` (the Queue's own Event)."""
+    queue.put_nowait(1)
+
+    async def consume() -> None:
+        await queue.get()
+        queue.task_done()
+
+    task = asyncio.ensure_future(consume())
+    await queue.join()  # join: Queue
+    await task
+
+
 async def wait_once(primitive: Any) -> None:
     """Make ``primitive`` wait once on the running loop (Python 3.10+ binds it then)."""
     if isinstance(primitive, asyncio.Condition):
@@ -432,21 +445,10 @@ def test_a_queues_join_is_reported_as_the_queue(
 ) -> None:
     queue: asyncio.Queue[int] = asyncio.Queue()  # queue created
 
-    async def join_once() -> None:
-        queue.put_nowait(1)
-
-        async def consume() -> None:
-            await queue.get()
-            queue.task_done()
-
-        task = asyncio.ensure_future(consume())
-        await queue.join()  # join: Queue
-        await task
-
     if not LEGACY:
-        asyncio.run(join_once())
+        asyncio.run(join_once(queue))
     with pytest.raises(loopguard.LoopMismatchError) as excinfo:
-        asyncio.run(join_once())
+        asyncio.run(join_once(queue))
     error = excinfo.value
     assert (error.resource, error.record["operation"]) == ("asyncio.Queue", "Event.wait")
     assert error.created_at == f"{HERE}:{marker_line(__file__, 'queue created')}"
@@ -638,21 +640,10 @@ def test_the_event_of_a_librarys_queue_made_in_a_task_is_reported_as_the_queue(
 
     queue: asyncio.Queue[int] = asyncio.run(make())
 
-    async def join_once() -> None:
-        queue.put_nowait(1)
-
-        async def consume() -> None:
-            await queue.get()
-            queue.task_done()
-
-        task = asyncio.ensure_future(consume())
-        await queue.join()
-        await task
-
     if not LEGACY:
-        asyncio.run(join_once())
+        asyncio.run(join_once(queue))
     with pytest.raises(loopguard.LoopMismatchError) as excinfo:
-        asyncio.run(join_once())
+        asyncio.run(join_once(queue))
     error = excinfo.value
     assert (error.resource, error.record["operation"]) == ("asyncio.Queue", "Event.wait")
     assert error.created_at == f"{HERE}:{marker_line(__file__, 'deep queue created')}"
