@@ -242,6 +242,17 @@ _owner_inits: dict[int, type] = {}
 _loop_runners: frozenset[int] = frozenset()
 
 
+# id(code) -> code of loopguard's constructor wrappers (``_primitives``), kept alive so an id
+# is never another code object's.
+_wrapper_codes: dict[int, CodeType] = {}
+
+
+def add_wrapper_code(code: CodeType) -> None:
+    """A constructor wrapper's code: a frame running it is loopguard's, between asyncio's
+    constructor and its caller."""
+    _wrapper_codes[id(code)] = code
+
+
 def _store(table: dict[Any, Any], obj: Any, value: Any) -> None:
     """``table[obj] = value``; an existing key is kept (with its callback)."""
     table[_weakref(obj, table.pop)] = value
@@ -272,9 +283,10 @@ def created_elsewhere(obj: Any, frame: FrameType) -> None:
                 if caller_kind == _LIBRARY:
                     # A library's Queue made in a task (SQLAlchemy's pool queue, per pool):
                     # what the short walk finds, without the walk.
-                    found = _library_owner_creation(frame, caller, owner)
+                    found = _library_owner_creation(frame.f_back, caller, owner)
                     if found is not None:
-                        _store(CREATED, obj, found)
+                        table = CREATED
+                        table[_weakref(obj, table.pop)] = found
                         return
         if type(obj) not in BASES and not _keyable(type(obj)):
             return  # a subclass with an equality of its own cannot key the table: untracked
@@ -284,25 +296,23 @@ def created_elsewhere(obj: Any, frame: FrameType) -> None:
 
 
 def _library_owner_creation(
-    frame: FrameType, caller: FrameType, owner: type
+    wrapper: Optional[FrameType], caller: FrameType, owner: type
 ) -> Optional[tuple[Any, ...]]:
     """``_creation_walk``'s result, found without it, for the common case of a primitive that
     asyncio's ``owner`` (a Queue's Event) makes for a library in a running task: the
-    ``SHORT_WALK`` frames are asyncio's constructor (``frame``), loopguard's wrapper, the
+    ``SHORT_WALK`` frames are asyncio's constructor, loopguard's constructor ``wrapper``, the
     library's ``caller`` and a library's frame above it, so the walk would keep the caller as
     ``created_via`` and end at the task's own line.  None when the frames are anything else:
     the walk decides."""
-    wrapper, above = frame.f_back, caller.f_back
-    if SHORT_WALK != 4 or wrapper is None or above is None:
-        return None
-    wrapper_code = wrapper.f_code
-    # (asyncio's constructors and loop runners are never a library's code: no need to look
-    # for the caller or the frame above it among them)
+    above = caller.f_back
+    # (a wrapper of loopguard's is neither the user's, a library's, an asyncio constructor's
+    # nor a loop runner's code: the walk would pass it by)
     if (
-        _kinds.get(wrapper_code.co_filename) != _OTHER
+        SHORT_WALK != 4
+        or wrapper is None
+        or above is None
+        or id(wrapper.f_code) not in _wrapper_codes
         or _kinds.get(above.f_code.co_filename) != _LIBRARY
-        or id(wrapper_code) in _owner_inits
-        or id(wrapper_code) in _loop_runners
     ):
         return None
     loop = running_loop()
@@ -363,6 +373,7 @@ def clear() -> None:
     primitives die (their keys' callbacks are the old tables' ``pop``)."""
     global CREATED, BOUND, WARNED
     CREATED, BOUND, WARNED = {}, {}, {}
+    _wrapper_codes.clear()
 
 
 def tracked() -> int:

@@ -70,7 +70,7 @@ _CONSTRUCTED = ("locks:Lock", "locks:Event", "locks:Condition", "locks:Semaphore
 # - the caller is the user's code (one dict look-up says so): its code object and offset;
 # - the caller is a library's code while a loop runs (anyio's Event per httpx request, a
 #   driver's lock per connection): the library's line and the line the task's own coroutine
-#   is at, with no walk up the stack (``facts.task_line``).
+#   is at, with no walk up the stack (``facts.task_line``, written out).
 # Anything else (a library with no loop running, asyncio itself, a subclass's ``__init__``)
 # goes to ``facts.created_elsewhere()``, which walks to the user's line.
 _INIT_SOURCE = """\
@@ -93,7 +93,18 @@ def __init__({params}):
         if kind == _LIBRARY:
             loop = _running()
             if loop is not None:
-                task_code, task_lasti = _task_line(loop)
+                # facts.task_line(loop), written out: one Python call fewer per primitive
+                task_code, task_lasti = None, _NOT_LOOKED_UP
+                task = _current_tasks_get(loop)
+                if task is not None:
+                    task_frame = getattr(task.get_coro(), "cr_frame", None)
+                    if task_frame is not None:
+                        task_file = task_frame.f_code.co_filename
+                        task_kind = _kinds_get(task_file)
+                        if task_kind is None:
+                            task_kind = _classify(task_file)
+                        if task_kind == _USER:
+                            task_code, task_lasti = task_frame.f_code, task_frame.f_lasti
                 _CREATED[_ref({self}, _forget)] = (
                     task_code,
                     task_lasti,
@@ -122,7 +133,9 @@ def _make_init(original: Callable[..., None]) -> Callable[..., None]:
         "_kinds_get": facts._kinds.get,
         "_USER": facts._USER,
         "_LIBRARY": facts._LIBRARY,
-        "_task_line": facts.task_line,
+        "_current_tasks_get": facts._current_tasks_get,
+        "_classify": facts._classify,
+        "_NOT_LOOKED_UP": facts.NOT_LOOKED_UP,
         "_BASES": facts.BASES,
         "_CREATED": facts.CREATED,
         "_ref": weakref.ref,
@@ -149,6 +162,7 @@ def _make_init(original: Callable[..., None]) -> Callable[..., None]:
     self_name = parameters[0].name
     source = _INIT_SOURCE.format(params=", ".join(head), args=", ".join(call), self=self_name)
     exec(compile(source, f"<loopguard: {original.__qualname__}>", "exec"), namespace)
+    facts.add_wrapper_code(namespace["__init__"].__code__)
     return namespace["__init__"]  # type: ignore[no-any-return]
 
 
