@@ -84,15 +84,16 @@ def _stdlib_and_site_packages() -> tuple[tuple[str, ...], tuple[str, ...]]:
     return tuple(stdlib), tuple(site_packages)
 
 
-_verdicts: dict[str, bool] = {}
 _prefixes: tuple[str, ...] = ()
 _stdlib: tuple[str, ...] = ()
 _site_packages: tuple[str, ...] = ()
 
 
-def _is_internal(filename: str) -> bool:
-    verdict = _verdicts.get(filename)
-    if verdict is None:
+class _Verdicts(dict):  # type: ignore[type-arg]
+    """filename -> internal?  ``verdicts[filename]`` decides a file seen for the first time:
+    a walk reads it with one subscript per frame, no Python call."""
+
+    def __missing__(self, filename: str) -> bool:
         global _prefixes, _stdlib, _site_packages
         if not _prefixes:
             _prefixes = _internal_prefixes()
@@ -103,8 +104,15 @@ def _is_internal(filename: str) -> bool:
             or filename.startswith(_prefixes)
             or (filename.startswith(_stdlib) and not filename.startswith(_site_packages))
         )
-        _verdicts[filename] = verdict
-    return verdict
+        self[filename] = verdict
+        return verdict
+
+
+_verdicts: dict[str, bool] = _Verdicts()
+
+
+def _is_internal(filename: str) -> bool:
+    return _verdicts[filename]
 
 
 is_internal = _is_internal
@@ -130,11 +138,12 @@ def is_library(filename: str) -> bool:
 def site_of(frame: FrameType, root: Optional[str] = None) -> Site:
     """The place ``frame`` is at, as messages show it."""
     code = frame.f_code
+    filename = code.co_filename
+    shown = _displayed.get((filename, root or os.getcwd()))  # display_path()'s cache, inline
+    if shown is None:
+        shown = display_path(filename, root)
     # tuple.__new__: what Site(...) does, without the Python __new__ NamedTuple generates.
-    return _new_tuple(
-        Site,
-        (display_path(code.co_filename, root), frame.f_lineno, code.co_name, code.co_filename),
-    )
+    return _new_tuple(Site, (shown, frame.f_lineno, code.co_name, filename))
 
 
 _new_tuple = tuple.__new__
@@ -173,7 +182,7 @@ def _parent_greenlet_frame() -> Optional[FrameType]:
 def user_site(root: Optional[str] = None, skip: int = 1) -> Optional[Site]:
     """The first frame of user code above the caller, or None if none is found in the bound."""
     frame: Optional[FrameType] = sys._getframe(skip)
-    verdict = _verdicts.get  # _is_internal()'s cache, without the call (a walk: ~15 frames)
+    verdicts = _verdicts  # _is_internal(), without the call (a walk: ~15 frames)
     hopped = False
     for _ in range(MAX_FRAMES):
         if frame is None:
@@ -182,8 +191,7 @@ def user_site(root: Optional[str] = None, skip: int = 1) -> Optional[Site]:
             frame, hopped = _parent_greenlet_frame(), True
             if frame is None:
                 return None
-        internal = verdict(frame.f_code.co_filename)
-        if internal or (internal is None and _is_internal(frame.f_code.co_filename)):
+        if verdicts[frame.f_code.co_filename]:
             frame = frame.f_back
             continue
         return site_of(frame, root)
