@@ -319,7 +319,17 @@ def _library_owner_creation(
     if loop is None:
         return None
     by = (str(caller.f_globals.get("__name__")), caller.f_code, caller.f_lasti)
-    return (*task_line(loop), _test_now(), True, by, owner)
+    # task_line(loop) and _test_now(), written out: once per pool, two Python calls fewer
+    code, lasti = None, NOT_LOOKED_UP
+    task = _current_tasks_get(loop)
+    task_frame = getattr(task.get_coro(), "cr_frame", None) if task is not None else None
+    if task_frame is not None:
+        task_file = task_frame.f_code.co_filename
+        kind = _kinds.get(task_file)
+        if (_classify(task_file) if kind is None else kind) == _USER:
+            code, lasti = task_frame.f_code, task_frame.f_lasti
+    test = _env_get(_TEST_KEY) if _context.in_pytest else None
+    return (code, lasti, test, True, by, owner)
 
 
 def _get(table: dict[Any, Any], obj: Any) -> Any:
