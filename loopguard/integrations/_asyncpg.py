@@ -282,39 +282,54 @@ def _make_connection_init(original: Callable[..., None]) -> Callable[..., None]:
 def _make_check_open(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
     def _check_open(self: Any) -> Any:
         __tracebackhide__ = True
-        result = original(self)  # closed: asyncpg's own InterfaceError, no I/O either way
-        own = self._loop
-        if getattr(own, "_thread_id", None) == _loops._thread_ident():
-            return result  # current_loop(own) inline: its loop runs here
-        loop = running_loop()
-        if loop is not own and loop is not None:
-            caller = sys._getframe(1)
-            operation = f"Connection.{caller.f_code.co_name.lstrip('_')}"
-            _on_connection_mismatch(self, loop, operation, caller)
-            if self.is_closed():  # closed by warn mode: asyncpg's own "connection is closed"
-                return original(self)
-        return result
+        if getattr(self._loop, "_thread_id", None) == _loops._thread_ident():
+            return original(self)  # current_loop(own) inline: its loop runs here
+        return _check_open_off_thread(original, self, sys._getframe(1))
 
     return _check_open
+
+
+def _check_open_off_thread(original: Callable[[Any], Any], conn: Any, caller: FrameType) -> Any:
+    """``_check_open`` when the connection's loop does not run in this thread: asyncpg's own
+    check first (closed: its InterfaceError, no I/O either way), then the loop's."""
+    __tracebackhide__ = True
+    result = original(conn)
+    own = conn._loop
+    loop = running_loop()
+    if loop is not own and loop is not None:
+        operation = f"Connection.{caller.f_code.co_name.lstrip('_')}"
+        _on_connection_mismatch(conn, loop, operation, caller)
+        if conn.is_closed():  # closed by warn mode: asyncpg's own "connection is closed"
+            return original(conn)
+    return result
 
 
 def _make_check_conn_validity(original: Callable[[Any, str], Any]) -> Callable[[Any, str], Any]:
     def _check_conn_validity(self: Any, meth_name: str) -> Any:
         __tracebackhide__ = True
-        result = original(self, meth_name)  # released or closed: asyncpg's own error
-        conn = self._connection
-        own = conn._loop
-        if getattr(own, "_thread_id", None) == _loops._thread_ident():
-            return result  # current_loop(own) inline: its loop runs here
-        loop = running_loop()
-        if loop is not own and loop is not None:
-            operation = f"{type(self).__name__}.{meth_name}"
-            _on_connection_mismatch(conn, loop, operation, sys._getframe(1))
-            if conn.is_closed():  # closed by warn mode: asyncpg's own error
-                return original(self, meth_name)
-        return result
+        if getattr(self._connection._loop, "_thread_id", None) == _loops._thread_ident():
+            return original(self, meth_name)  # current_loop(own) inline: its loop runs here
+        return _check_conn_validity_off_thread(original, self, meth_name, sys._getframe(1))
 
     return _check_conn_validity
+
+
+def _check_conn_validity_off_thread(
+    original: Callable[[Any, str], Any], resource: Any, meth_name: str, caller: FrameType
+) -> Any:
+    """``_check_conn_validity`` when the connection's loop does not run in this thread:
+    asyncpg's own check first (released or closed: its error), then the loop's."""
+    __tracebackhide__ = True
+    result = original(resource, meth_name)
+    conn = resource._connection
+    own = conn._loop
+    loop = running_loop()
+    if loop is not own and loop is not None:
+        operation = f"{type(resource).__name__}.{meth_name}"
+        _on_connection_mismatch(conn, loop, operation, caller)
+        if conn.is_closed():  # closed by warn mode: asyncpg's own error
+            return original(resource, meth_name)
+    return result
 
 
 def _make_statement_method(name: str) -> Callable[[Any], Any]:
