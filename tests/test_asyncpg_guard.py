@@ -1486,3 +1486,67 @@ def test_pytest_suite_with_a_module_global_pool(
             ]
         )
         assert "another operation is in progress" in text  # asyncpg's own error follows
+
+
+ASYNCPG_OWN_ERRORS = """
+import asyncio
+import os
+
+import asyncpg
+
+
+async def closed_connection():
+    conn = await asyncpg.connect(os.environ["APP_DSN"])
+    await conn.close()
+    return conn
+
+
+def test_connection_closed():
+    async def main():
+        conn = await closed_connection()
+        await conn.execute("select 1")
+
+    asyncio.run(main())
+
+
+def test_statement_of_a_closed_connection():
+    async def main():
+        conn = await asyncpg.connect(os.environ["APP_DSN"])
+        stmt = await conn.prepare("select 1")
+        await conn.close()
+        await stmt.fetch()
+
+    asyncio.run(main())
+
+
+def test_transaction_of_a_closed_connection():
+    async def main():
+        conn = await asyncpg.connect(os.environ["APP_DSN"])
+        transaction = conn.transaction()
+        await conn.close()
+        await transaction.start()
+
+    asyncio.run(main())
+"""
+
+
+def test_asyncpg_own_errors_show_no_loopguard_frame(
+    pytester: pytest.Pytester, pg_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """asyncpg's own errors raised through the per-statement checks (a closed connection's
+    execute, statement and transaction) fail the tests as they would unguarded: pytest's
+    traceback hides loopguard's wrappers (``__tracebackhide__``)."""
+    monkeypatch.setenv("APP_DSN", pg_env)
+    monkeypatch.delenv("PYTEST_CURRENT_TEST", raising=False)
+    for name in ("LOOPGUARD", "LOOPGUARD_LOG_FILE", "PYTEST_ADDOPTS"):
+        monkeypatch.delenv(name, raising=False)
+    pytester.makepyfile(test_errors=ASYNCPG_OWN_ERRORS)
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--tb=long", "--loopguard-mode=raise", timeout=120
+    )
+    result.assert_outcomes(failed=3)
+    text = result.stdout.str()
+    assert text.count("asyncpg.exceptions._base.InterfaceError") == 3
+    assert "LoopMismatch" not in text
+    package = os.path.dirname(loopguard.__file__)
+    assert [line for line in text.splitlines() if package in line] == []
