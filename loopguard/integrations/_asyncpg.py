@@ -279,9 +279,11 @@ def _make_connection_init(original: Callable[..., None]) -> Callable[..., None]:
     return __init__
 
 
+# The per-statement wrappers below take ``__tracebackhide__`` as a parameter with a default:
+# pytest still hides their frames (it reads the frame's locals), and the fast path pays no
+# store for it.  asyncpg never passes it.
 def _make_check_open(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    def _check_open(self: Any) -> Any:
-        __tracebackhide__ = True
+    def _check_open(self: Any, __tracebackhide__: bool = True) -> Any:
         if getattr(self._loop, "_thread_id", None) == _loops._thread_ident():
             return original(self)  # current_loop(own) inline: its loop runs here
         return _check_open_off_thread(original, self, sys._getframe(1))
@@ -305,8 +307,7 @@ def _check_open_off_thread(original: Callable[[Any], Any], conn: Any, caller: Fr
 
 
 def _make_check_conn_validity(original: Callable[[Any, str], Any]) -> Callable[[Any, str], Any]:
-    def _check_conn_validity(self: Any, meth_name: str) -> Any:
-        __tracebackhide__ = True
+    def _check_conn_validity(self: Any, meth_name: str, __tracebackhide__: bool = True) -> Any:
         if getattr(self._connection._loop, "_thread_id", None) == _loops._thread_ident():
             return original(self, meth_name)  # current_loop(own) inline: its loop runs here
         return _check_conn_validity_off_thread(original, self, meth_name, sys._getframe(1))
@@ -337,8 +338,7 @@ def _make_statement_method(name: str) -> Callable[[Any], Any]:
     checks the statement and its connection (``_check_conn_validity``), then calls it."""
 
     def make(original: Callable[..., Any]) -> Callable[..., Any]:
-        def method(self: Any, *args: Any, **kwargs: Any) -> Any:
-            __tracebackhide__ = True
+        def method(self: Any, *args: Any, __tracebackhide__: bool = True, **kwargs: Any) -> Any:
             if getattr(self._connection._loop, "_thread_id", None) != _loops._thread_ident():
                 _check_statement_loop(self, name, sys._getframe(1))  # current_loop() inline
             return original(self, *args, **kwargs)
