@@ -366,22 +366,27 @@ def _make_connection_coroutine(name: str) -> Callable[[Any], Any]:
     """``close`` and the copy helpers: checked when awaited, before the original runs."""
 
     def make(original: Callable[..., Any]) -> Callable[..., Any]:
-        async def guarded(self: Any, *args: Any, **kwargs: Any) -> Any:
-            __tracebackhide__ = True
-            own = self._loop
-            loop = current_loop(own)
-            if loop is not own and loop is not None and not self.is_closed():
-                caller = sys._getframe(1)
-                # _copy_out/_copy_in: name the public copy_* method that called them.
-                operation = "Connection." + (
-                    name if name == "close" else caller.f_code.co_name.lstrip("_")
-                )
-                _on_connection_mismatch(self, loop, operation, caller)
+        async def guarded(
+            self: Any, *args: Any, __tracebackhide__: bool = True, **kwargs: Any
+        ) -> Any:
+            if getattr(self._loop, "_thread_id", None) != _loops._thread_ident():
+                _check_connection_coroutine(self, name, sys._getframe(1))  # current_loop inline
             return await original(self, *args, **kwargs)
 
         return guarded
 
     return make
+
+
+def _check_connection_coroutine(conn: Any, name: str, caller: FrameType) -> None:
+    """Off the fast path: the loop check of ``conn.close()`` or a copy helper."""
+    __tracebackhide__ = True
+    own = conn._loop
+    loop = running_loop()
+    if loop is not own and loop is not None and not conn.is_closed():
+        # _copy_out/_copy_in: name the public copy_* method that called them.
+        operation = "Connection." + (name if name == "close" else caller.f_code.co_name.lstrip("_"))
+        _on_connection_mismatch(conn, loop, operation, caller)
 
 
 def _keep_inherited_connections() -> None:
