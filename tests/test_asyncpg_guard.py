@@ -33,6 +33,7 @@ import pytest
 import sqlalchemy.exc
 import structlog
 from asyncpg import connresource
+from asyncpg.cursor import BaseCursor, Cursor, CursorFactory, CursorIterator
 from asyncpg.pool import Pool, PoolConnectionProxy
 from asyncpg.prepared_stmt import PreparedStatement
 from asyncpg.transaction import Transaction
@@ -1155,12 +1156,45 @@ _GUARDED_CLASSES = (
     PoolConnectionProxy,
     PreparedStatement,
     Transaction,
+    CursorFactory,
+    BaseCursor,
+    Cursor,
+    CursorIterator,
 )
+
+
+def _patched_statement_methods() -> list[str]:
+    """PreparedStatement's methods that reach the server (fetchmany is newer than 0.27)."""
+    names = ["cursor", "executemany", "explain", "fetch", "fetchmany", "fetchrow", "fetchval"]
+    return [f"PreparedStatement.{name}" for name in names if hasattr(PreparedStatement, name)]
+
+
+def test_every_io_method_of_a_prepared_statement_is_checked() -> None:
+    """Every guarded method of PreparedStatement (asyncpg's wrapper that checks the
+    connection first) is either checked by loopguard or one of the reads that do no I/O: a
+    method a newer asyncpg adds is caught here, not left unchecked."""
+    reads = {"get_name", "get_query", "get_statusmsg", "get_parameters", "get_attributes"}
+    guarded_code = connresource.guarded(lambda self: None).__code__
+    checked = {
+        name
+        for name, value in vars(PreparedStatement).items()
+        if getattr(value, "__loopguard_wrapped__", False)
+    }
+    guarded = {
+        name
+        for name, value in vars(PreparedStatement).items()
+        if getattr(value.__wrapped__ if name in checked else value, "__code__", None)
+        is guarded_code
+    }
+    assert reads <= guarded
+    assert guarded - reads == checked
+    assert sorted(f"PreparedStatement.{name}" for name in checked) == _patched_statement_methods()
 
 
 def test_uninstall_restores_every_asyncpg_attribute_exactly() -> None:
     """install() changes exactly the documented attributes; uninstall() puts back the very
-    objects that were there (proxies and ConnectionResource subclasses are never touched)."""
+    objects that were there (proxies and ConnectionResource itself are never touched; the
+    subclasses' inherited _check_conn_validity goes back to being inherited)."""
 
     def wrappers_stay_coroutine_functions() -> None:
         assert asyncio.iscoroutinefunction(asyncpg.Connection.close)
@@ -1168,17 +1202,20 @@ def test_uninstall_restores_every_asyncpg_attribute_exactly() -> None:
 
     changed = install_round_trip(_GUARDED_CLASSES, wrappers_stay_coroutine_functions)
     assert changed == [
+        "BaseCursor._check_conn_validity",
         "Connection.__init__",
         "Connection._check_open",
         "Connection._copy_in",
         "Connection._copy_out",
         "Connection.close",
-        "ConnectionResource._check_conn_validity",
+        "CursorFactory._check_conn_validity",
         "Pool.__init__",
         "Pool._async__init__",
         "Pool._check_init",
         "Pool.close",
         "Pool.terminate",
+        *_patched_statement_methods(),
+        "Transaction._check_conn_validity",
     ]
 
 
@@ -1449,3 +1486,67 @@ def test_pytest_suite_with_a_module_global_pool(
             ]
         )
         assert "another operation is in progress" in text  # asyncpg's own error follows
+
+
+ASYNCPG_OWN_ERRORS = """
+import asyncio
+import os
+
+import asyncpg
+
+
+async def closed_connection():
+    conn = await asyncpg.connect(os.environ["APP_DSN"])
+    await conn.close()
+    return conn
+
+
+def test_connection_closed():
+    async def main():
+        conn = await closed_connection()
+        await conn.execute("select 1")
+
+    asyncio.run(main())
+
+
+def test_statement_of_a_closed_connection():
+    async def main():
+        conn = await asyncpg.connect(os.environ["APP_DSN"])
+        stmt = await conn.prepare("select 1")
+        await conn.close()
+        await stmt.fetch()
+
+    asyncio.run(main())
+
+
+def test_transaction_of_a_closed_connection():
+    async def main():
+        conn = await asyncpg.connect(os.environ["APP_DSN"])
+        transaction = conn.transaction()
+        await conn.close()
+        await transaction.start()
+
+    asyncio.run(main())
+"""
+
+
+def test_asyncpg_own_errors_show_no_loopguard_frame(
+    pytester: pytest.Pytester, pg_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """asyncpg's own errors raised through the per-statement checks (a closed connection's
+    execute, statement and transaction) fail the tests as they would unguarded: pytest's
+    traceback hides loopguard's wrappers (``__tracebackhide__``)."""
+    monkeypatch.setenv("APP_DSN", pg_env)
+    monkeypatch.delenv("PYTEST_CURRENT_TEST", raising=False)
+    for name in ("LOOPGUARD", "LOOPGUARD_LOG_FILE", "PYTEST_ADDOPTS"):
+        monkeypatch.delenv(name, raising=False)
+    pytester.makepyfile(test_errors=ASYNCPG_OWN_ERRORS)
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--tb=long", "--loopguard-mode=raise", timeout=120
+    )
+    result.assert_outcomes(failed=3)
+    text = result.stdout.str()
+    assert text.count("asyncpg.exceptions._base.InterfaceError") == 3
+    assert "LoopMismatch" not in text
+    package = os.path.dirname(loopguard.__file__)
+    assert [line for line in text.splitlines() if package in line] == []

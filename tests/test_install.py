@@ -61,9 +61,11 @@ def _patched_slots() -> dict[str, Any]:
 
 def _asyncpg_patched() -> list[tuple[Any, str]]:
     """The class attributes the asyncpg integration replaces while installed."""
-    from asyncpg import connresource
     from asyncpg.connection import Connection
+    from asyncpg.cursor import BaseCursor, CursorFactory
     from asyncpg.pool import Pool
+    from asyncpg.prepared_stmt import PreparedStatement
+    from asyncpg.transaction import Transaction
 
     return [
         (Pool, "__init__"),
@@ -76,7 +78,11 @@ def _asyncpg_patched() -> list[tuple[Any, str]]:
         (Connection, "close"),
         (Connection, "_copy_out"),
         (Connection, "_copy_in"),
-        (connresource.ConnectionResource, "_check_conn_validity"),
+        *((PreparedStatement, name) for name in ("cursor", "explain", "fetch", "fetchval")),
+        *((PreparedStatement, name) for name in ("fetchrow", "fetchmany", "executemany")),
+        (Transaction, "_check_conn_validity"),
+        (CursorFactory, "_check_conn_validity"),
+        (BaseCursor, "_check_conn_validity"),
     ]
 
 

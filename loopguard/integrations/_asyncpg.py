@@ -21,10 +21,13 @@ each undone exactly by ``uninstall()``:
 - ``Connection.__init__``: the creation site of connections opened directly (not by a Pool, not
   by SQLAlchemy, whose objects have creation sites of their own).
 - ``Connection._check_open`` (execute, fetch*, prepare, cursor, transaction, reset, codecs,
-  listeners), ``ConnectionResource._check_conn_validity`` (prepared statements, cursors,
-  transactions), ``Connection._copy_out``/``_copy_in`` (the copy methods), ``Connection.close``:
-  the running loop must be ``conn._loop`` (LG103).  ``PoolConnectionProxy`` calls methods through
-  the class, so acquired connections are covered too.
+  listeners), the ``PreparedStatement`` methods that reach the server (cursor, explain, fetch*,
+  executemany: checked after asyncpg's own checks of the statement and connection; its reads,
+  ``get_attributes()``, ``get_statusmsg()``..., are not patched), ``_check_conn_validity`` of
+  ``Transaction``, ``CursorFactory`` and ``BaseCursor`` (their every caller does I/O),
+  ``Connection._copy_out``/``_copy_in`` (the copy methods), ``Connection.close``: the running
+  loop must be ``conn._loop`` (LG103).  ``PoolConnectionProxy`` calls methods through the class,
+  so acquired connections are covered too.
 
 Calls made by SQLAlchemy's asyncpg dialect on a connection its pool holds are reported as the
 SQLAlchemy guard reports them (LG101, ``_sqlalchemy_held``): a connection held open (an
@@ -33,9 +36,9 @@ is stopped here, by the check asyncpg's calls pay already.  Closing is left to S
 cleanup.  Raw use of such a connection (``driver_connection``) is checked as LG103.
 
 The hot path is one loop check and an identity compare; everything else runs only when the
-loops differ.  The per-statement wrappers (``_check_open``, ``_check_conn_validity``,
-``_check_init``) have ``_loops.current_loop``'s fast path inline (its docstring says how):
-a Python call fewer per check.  ``warn`` mode reports (record and
+loops differ.  The per-statement wrappers (``_check_open``, the statement methods,
+``_check_conn_validity``, ``_check_init``) have ``_loops.current_loop``'s fast path inline (its
+docstring says how): a Python call fewer per check.  ``warn`` mode reports (record and
 ``LoopMismatchWarning``, once per object and loop) and lets the call go ahead unchanged: an
 asyncpg pool or connection cannot be moved to another loop, so asyncpg's own error follows,
 as it would without loopguard.
@@ -74,8 +77,19 @@ from ._asyncpg_facts import (
 from ._base import Integration, Patch
 
 MIN_VERSION = (0, 27)
-# ConnectionResource methods that only read local state: no I/O, so no loop is involved.
-_NO_IO = frozenset({"get_name", "get_query", "get_statusmsg", "get_parameters", "get_attributes"})
+# PreparedStatement's methods that reach the server, each checked itself.  Its other guarded
+# methods only read local state (get_name, get_query, get_statusmsg, get_parameters,
+# get_attributes): no I/O, so no loop is involved, and unpatched they cost nothing (SQLAlchemy
+# reads two of them per statement).  fetchmany() is newer than asyncpg 0.27.
+_STATEMENT_IO_METHODS = ("cursor", "explain", "fetch", "fetchval", "fetchrow", "executemany")
+_STATEMENT_IO_METHODS_NEWER = ("fetchmany",)
+# The other ConnectionResource classes: every method that calls _check_conn_validity does I/O
+# (Transaction.start/commit/rollback/__aexit__, the cursors'), so it is checked there.
+_RESOURCE_CLASSES = (
+    "asyncpg.transaction:Transaction",
+    "asyncpg.cursor:CursorFactory",
+    "asyncpg.cursor:BaseCursor",
+)
 # The Pool coroutines whose call to _check_init() is checked, and the operation they are.
 # (close() has a wrapper of its own; terminate() does no I/O on the loop and is not checked.)
 _CHECKED_INIT_CALLERS = {"_acquire": "Pool.acquire", "release": "Pool.release"}
@@ -265,66 +279,114 @@ def _make_connection_init(original: Callable[..., None]) -> Callable[..., None]:
     return __init__
 
 
+# The per-statement wrappers below take ``__tracebackhide__`` as a parameter with a default:
+# pytest still hides their frames (it reads the frame's locals), and the fast path pays no
+# store for it.  asyncpg never passes it.
 def _make_check_open(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    def _check_open(self: Any) -> Any:
-        __tracebackhide__ = True
-        result = original(self)  # closed: asyncpg's own InterfaceError, no I/O either way
-        own = self._loop
-        if getattr(own, "_thread_id", None) == _loops._thread_ident():
-            return result  # current_loop(own) inline: its loop runs here
-        loop = running_loop()
-        if loop is not own and loop is not None:
-            caller = sys._getframe(1)
-            operation = f"Connection.{caller.f_code.co_name.lstrip('_')}"
-            _on_connection_mismatch(self, loop, operation, caller)
-            if self.is_closed():  # closed by warn mode: asyncpg's own "connection is closed"
-                return original(self)
-        return result
+    def _check_open(self: Any, __tracebackhide__: bool = True) -> Any:
+        if getattr(self._loop, "_thread_id", None) == _loops._thread_ident():
+            return original(self)  # current_loop(own) inline: its loop runs here
+        return _check_open_off_thread(original, self, sys._getframe(1))
 
     return _check_open
 
 
+def _check_open_off_thread(original: Callable[[Any], Any], conn: Any, caller: FrameType) -> Any:
+    """``_check_open`` when the connection's loop does not run in this thread: asyncpg's own
+    check first (closed: its InterfaceError, no I/O either way), then the loop's."""
+    __tracebackhide__ = True
+    result = original(conn)
+    own = conn._loop
+    loop = running_loop()
+    if loop is not own and loop is not None:
+        operation = f"Connection.{caller.f_code.co_name.lstrip('_')}"
+        _on_connection_mismatch(conn, loop, operation, caller)
+        if conn.is_closed():  # closed by warn mode: asyncpg's own "connection is closed"
+            return original(conn)
+    return result
+
+
 def _make_check_conn_validity(original: Callable[[Any, str], Any]) -> Callable[[Any, str], Any]:
-    def _check_conn_validity(self: Any, meth_name: str) -> Any:
-        __tracebackhide__ = True
-        result = original(self, meth_name)  # released or closed: asyncpg's own error
-        if meth_name in _NO_IO:  # nothing to check: no I/O, so no loop is involved
-            return result
-        conn = self._connection
-        own = conn._loop
-        if getattr(own, "_thread_id", None) == _loops._thread_ident():
-            return result  # current_loop(own) inline: its loop runs here
-        loop = running_loop()
-        if loop is not own and loop is not None:
-            operation = f"{type(self).__name__}.{meth_name}"
-            _on_connection_mismatch(conn, loop, operation, sys._getframe(1))
-            if conn.is_closed():  # closed by warn mode: asyncpg's own error
-                return original(self, meth_name)
-        return result
+    def _check_conn_validity(self: Any, meth_name: str, __tracebackhide__: bool = True) -> Any:
+        if getattr(self._connection._loop, "_thread_id", None) == _loops._thread_ident():
+            return original(self, meth_name)  # current_loop(own) inline: its loop runs here
+        return _check_conn_validity_off_thread(original, self, meth_name, sys._getframe(1))
 
     return _check_conn_validity
+
+
+def _check_conn_validity_off_thread(
+    original: Callable[[Any, str], Any], resource: Any, meth_name: str, caller: FrameType
+) -> Any:
+    """``_check_conn_validity`` when the connection's loop does not run in this thread:
+    asyncpg's own check first (released or closed: its error), then the loop's."""
+    __tracebackhide__ = True
+    result = original(resource, meth_name)
+    conn = resource._connection
+    own = conn._loop
+    loop = running_loop()
+    if loop is not own and loop is not None:
+        operation = f"{type(resource).__name__}.{meth_name}"
+        _on_connection_mismatch(conn, loop, operation, caller)
+        if conn.is_closed():  # closed by warn mode: asyncpg's own error
+            return original(resource, meth_name)
+    return result
+
+
+def _make_statement_method(name: str) -> Callable[[Any], Any]:
+    """A PreparedStatement method that reaches the server: asyncpg's ``guarded`` wrapper of it
+    checks the statement and its connection (``_check_conn_validity``), then calls it."""
+
+    def make(original: Callable[..., Any]) -> Callable[..., Any]:
+        def method(self: Any, *args: Any, __tracebackhide__: bool = True, **kwargs: Any) -> Any:
+            if getattr(self._connection._loop, "_thread_id", None) != _loops._thread_ident():
+                _check_statement_loop(self, name, sys._getframe(1))  # current_loop() inline
+            return original(self, *args, **kwargs)
+
+        return method
+
+    return make
+
+
+def _check_statement_loop(stmt: Any, name: str, caller: FrameType) -> None:
+    """Off the fast path: the loop check of ``stmt.<name>()``, after asyncpg's own checks
+    (statement closed, connection released or closed: its error first, as before any loop
+    check), before the call's I/O."""
+    __tracebackhide__ = True
+    conn = stmt._connection
+    own = conn._loop
+    loop = running_loop()
+    if loop is not own and loop is not None:
+        stmt._check_conn_validity(name)
+        _on_connection_mismatch(conn, loop, f"{type(stmt).__name__}.{name}", caller)
+        # Closed by warn mode: the call raises asyncpg's own "connection is closed".
 
 
 def _make_connection_coroutine(name: str) -> Callable[[Any], Any]:
     """``close`` and the copy helpers: checked when awaited, before the original runs."""
 
     def make(original: Callable[..., Any]) -> Callable[..., Any]:
-        async def guarded(self: Any, *args: Any, **kwargs: Any) -> Any:
-            __tracebackhide__ = True
-            own = self._loop
-            loop = current_loop(own)
-            if loop is not own and loop is not None and not self.is_closed():
-                caller = sys._getframe(1)
-                # _copy_out/_copy_in: name the public copy_* method that called them.
-                operation = "Connection." + (
-                    name if name == "close" else caller.f_code.co_name.lstrip("_")
-                )
-                _on_connection_mismatch(self, loop, operation, caller)
+        async def guarded(
+            self: Any, *args: Any, __tracebackhide__: bool = True, **kwargs: Any
+        ) -> Any:
+            if getattr(self._loop, "_thread_id", None) != _loops._thread_ident():
+                _check_connection_coroutine(self, name, sys._getframe(1))  # current_loop inline
             return await original(self, *args, **kwargs)
 
         return guarded
 
     return make
+
+
+def _check_connection_coroutine(conn: Any, name: str, caller: FrameType) -> None:
+    """Off the fast path: the loop check of ``conn.close()`` or a copy helper."""
+    __tracebackhide__ = True
+    own = conn._loop
+    loop = running_loop()
+    if loop is not own and loop is not None and not conn.is_closed():
+        # _copy_out/_copy_in: name the public copy_* method that called them.
+        operation = "Connection." + (name if name == "close" else caller.f_code.co_name.lstrip("_"))
+        _on_connection_mismatch(conn, loop, operation, caller)
 
 
 def _keep_inherited_connections() -> None:
@@ -361,10 +423,22 @@ class AsyncpgIntegration(Integration):
             _make_connection_coroutine("_copy_in"),
             required=False,
         ),
-        Patch(
-            "asyncpg.connresource:ConnectionResource",
-            "_check_conn_validity",
-            _make_check_conn_validity,
+        *(
+            Patch("asyncpg.prepared_stmt:PreparedStatement", name, _make_statement_method(name))
+            for name in _STATEMENT_IO_METHODS
+        ),
+        *(
+            Patch(
+                "asyncpg.prepared_stmt:PreparedStatement",
+                name,
+                _make_statement_method(name),
+                required=False,
+            )
+            for name in _STATEMENT_IO_METHODS_NEWER
+        ),
+        *(
+            Patch(owner, "_check_conn_validity", _make_check_conn_validity)
+            for owner in _RESOURCE_CLASSES
         ),
     )
 

@@ -138,14 +138,14 @@ def _opener_kind(filename: str) -> str:
 
 def opener(frame: Optional[FrameType]) -> tuple[str, Optional[_sites.Site]]:
     """Who is opening a connection: an asyncpg Pool, SQLAlchemy, or the user (with the site)."""
-    kind_of = _opener_kinds.get
+    kinds = _opener_kinds
     for _ in range(MAX_FRAMES):
         if frame is None:
             break
-        filename = frame.f_code.co_filename
-        kind = kind_of(filename)
-        if kind is None:
-            kind = _opener_kind(filename)
+        try:  # a dict read per frame: the files between are asyncpg's, known after the first
+            kind = kinds[frame.f_code.co_filename]
+        except KeyError:
+            kind = _opener_kind(frame.f_code.co_filename)
         if kind:
             if kind == ORIGIN_DIRECT:
                 return ORIGIN_DIRECT, _sites.site_of(frame, _context.rootdir)
