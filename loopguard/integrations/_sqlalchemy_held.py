@@ -7,10 +7,11 @@ again, so its later uses are checked here, before any I/O, as LG101 with the fac
 connection: the test that checked it out, where it was first opened, its loop.
 
 Where each check sits, and why there:
-- asyncpg checks every operation itself (``Connection._check_open``, the resources'
-  ``_check_conn_validity``): the asyncpg guard already pays for that check, and on a mismatch
-  of a connection SQLAlchemy's pool holds it hands the report to ``on_driver_mismatch`` here.
-  Nothing is added to asyncpg's statements.
+- asyncpg checks every operation itself (``Connection._check_open``, the prepared statements'
+  methods that reach the server, ``_check_conn_validity`` of transactions and cursors): the
+  asyncpg guard already pays for that check, and on a mismatch of a connection SQLAlchemy's
+  pool holds it hands the report to ``on_driver_mismatch`` here.  Nothing is added to
+  asyncpg's statements.
 - Every statement of every other driver passes ``DefaultExecutionContext.pre_exec()``: one
   plain method, the same in SQLAlchemy 1.4, 2.0 and 2.1, which ``Connection._execute_context``
   calls after building the statement's context and before executing it (psycopg's and
