@@ -17,9 +17,10 @@ worker: Optional[str] = None
 # fixtures per test): (pytest's FixtureDef, its function) of each fixture whose setup began,
 # innermost last (a fixture may request another while it runs).  An entry is done once its
 # FixtureDef has a cached_result (pytest sets it when the setup ends, also on an error):
-# done entries are dropped when read, and the plugin empties the list after each setup and
-# before each teardown.  The function is taken on entry: anyio's plugin swaps in a wrapper of
-# its own around the call.
+# done entries are dropped when read, the plugin empties the list after each setup, and
+# the entry of a fixture set up outside a setup goes with its teardown (forget_fixture).
+# The function is taken on entry: anyio's plugin swaps in a wrapper of its own around the
+# call.
 fixtures_in_setup: list[tuple[Any, Any]] = []
 
 
@@ -62,6 +63,15 @@ def fixture_in_setup() -> Optional[tuple[Any, Any]]:
             return entry
         fixtures_in_setup.pop()
     return None
+
+
+def forget_fixture(entry: tuple[Any, Any]) -> None:
+    """Drop ``entry`` (a fixture set up outside a test's setup) once it is torn down: pytest
+    then resets its cached_result, which would make it look set up again."""
+    for index, found in enumerate(fixtures_in_setup):
+        if found is entry:
+            del fixtures_in_setup[index]
+            return
 
 
 def current_fixture() -> Optional[str]:

@@ -36,6 +36,7 @@ compare.  The plugin object is registered only when loopguard is active.
 
 from __future__ import annotations
 
+import functools
 import re
 import sys
 import warnings
@@ -84,9 +85,6 @@ class Use(NamedTuple):
     @property
     def key(self) -> tuple[int, str, str]:
         return (id(self.fixturedef), self.fixture.scope, self.test.scope)
-
-
-_uses_key = pytest.StashKey[list[Use]]()
 
 
 # -- the message ---------------------------------------------------------------------------
@@ -199,6 +197,9 @@ class LoopScopeCheck:
         # them is not shown again: _DeduplicatedAsyncioWarning)
         self.reported_fixtures: dict[str, set[str]] = {}
         self._version: tuple[int, ...] = (0,)  # pytest-asyncio's, read at collection
+        # id(item) -> (item, its uses), for the tests that have any: a dict read per test's
+        # setup (item.stash.get raises and catches a KeyError for every other test)
+        self._uses_of: dict[int, tuple[pytest.Item, list[Use]]] = {}
 
     @pytest.hookimpl(trylast=True)  # after deselection (-k, -m) and reordering
     def pytest_collection_modifyitems(
@@ -218,7 +219,7 @@ class LoopScopeCheck:
                 continue
             uses = self._uses(item, config, mode, version, default_test_scope)
             if uses:
-                item.stash[_uses_key] = uses
+                self._uses_of[id(item)] = (item, uses)
                 for use in uses:
                     self._tests.setdefault(use.key, []).append(item.nodeid)
 
@@ -258,7 +259,8 @@ class LoopScopeCheck:
             # One wrapper around each test's setup, not one around every fixture's (~4 per
             # test): fixtures set up for an earlier test are checked before this setup, the
             # others once it is done, still in the setup phase, before the test body runs.
-            uses = item.stash.get(_uses_key, ())
+            known = self._uses_of.get(id(item))
+            uses = known[1] if known is not None and known[0] is item else ()
             self._check_values(item, uses)
             _context.fixtures_in_setup.clear()
             _pytest_loops.setting_up = item
@@ -274,13 +276,13 @@ class LoopScopeCheck:
     def pytest_fixture_setup(self, fixturedef: Any) -> None:
         # What the fixture creates is created by it (_registry.Origin reads the list).  A
         # plain hook: a wrapper around every fixture's setup costs several times more.
-        _context.fixtures_in_setup.append((fixturedef, fixturedef.func))
-
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_runtest_teardown(self) -> None:
-        # Fixtures requested during the test body (getfixturevalue) are done by now, and
-        # their finalizers reset what marks them as done.
-        _context.fixtures_in_setup.clear()
+        entry = (fixturedef, fixturedef.func)
+        _context.fixtures_in_setup.append(entry)
+        if _pytest_loops.setting_up is None:
+            # Set up outside a test's setup (getfixturevalue in the test body): its entry
+            # goes with its teardown, which resets what marks it as done.  (Not a
+            # pytest_runtest_teardown hook emptying the list: ~50 bytecodes per test.)
+            fixturedef.addfinalizer(functools.partial(_context.forget_fixture, entry))
 
     def _check_values(self, item: pytest.Item, uses: Any) -> None:
         for use in uses:
