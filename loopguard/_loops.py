@@ -117,7 +117,11 @@ def name_loop(loop: Any, name: str, kind: Optional[str] = None) -> None:
     """Name a loop in every message that mentions it: ``loop #3 (name)``; ``kind`` says what
     made it, for the likely cause (``_patterns``).  Both go when the loop is collected (with
     its number's entry, ``_forget_loop``)."""
-    key = loop_id(loop)
+    name_numbered_loop(loop_id(loop), name, kind)
+
+
+def name_numbered_loop(key: int, name: str, kind: Optional[str] = None) -> None:
+    """``name_loop`` for a loop whose number the caller has (``loop_id``) already."""
     _loop_names[key] = name
     if kind is None:
         _loop_kinds.pop(key, None)
