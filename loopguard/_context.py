@@ -33,6 +33,8 @@ _data = getattr(_environ, "_data", None)
 _key = _environ.encodekey(_VARIABLE) if hasattr(_environ, "encodekey") else None
 _decode = getattr(_environ, "decodevalue", None)
 _raw_get = _data.get if _data is not None and _decode is not None else None
+# os.environ while it is the object read directly above; never os.environ otherwise.
+_direct_environ: Any = _environ if _raw_get is not None else object()
 # The last raw value read and its decoding (decodevalue is a Python function): pytest sets
 # the variable once per phase, and it is read several times in each.
 _last_raw: Any = None
@@ -44,11 +46,11 @@ def current_test() -> Optional[str]:
     global _last_raw, _last_test
     if not in_pytest:
         return None
-    if _raw_get is not None and os.environ is _environ:
-        raw = _raw_get(_key)
-        if raw is None:
-            return None
-        if raw is not _last_raw:
+    if os.environ is _direct_environ:
+        raw = _raw_get(_key)  # type: ignore[misc]
+        if raw is not _last_raw:  # None only before the first value (and _last_test too)
+            if raw is None:
+                return None
             _last_test = _decode(raw)  # type: ignore[misc]
             _last_raw = raw
         return _last_test
