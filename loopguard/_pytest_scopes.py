@@ -73,6 +73,7 @@ from ._state import STATE
 LG105 = "LG105"
 _MAX_LISTED_TESTS = 3
 _SCOPES_PLUGIN = "loopguard-loop-scopes"
+_fixtures_in_setup = _context.fixtures_in_setup  # the list itself: appended to, never rebound
 
 
 class Use(NamedTuple):
@@ -260,24 +261,26 @@ class LoopScopeCheck:
             # test): fixtures set up for an earlier test are checked before this setup, the
             # others once it is done, still in the setup phase, before the test body runs.
             known = self._uses_of.get(id(item))
-            uses = known[1] if known is not None and known[0] is item else ()
-            self._check_values(item, uses)
-            _context.fixtures_in_setup.clear()
+            uses = known[1] if known is not None and known[0] is item else None
+            if uses is not None:  # most tests have none
+                self._check_values(item, uses)
+            _fixtures_in_setup.clear()
             _pytest_loops.setting_up = item
             try:
                 return (yield)
             finally:
                 _pytest_loops.setting_up = None
-                _context.fixtures_in_setup.clear()
+                _fixtures_in_setup.clear()
                 name_loops_of(item)
-                self._check_values(item, uses)
+                if uses is not None:
+                    self._check_values(item, uses)
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_fixture_setup(self, fixturedef: Any) -> None:
         # What the fixture creates is created by it (_registry.Origin reads the list).  A
         # plain hook: a wrapper around every fixture's setup costs several times more.
         entry = (fixturedef, fixturedef.func)
-        _context.fixtures_in_setup.append(entry)
+        _fixtures_in_setup.append(entry)
         if _pytest_loops.setting_up is None:
             # Set up outside a test's setup (getfixturevalue in the test body): its entry
             # goes with its teardown, which resets what marks it as done.  (Not a
