@@ -21,6 +21,7 @@ plugin object is registered only when loopguard is active, so nothing here runs 
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 from typing import Any, Optional
 
@@ -128,8 +129,6 @@ _loops.late_namer = _name_loops_in_setup
 # id(FixtureDef) -> the number of the loop last named for it: a loop fixture's value is the
 # same for every test of its scope, and is named once (numbers are never reused).
 _named: dict[int, int] = {}
-# id(FixtureDef) -> its scope (a property over an enum's value: read once per fixture).
-_scopes: dict[int, str] = {}
 # The names of the fixtures seen that are not loop fixtures: one set test per fixture per test.
 _not_loop_fixtures: set[str] = set()
 
@@ -159,8 +158,12 @@ def name_loops_of(item: pytest.Item) -> None:
         key = id(fixturedef)
         if _named.get(key) != number:
             _named[key] = number
-            scope = _scopes.get(key)
-            if scope is None:
-                scope = _scopes[key] = fixturedef.scope
-            label = loop_label(scope, _node_id(item, scope))
+            # The name is made when a message first needs it: most loops are never named in
+            # any message.
+            label = functools.partial(_label, fixturedef, item)
             _loops.name_numbered_loop(number, label, PYTEST_ASYNCIO)
+
+
+def _label(fixturedef: Any, item: pytest.Item) -> str:
+    scope = fixturedef.scope
+    return loop_label(scope, _node_id(item, scope))
