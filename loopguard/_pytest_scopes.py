@@ -201,6 +201,9 @@ class LoopScopeCheck:
         # id(item) -> (item, its uses), for the tests that have any: a dict read per test's
         # setup (item.stash.get raises and catches a KeyError for every other test)
         self._uses_of: dict[int, tuple[pytest.Item, list[Use]]] = {}
+        # (id(parent node), test loop scope, fixture closure) -> the uses: the tests of one
+        # module or class with the same fixtures resolve them to the same definitions.
+        self._uses_by_closure: dict[tuple[int, LoopScope, tuple[str, ...]], list[Use]] = {}
 
     @pytest.hookimpl(trylast=True)  # after deselection (-k, -m) and reordering
     def pytest_collection_modifyitems(
@@ -238,7 +241,12 @@ class LoopScopeCheck:
         definitions = getattr(info, "name2fixturedefs", None)
         if test is None or names is None or definitions is None:
             return []
-        uses = []
+        key = (id(item.parent), test, tuple(names))
+        known_uses = self._uses_by_closure.get(key)
+        if known_uses is not None:
+            return known_uses  # shared by those tests: read, never changed
+        uses: list[Use] = []
+        self._uses_by_closure[key] = uses
         for name in names:
             fixturedefs = definitions.get(name)
             if not fixturedefs:
