@@ -68,8 +68,10 @@ def loop_scope_of_test(
     # The item's own markers come first in get_closest_marker's walk, and pytest-asyncio
     # puts the marker there in auto mode: read them before walking the parents (pytest's
     # generators cost ~70 bytecodes per collected test).
-    for marker in item.own_markers:
-        if getattr(marker, "name", None) == "asyncio":
+    marker: Optional[pytest.Mark] = None
+    for own in item.own_markers:
+        if getattr(own, "name", None) == "asyncio":
+            marker = own
             break
     else:
         marker = item.get_closest_marker("asyncio")
