@@ -65,6 +65,7 @@ def _no_thread() -> int:
 # keep their number for the life of the process.
 _loop_numbers: dict[int, int] = {}
 _loop_refs: dict[int, _LoopKeyRef] = {}
+_number_of = _loop_numbers.get  # bound once: loop_id() runs a few times per test
 _counter = itertools.count(1)
 # loop number -> a name given by whoever made the loop, or the function that makes it when a
 # message first asks (name_numbered_loop); an entry goes when its loop is collected.
@@ -94,10 +95,10 @@ def _forget_loop(ref: _LoopKeyRef) -> None:
 
 def loop_id(loop: Any) -> int:
     """A small number naming a loop for the life of the process (numbers are never reused)."""
-    known = _loop_numbers.get(id(loop))
-    if known is None:
-        known = _number_loop(loop)
-    return known
+    known = _number_of(id(loop))
+    if known is not None:
+        return known
+    return _number_loop(loop)
 
 
 def _number_loop(loop: Any) -> int:
