@@ -17,9 +17,10 @@ worker: Optional[str] = None
 # fixtures per test): (pytest's FixtureDef, its function) of each fixture whose setup began,
 # innermost last (a fixture may request another while it runs).  An entry is done once its
 # FixtureDef has a cached_result (pytest sets it when the setup ends, also on an error):
-# done entries are dropped when read, and the plugin empties the list after each setup and
-# before each teardown.  The function is taken on entry: anyio's plugin swaps in a wrapper of
-# its own around the call.
+# done entries are dropped when read, the plugin empties the list after each setup, and
+# the entry of a fixture set up outside a setup goes with its teardown (forget_fixture).
+# The function is taken on entry: anyio's plugin swaps in a wrapper of its own around the
+# call.
 fixtures_in_setup: list[tuple[Any, Any]] = []
 
 
@@ -32,6 +33,8 @@ _data = getattr(_environ, "_data", None)
 _key = _environ.encodekey(_VARIABLE) if hasattr(_environ, "encodekey") else None
 _decode = getattr(_environ, "decodevalue", None)
 _raw_get = _data.get if _data is not None and _decode is not None else None
+# os.environ while it is the object read directly above; never os.environ otherwise.
+_direct_environ: Any = _environ if _raw_get is not None else object()
 # The last raw value read and its decoding (decodevalue is a Python function): pytest sets
 # the variable once per phase, and it is read several times in each.
 _last_raw: Any = None
@@ -43,11 +46,11 @@ def current_test() -> Optional[str]:
     global _last_raw, _last_test
     if not in_pytest:
         return None
-    if _raw_get is not None and os.environ is _environ:
-        raw = _raw_get(_key)
-        if raw is None:
-            return None
-        if raw is not _last_raw:
+    if os.environ is _direct_environ:
+        raw = _raw_get(_key)  # type: ignore[misc]
+        if raw is not _last_raw:  # None only before the first value (and _last_test too)
+            if raw is None:
+                return None
             _last_test = _decode(raw)  # type: ignore[misc]
             _last_raw = raw
         return _last_test
@@ -62,6 +65,15 @@ def fixture_in_setup() -> Optional[tuple[Any, Any]]:
             return entry
         fixtures_in_setup.pop()
     return None
+
+
+def forget_fixture(entry: tuple[Any, Any]) -> None:
+    """Drop ``entry`` (a fixture set up outside a test's setup) once it is torn down: pytest
+    then resets its cached_result, which would make it look set up again."""
+    for index, found in enumerate(fixtures_in_setup):
+        if found is entry:
+            del fixtures_in_setup[index]
+            return
 
 
 def current_fixture() -> Optional[str]:

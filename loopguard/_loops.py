@@ -15,7 +15,7 @@ import os
 import sys
 import threading
 import weakref
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 # asyncio._get_running_loop is the C fast path behind get_running_loop(): None instead of raising.
 running_loop: Callable[[], Optional[asyncio.AbstractEventLoop]] = asyncio._get_running_loop
@@ -65,9 +65,11 @@ def _no_thread() -> int:
 # keep their number for the life of the process.
 _loop_numbers: dict[int, int] = {}
 _loop_refs: dict[int, _LoopKeyRef] = {}
+_number_of = _loop_numbers.get  # bound once: loop_id() runs a few times per test
 _counter = itertools.count(1)
-# loop number -> a name given by whoever made the loop; an entry goes when its loop is collected.
-_loop_names: dict[int, str] = {}
+# loop number -> a name given by whoever made the loop, or the function that makes it when a
+# message first asks (name_numbered_loop); an entry goes when its loop is collected.
+_loop_names: dict[int, Union[str, Callable[[], str]]] = {}
 # loop number -> what made it, in a word the causes read ("pytest-asyncio", "anyio-test",
 # "test-client", "test-client-request"); goes with the name.
 _loop_kinds: dict[int, str] = {}
@@ -93,10 +95,10 @@ def _forget_loop(ref: _LoopKeyRef) -> None:
 
 def loop_id(loop: Any) -> int:
     """A small number naming a loop for the life of the process (numbers are never reused)."""
-    known = _loop_numbers.get(id(loop))
-    if known is None:
-        known = _number_loop(loop)
-    return known
+    known = _number_of(id(loop))
+    if known is not None:
+        return known
+    return _number_loop(loop)
 
 
 def _number_loop(loop: Any) -> int:
@@ -117,7 +119,15 @@ def name_loop(loop: Any, name: str, kind: Optional[str] = None) -> None:
     """Name a loop in every message that mentions it: ``loop #3 (name)``; ``kind`` says what
     made it, for the likely cause (``_patterns``).  Both go when the loop is collected (with
     its number's entry, ``_forget_loop``)."""
-    key = loop_id(loop)
+    name_numbered_loop(loop_id(loop), name, kind)
+
+
+def name_numbered_loop(
+    key: int, name: Union[str, Callable[[], str]], kind: Optional[str] = None
+) -> None:
+    """``name_loop`` for a loop whose number the caller has (``loop_id``) already.  ``name``
+    may be a function that makes the name: called once, when a message first needs it (the
+    pytest plugin names a loop per test, and few of them are ever mentioned)."""
     _loop_names[key] = name
     if kind is None:
         _loop_kinds.pop(key, None)
@@ -143,7 +153,19 @@ def loop_name(key: int) -> str:
     if name is None and late_namer is not None:
         _name_late()
         name = _loop_names.get(key)
+    if name is not None and not isinstance(name, str):
+        name = _made_name(key, name)
     return f" ({name})" if name else ""
+
+
+def _made_name(key: int, make: Callable[[], str]) -> Optional[str]:
+    try:
+        name = make()
+    except Exception:  # a message without a loop's name, not a crash
+        return None
+    if _loop_names.get(key) is make:
+        _loop_names[key] = name
+    return name
 
 
 def loop_kind(key: Optional[int]) -> Optional[str]:

@@ -21,6 +21,7 @@ plugin object is registered only when loopguard is active, so nothing here runs 
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 from typing import Any, Optional
 
@@ -103,6 +104,10 @@ def _fixture_defs(item: pytest.Item) -> Any:
     used = getattr(getattr(item, "_request", None), "_fixture_defs", None)
     if isinstance(used, dict):
         return used.items()
+    return _static_fixture_defs(item)
+
+
+def _static_fixture_defs(item: pytest.Item) -> Any:
     info = getattr(item, "_fixtureinfo", None)
     definitions = getattr(info, "name2fixturedefs", None) or {}
     return ((name, defs[-1]) for name, defs in definitions.items() if defs)
@@ -124,15 +129,25 @@ _loops.late_namer = _name_loops_in_setup
 # id(FixtureDef) -> the number of the loop last named for it: a loop fixture's value is the
 # same for every test of its scope, and is named once (numbers are never reused).
 _named: dict[int, int] = {}
+# The names of the fixtures seen that are not loop fixtures: one set test per fixture per test.
+_not_loop_fixtures: set[str] = set()
 
 
 def name_loops_of(item: pytest.Item) -> None:
     """Name the loops of pytest-asyncio's loop fixtures set up for ``item``.  Called once the
     test's setup is done, from the ``pytest_runtest_setup`` wrapper of
     ``_pytest_scopes.LoopScopeCheck``: one call per test, not one per fixture."""
-    for argname, fixturedef in _fixture_defs(item):
+    used = getattr(getattr(item, "_request", None), "_fixture_defs", None)
+    if not isinstance(used, dict):
+        used = dict(_fixture_defs(item))
+    # The fixtures not known to be anything else (a set difference, in C): usually the
+    # test's loop fixture alone; two or more are taken in the order they were set up.
+    candidates = used.keys() - _not_loop_fixtures
+    for argname in candidates if len(candidates) < 2 else [n for n in used if n in candidates]:
         if argname not in _NAMED_FIXTURES and not argname.endswith(_COLLECTOR_LOOP_SUFFIX):
+            _not_loop_fixtures.add(argname)
             continue
+        fixturedef = used[argname]
         cached = getattr(fixturedef, "cached_result", None)
         if cached is None or cached[2] is not None:
             continue
@@ -140,7 +155,15 @@ def name_loops_of(item: pytest.Item) -> None:
         if loop is None:
             continue
         number = _loops.loop_id(loop)
-        if _named.get(id(fixturedef)) != number:
-            _named[id(fixturedef)] = number
-            scope = fixturedef.scope  # a property over an enum's value: read once
-            _loops.name_loop(loop, loop_label(scope, _node_id(item, scope)), PYTEST_ASYNCIO)
+        key = id(fixturedef)
+        if _named.get(key) != number:
+            _named[key] = number
+            # The name is made when a message first needs it: most loops are never named in
+            # any message.
+            label = functools.partial(_label, fixturedef, item)
+            _loops.name_numbered_loop(number, label, PYTEST_ASYNCIO)
+
+
+def _label(fixturedef: Any, item: pytest.Item) -> str:
+    scope = fixturedef.scope
+    return loop_label(scope, _node_id(item, scope))

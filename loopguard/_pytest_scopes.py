@@ -36,6 +36,7 @@ compare.  The plugin object is registered only when loopguard is active.
 
 from __future__ import annotations
 
+import functools
 import re
 import sys
 import warnings
@@ -72,6 +73,7 @@ from ._state import STATE
 LG105 = "LG105"
 _MAX_LISTED_TESTS = 3
 _SCOPES_PLUGIN = "loopguard-loop-scopes"
+_fixtures_in_setup = _context.fixtures_in_setup  # the list itself: appended to, never rebound
 
 
 class Use(NamedTuple):
@@ -84,9 +86,6 @@ class Use(NamedTuple):
     @property
     def key(self) -> tuple[int, str, str]:
         return (id(self.fixturedef), self.fixture.scope, self.test.scope)
-
-
-_uses_key = pytest.StashKey[list[Use]]()
 
 
 # -- the message ---------------------------------------------------------------------------
@@ -199,6 +198,12 @@ class LoopScopeCheck:
         # them is not shown again: _DeduplicatedAsyncioWarning)
         self.reported_fixtures: dict[str, set[str]] = {}
         self._version: tuple[int, ...] = (0,)  # pytest-asyncio's, read at collection
+        # id(item) -> (item, its uses), for the tests that have any: a dict read per test's
+        # setup (item.stash.get raises and catches a KeyError for every other test)
+        self._uses_of: dict[int, tuple[pytest.Item, list[Use]]] = {}
+        # (id(parent node), test loop scope, fixture closure) -> the uses: the tests of one
+        # module or class with the same fixtures resolve them to the same definitions.
+        self._uses_by_closure: dict[tuple[int, LoopScope, tuple[str, ...]], list[Use]] = {}
 
     @pytest.hookimpl(trylast=True)  # after deselection (-k, -m) and reordering
     def pytest_collection_modifyitems(
@@ -218,7 +223,7 @@ class LoopScopeCheck:
                 continue
             uses = self._uses(item, config, mode, version, default_test_scope)
             if uses:
-                item.stash[_uses_key] = uses
+                self._uses_of[id(item)] = (item, uses)
                 for use in uses:
                     self._tests.setdefault(use.key, []).append(item.nodeid)
 
@@ -236,7 +241,12 @@ class LoopScopeCheck:
         definitions = getattr(info, "name2fixturedefs", None)
         if test is None or names is None or definitions is None:
             return []
-        uses = []
+        key = (id(item.parent), test, tuple(names))
+        known_uses = self._uses_by_closure.get(key)
+        if known_uses is not None:
+            return known_uses  # shared by those tests: read, never changed
+        uses: list[Use] = []
+        self._uses_by_closure[key] = uses
         for name in names:
             fixturedefs = definitions.get(name)
             if not fixturedefs:
@@ -258,29 +268,32 @@ class LoopScopeCheck:
             # One wrapper around each test's setup, not one around every fixture's (~4 per
             # test): fixtures set up for an earlier test are checked before this setup, the
             # others once it is done, still in the setup phase, before the test body runs.
-            uses = item.stash.get(_uses_key, ())
-            self._check_values(item, uses)
-            _context.fixtures_in_setup.clear()
+            known = self._uses_of.get(id(item))
+            uses = known[1] if known is not None and known[0] is item else None
+            if uses is not None:  # most tests have none
+                self._check_values(item, uses)
+            _fixtures_in_setup.clear()
             _pytest_loops.setting_up = item
             try:
                 return (yield)
             finally:
                 _pytest_loops.setting_up = None
-                _context.fixtures_in_setup.clear()
+                _fixtures_in_setup.clear()
                 name_loops_of(item)
-                self._check_values(item, uses)
+                if uses is not None:
+                    self._check_values(item, uses)
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_fixture_setup(self, fixturedef: Any) -> None:
         # What the fixture creates is created by it (_registry.Origin reads the list).  A
         # plain hook: a wrapper around every fixture's setup costs several times more.
-        _context.fixtures_in_setup.append((fixturedef, fixturedef.func))
-
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_runtest_teardown(self) -> None:
-        # Fixtures requested during the test body (getfixturevalue) are done by now, and
-        # their finalizers reset what marks them as done.
-        _context.fixtures_in_setup.clear()
+        entry = (fixturedef, fixturedef.func)
+        _fixtures_in_setup.append(entry)
+        if _pytest_loops.setting_up is None:
+            # Set up outside a test's setup (getfixturevalue in the test body): its entry
+            # goes with its teardown, which resets what marks it as done.  (Not a
+            # pytest_runtest_teardown hook emptying the list: ~50 bytecodes per test.)
+            fixturedef.addfinalizer(functools.partial(_context.forget_fixture, entry))
 
     def _check_values(self, item: pytest.Item, uses: Any) -> None:
         for use in uses:

@@ -499,6 +499,78 @@ def test_an_engine_made_after_a_nested_fixture_setup_is_described_as_its_own_fix
     assert (record["cause"], record["created_by"]) == ("closed-loop-fixture", fixture)
 
 
+BODY_FIXTURE_CONFTEST_PY = """
+    import pytest
+
+    import loopguard
+
+    made = {}
+
+
+    class Thing:
+        pass
+
+
+    @pytest.fixture
+    def late():
+        made["late"] = loopguard.track(Thing(), name="late")
+        yield
+
+
+    @pytest.fixture
+    def maker():
+        yield
+        made["teardown"] = loopguard.track(Thing(), name="teardown")
+"""
+BODY_FIXTURE_TESTS_PY = """
+    import asyncio
+
+    import pytest
+
+    import loopguard
+    from conftest import made
+
+
+    def test_body_requests_a_fixture(maker, request):
+        request.getfixturevalue("late")
+
+
+    def test_each_on_two_loops():
+        async def check(obj):
+            loopguard.check(obj)
+
+        for name in ("late", "teardown"):
+            asyncio.run(check(made[name]))
+            with pytest.raises(loopguard.LoopMismatchError):
+                asyncio.run(check(made[name]))
+"""
+
+
+def test_a_fixture_requested_in_the_test_body_creates_until_its_teardown_only(
+    pytester: pytest.Pytester, run: RunPytest
+) -> None:
+    """A fixture set up from the test body (``getfixturevalue``) is the creator of what is made
+    during its setup; once torn down it is nobody's creator: an object made afterwards, in
+    the teardown of a fixture torn down after it, was created by no fixture."""
+    write(
+        pytester.path,
+        {
+            "pytest.ini": ini(),
+            "conftest.py": BODY_FIXTURE_CONFTEST_PY,
+            "test_body.py": BODY_FIXTURE_TESTS_PY,
+        },
+    )
+    log = pytester.path / "lg.jsonl"
+    result = run("--loopguard", env={"LOOPGUARD_LOG_FILE": str(log)})
+    result.assert_outcomes(passed=2)
+    line = line_of(BODY_FIXTURE_CONFTEST_PY, "def late()") - 1
+    created_by = {r["name"]: r.get("created_by") for r in records(log) if r["code"] == "LG107"}
+    assert created_by == {
+        "late": f"function-scoped fixture 'late' at conftest.py:{line}",
+        "teardown": None,
+    }
+
+
 HTTPX_FIXTURE_CONFTEST_PY = """
     import os
 

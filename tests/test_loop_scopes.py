@@ -429,6 +429,65 @@ def test_fixture_set_up_by_a_session_loop_test_is_reported_for_the_next_function
     )
 
 
+OVERRIDING_TESTS_PY = """
+    import os
+
+    import pytest_asyncio
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+
+    @pytest_asyncio.fixture
+    async def engine():
+        engine = create_async_engine(os.environ["DATABASE_URL"])
+        yield engine
+        await engine.dispose()
+
+
+    async def test_own_engine(engine):
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("select 1"))).scalar() == 1
+"""
+
+
+@needs_loop_scope
+def test_a_module_overriding_the_fixture_is_compared_with_its_own_definition(
+    pytester: pytest.Pytester, db_url: str, run: RunPytest
+) -> None:
+    """Two modules whose tests use the same fixture names: the first gets conftest.py's
+    session-loop engine (reported), the second its own function-loop engine (silent).  Each
+    module's tests are compared with the definitions they resolve to."""
+    write(
+        pytester.path,
+        {
+            "pytest.ini": ini(),
+            "conftest.py": ENGINE_CONFTEST_PY,
+            "test_a.py": """
+                from sqlalchemy import text
+
+
+                async def test_shared_engine(engine):
+                    async with engine.connect() as conn:
+                        assert (await conn.execute(text("select 1"))).scalar() == 1
+            """,
+            "test_b.py": OVERRIDING_TESTS_PY,
+        },
+    )
+    result = run("--loopguard", "--tb=line")
+    result.assert_outcomes(passed=1, failed=1, warnings=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*LoopScopeMismatchWarning: fixture 'engine' yields a pooled SQLAlchemy AsyncEngine "
+            "(AsyncAdaptedQueuePool) from pytest-asyncio's session-scoped loop, but "
+            "test_a.py::test_shared_engine runs on function-scoped loops: *",
+            '    tests:         test_a.py::test_shared_engine, loop_scope="function" (*)',
+        ]
+    )
+    assert "and 1 more" not in output(result)
+    reported = [line for line in result.stdout.lines if "tests:" in line or "LoopScope" in line]
+    assert not [line for line in reported if "test_b.py" in line]
+
+
 FIXTURE_SCOPE_CONFTEST_PY = """
     import os
 

@@ -120,3 +120,32 @@ def test_the_check_for_the_running_loop_makes_no_system_call(tmp_path: Any) -> N
     calls = [line.split() for line in counts.read_text().splitlines() if "getpid" in line]
     # asyncio.run() itself asks a few times; a check per iteration would be 1,000 more.
     assert not calls or int(calls[0][3]) < 100, counts.read_text()
+
+
+def test_a_name_given_as_a_function_is_made_once_when_a_message_asks() -> None:
+    """name_numbered_loop() takes a function for the name (the pytest plugin names a loop per
+    test): called at the first message that mentions the loop, once; one that fails leaves
+    the loop without a name instead of failing the message."""
+    calls: list[str] = []
+
+    def make() -> str:
+        calls.append("made")
+        return "a test's loop"
+
+    def fail() -> str:
+        raise RuntimeError("no name")
+
+    named, unnamed = asyncio.new_event_loop(), asyncio.new_event_loop()
+    try:
+        number = _loops.loop_id(named)
+        _loops.name_numbered_loop(number, make, "pytest-asyncio")
+        assert calls == []
+        assert _loops.loop_name(number) == " (a test's loop)"
+        assert _loops.loop_name(number) == " (a test's loop)"
+        assert calls == ["made"]
+        assert _loops.loop_kind(number) == "pytest-asyncio"
+        _loops.name_numbered_loop(_loops.loop_id(unnamed), fail)
+        assert _loops.loop_name(_loops.loop_id(unnamed)) == ""
+    finally:
+        named.close()
+        unnamed.close()

@@ -1386,3 +1386,26 @@ def test_no_warning_of_its_own_under_filterwarnings_error(
     assert "PytestAssertRewriteWarning" not in output(result)
     assert result.ret == pytest.ExitCode.OK, output(result)
     result.assert_outcomes(passed=1, warnings=0)
+
+
+def test_current_test_follows_the_variable_as_it_is_set_unset_and_replaced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """current_test() reads PYTEST_CURRENT_TEST straight from os.environ's dict and keeps the
+    last decoding: an unset variable is None again, a new value is read anew, and an
+    os.environ replaced by another mapping is read through that mapping."""
+    import os
+
+    from loopguard import _context
+
+    monkeypatch.setattr(_context, "in_pytest", True)
+    monkeypatch.setenv("PYTEST_CURRENT_TEST", "tests/test_a.py::test_x (setup)")
+    assert _context.current_test() == "tests/test_a.py::test_x (setup)"
+    monkeypatch.delenv("PYTEST_CURRENT_TEST")
+    assert _context.current_test() is None
+    monkeypatch.setenv("PYTEST_CURRENT_TEST", "tests/test_a.py::test_x (call)")
+    assert _context.current_test() == "tests/test_a.py::test_x (call)"
+    monkeypatch.setattr(os, "environ", {"PYTEST_CURRENT_TEST": "elsewhere (call)"})
+    assert _context.current_test() == "elsewhere (call)"
+    monkeypatch.setattr(_context, "in_pytest", False)
+    assert _context.current_test() is None
