@@ -46,7 +46,6 @@ from pgserver import sqlalchemy_url
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
-    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     create_async_engine,
@@ -803,43 +802,6 @@ def test_owner_loop_running_in_another_thread(
                 assert on_a(_pid(engine)) != pid_a
             assert [w.category for w in caught] == [loopguard.LoopMismatchWarning]
         on_a(engine.dispose())
-
-
-@pytest.mark.parametrize("mode", ["warn"])
-def test_dispose_releases_another_loops_connection_among_its_own(
-    url: str, pg_dsn: str, engines: list[AsyncEngine], mode: str
-) -> None:
-    """warn mode: loop A (another thread) holds a connection while loop B heals the pool and
-    opens one of its own; A gives its connection back.  The pool now keeps connections of two
-    loops: dispose() on B releases A's without I/O (LG104: one) and closes B's as usual."""
-    engine = create_async_engine(url, pool_size=2)
-    engines.append(engine)
-    with _loop_in_thread() as loop_a:
-
-        def on_a(coro: Awaitable[T]) -> T:
-            return asyncio.run_coroutine_threadsafe(coro, loop_a).result(10)  # type: ignore[arg-type]
-
-        async def open_on_a() -> tuple[AsyncConnection, int]:
-            conn = await engine.connect()
-            pid = int((await conn.execute(text("select pg_backend_pid()"))).scalar_one())
-            return conn, pid
-
-        held, pid_a = on_a(open_on_a())
-
-        async def on_b() -> tuple[int, list[MutableMapping[str, Any]]]:
-            with pytest.warns(loopguard.LoopMismatchWarning, match="still running"):
-                pid_b = await _pid(engine)
-            on_a(held.close())  # back into the pool, by its own loop
-            with structlog.testing.capture_logs() as logs:
-                await engine.dispose()
-            return pid_b, logs
-
-        pid_b, logs = asyncio.run(on_b())
-    [record] = logs
-    assert record["code"] == "LG104"
-    assert record["owner_loop_id"] == loop_id(loop_a)
-    assert (record["released"], record["sockets_closed"]) == (1, 1)
-    assert asyncio.run(_wait_backends_gone(pg_dsn, [pid_a, pid_b]))
 
 
 # -- warn mode: no leaks ------------------------------------------------------------------
