@@ -78,6 +78,18 @@ async def join_once(queue: asyncio.Queue[int]) -> None:
     await task
 
 
+def join_on_another_loop(queue: asyncio.Queue[int]) -> loopguard.LoopMismatchError:
+    """Bind ``queue`` with a join on one loop (3.10+; 3.9 binds at creation), join it on a new
+    one: the LoopMismatchError, reported as the Queue waiting on its own Event."""
+    if not LEGACY:
+        asyncio.run(join_once(queue))
+    with pytest.raises(loopguard.LoopMismatchError) as excinfo:
+        asyncio.run(join_once(queue))
+    error = excinfo.value
+    assert (error.resource, error.record["operation"]) == ("asyncio.Queue", "Event.wait")
+    return error
+
+
 async def wait_once(primitive: Any) -> None:
     """Make ``primitive`` wait once on the running loop (Python 3.10+ binds it then)."""
     if isinstance(primitive, asyncio.Condition):
@@ -445,12 +457,7 @@ def test_a_queues_join_is_reported_as_the_queue(
 ) -> None:
     queue: asyncio.Queue[int] = asyncio.Queue()  # queue created
 
-    if not LEGACY:
-        asyncio.run(join_once(queue))
-    with pytest.raises(loopguard.LoopMismatchError) as excinfo:
-        asyncio.run(join_once(queue))
-    error = excinfo.value
-    assert (error.resource, error.record["operation"]) == ("asyncio.Queue", "Event.wait")
+    error = join_on_another_loop(queue)
     assert error.created_at == f"{HERE}:{marker_line(__file__, 'queue created')}"
 
 
@@ -640,12 +647,7 @@ def test_the_event_of_a_librarys_queue_made_in_a_task_is_reported_as_the_queue(
 
     queue: asyncio.Queue[int] = asyncio.run(make())
 
-    if not LEGACY:
-        asyncio.run(join_once(queue))
-    with pytest.raises(loopguard.LoopMismatchError) as excinfo:
-        asyncio.run(join_once(queue))
-    error = excinfo.value
-    assert (error.resource, error.record["operation"]) == ("asyncio.Queue", "Event.wait")
+    error = join_on_another_loop(queue)
     assert error.created_at == f"{HERE}:{marker_line(__file__, 'deep queue created')}"
     assert error.record["created_via"] == "fakeclient:24 in make_queue"
 
