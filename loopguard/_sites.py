@@ -163,7 +163,7 @@ def dependent_cache() -> dict[str, Any]:
 def reset_caches() -> None:
     """Forget cached verdicts (used on install: libraries may have been imported since)."""
     global _prefixes
-    _verdicts.clear()  # in place: the asyncpg integration reads this same dict
+    _verdicts.clear()  # in place: a _Verdicts, whose __missing__ decides each file afresh
     _library_verdicts.clear()
     _displayed.clear()
     for cache in _dependent_caches:
