@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import gc
 import json
+import os
 import pickle
 import warnings
 from collections.abc import Awaitable, Iterator, MutableMapping
@@ -24,6 +25,10 @@ import structlog
 import loopguard
 
 T = TypeVar("T")
+
+# Under pytest-xdist every record also names its worker (the documented ``worker`` field).
+XDIST_FIELDS = frozenset({"worker"}) if os.environ.get("PYTEST_XDIST_WORKER") else frozenset()
+XDIST_RECORD = {"worker": os.environ["PYTEST_XDIST_WORKER"]} if XDIST_FIELDS else {}
 
 
 def display_path(filename: str) -> str:

@@ -39,6 +39,8 @@ from asyncpg.prepared_stmt import PreparedStatement
 from asyncpg.transaction import Transaction
 from guard_helpers import (
     SECRET,
+    XDIST_FIELDS,
+    XDIST_RECORD,
     assert_no_secret,
     backend,
     current_test_id,
@@ -91,6 +93,7 @@ LOG_KEYS = frozenset(
         "cause",
     }
 )
+LOG_KEYS |= XDIST_FIELDS  # under pytest-xdist, the worker's id too
 
 
 THIS_FILE = display_path(__file__)
@@ -515,6 +518,7 @@ def test_pool_created_outside_a_loop_warns_with_its_site_then_first_use_raises(
         "owner_loop_id": owner,
         "current_loop_id": current,
         "cause": "outside-loop",
+        **XDIST_RECORD,
     }
     assert [entry["code"] for entry in logs] == ["LG102", "LG103"]
     if mode == "raise":

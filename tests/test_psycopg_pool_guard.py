@@ -28,6 +28,7 @@ import pytest
 import structlog
 from guard_helpers import (
     SECRET,
+    XDIST_FIELDS,
     assert_no_secret,
     backend,
     current_test_id,
@@ -78,6 +79,7 @@ LOG_KEYS = frozenset(
         "cause",
     }
 )
+LOG_KEYS |= XDIST_FIELDS  # under pytest-xdist, the worker's id too
 
 
 # -- jobs -----------------------------------------------------------------------------------------

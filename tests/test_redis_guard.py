@@ -27,6 +27,7 @@ import pytest
 import redis.asyncio as redis
 import structlog
 from guard_helpers import (
+    XDIST_FIELDS,
     current_test_id,
     display_path,
     install_round_trip,
@@ -71,6 +72,7 @@ LOG_KEYS = frozenset(
         "cause",
     }
 )
+LOG_KEYS |= XDIST_FIELDS  # under pytest-xdist, the worker's id too
 
 
 T = TypeVar("T")

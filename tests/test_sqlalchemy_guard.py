@@ -32,6 +32,8 @@ import pytest
 import structlog
 from guard_helpers import (
     SECRET,
+    XDIST_FIELDS,
+    XDIST_RECORD,
     assert_no_secret,
     backend,
     current_test_id,
@@ -106,6 +108,7 @@ LOG_KEYS = frozenset(
         "cause",
     }
 )
+LOG_KEYS |= XDIST_FIELDS  # under pytest-xdist, the worker's id too
 WARN_KEYS = frozenset({"released", "sockets_closed"})
 FILE_KEYS = frozenset({"event", "level", "timestamp", "pid", "schema"})
 RESOURCE = "SQLAlchemy AsyncEngine"
@@ -876,6 +879,7 @@ def test_log_record_has_exactly_the_documented_fields(
         "owner_loop_closed": True,
         "current_loop_id": loop_id(loops[0]),
         "cause": "closed-loop-test",
+        **XDIST_RECORD,
     }
     if mode == "warn":
         expected.update(released=1, sockets_closed=1)
