@@ -1,4 +1,5 @@
-"""Helpers shared by the guard tests (``test_sqlalchemy_guard.py``, ``test_asyncpg_guard.py``).
+"""Helpers shared by the guard tests (``test_sqlalchemy_guard.py``, ``test_asyncpg_guard.py``,
+``test_mysql_drivers.py``).
 
 Plain functions; the fixtures they share (``mode``, ``_guard``, ``log_file``) are in
 ``conftest.py``.  Nothing here mocks asyncpg or the loop: each helper runs real loops against
@@ -12,6 +13,7 @@ import contextlib
 import gc
 import json
 import pickle
+import threading
 import warnings
 from collections.abc import Awaitable, Iterator, MutableMapping
 from pathlib import Path
@@ -189,3 +191,17 @@ def install_round_trip(
         for name, value in attrs.items()
         if before[cls].get(name, missing) is not value
     )
+
+
+@contextlib.contextmanager
+def loop_in_thread() -> Iterator[asyncio.AbstractEventLoop]:
+    """A new loop running in a thread of its own; stopped, joined and closed at the end."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield loop
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()

@@ -37,6 +37,7 @@ from guard_helpers import (
     current_test_id,
     display_path,
     error_texts,
+    loop_in_thread,
     marker_line,
     on_new_loop,
     silence_checked,
@@ -733,19 +734,6 @@ def test_warn_mode_idle_owner_loop_stays_usable(
 # -- an owner loop running in another thread ---------------------------------------------
 
 
-@contextlib.contextmanager
-def _loop_in_thread() -> Iterator[asyncio.AbstractEventLoop]:
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    try:
-        yield loop
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(5)
-        loop.close()
-
-
 @pytest.mark.parametrize("mode", MODES)
 def test_owner_loop_running_in_another_thread(
     url: str, engines: list[AsyncEngine], mode: str
@@ -754,7 +742,7 @@ def test_owner_loop_running_in_another_thread(
     ("still running"); warn mode heals and both loops can still use the engine."""
     engine = create_async_engine(url)
     engines.append(engine)
-    with _loop_in_thread() as loop_a:
+    with loop_in_thread() as loop_a:
 
         def on_a(coro: Awaitable[T]) -> T:
             return asyncio.run_coroutine_threadsafe(coro, loop_a).result(10)  # type: ignore[arg-type]
