@@ -205,3 +205,22 @@ def loop_in_thread() -> Iterator[asyncio.AbstractEventLoop]:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
         loop.close()
+
+
+@contextlib.contextmanager
+def loop_kept_busy(loop: asyncio.AbstractEventLoop) -> Iterator[None]:
+    """``loop`` (running in another thread) stays inside one callback until the block ends:
+    what other threads hand it meanwhile (call_soon_threadsafe) runs in its next iteration,
+    in the order it was handed over."""
+    entered, leave = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        entered.set()
+        leave.wait(10)
+
+    loop.call_soon_threadsafe(hold)
+    assert entered.wait(10)
+    try:
+        yield
+    finally:
+        leave.set()
