@@ -57,11 +57,24 @@ def close_transport(transport: Any) -> bool:
     return True
 
 
+def _running_elsewhere(loop: Any) -> bool:
+    return bool(loop.is_running()) and loop is not asyncio._get_running_loop()
+
+
+def _terminate_asyncpg_on_its_loop(connection: Any) -> None:
+    # Run by the connection's own loop.  terminate() alone only aborts the transport, whose
+    # socket closes one iteration later: a loop stopped and closed right after this callback
+    # never gets there, and the socket is left to the garbage collector ("unclosed
+    # transport").  So the socket is closed now, then terminate() does the driver's cleanup.
+    _close_asyncpg(connection)
+    connection.terminate()
+
+
 def _close_asyncpg(connection: Any) -> bool:
     loop = connection._loop
-    if loop.is_running() and loop is not asyncio._get_running_loop():
+    if _running_elsewhere(loop):
         # Its loop runs in another thread: only that thread may touch its selector.
-        loop.call_soon_threadsafe(connection.terminate)
+        loop.call_soon_threadsafe(_terminate_asyncpg_on_its_loop, connection)
         return True
     transport = connection._transport
     if not hasattr(transport, "_sock"):  # not asyncio's selector transport: uvloop's
@@ -127,9 +140,11 @@ def _close_stream(connection: Any, transport: Any, forget: Any) -> bool:
     without the loop, then ``forget()`` drops the driver's references to the transport, as
     the driver's own ``close()`` does, so it never warns about an unclosed connection."""
     loop = connection._loop
-    if loop.is_running() and loop is not asyncio._get_running_loop():
-        # Its loop runs in another thread: only that thread may touch its selector.
-        loop.call_soon_threadsafe(connection.close)
+    if _running_elsewhere(loop):
+        # Its loop runs in another thread: only that thread may touch its selector.  The
+        # driver's close() would close the socket one iteration later (see the asyncpg case):
+        # that thread closes it directly instead, as below.
+        loop.call_soon_threadsafe(_close_stream, connection, transport, forget)
         return True
     if transport is None:
         return False

@@ -1,4 +1,5 @@
-"""Helpers shared by the guard tests (``test_sqlalchemy_guard.py``, ``test_asyncpg_guard.py``).
+"""Helpers shared by the guard tests (``test_sqlalchemy_guard.py``, ``test_asyncpg_guard.py``,
+``test_mysql_drivers.py``).
 
 Plain functions; the fixtures they share (``mode``, ``_guard``, ``log_file``) are in
 ``conftest.py``.  Nothing here mocks asyncpg or the loop: each helper runs real loops against
@@ -13,6 +14,7 @@ import gc
 import json
 import os
 import pickle
+import threading
 import warnings
 from collections.abc import Awaitable, Iterator, MutableMapping
 from pathlib import Path
@@ -194,3 +196,36 @@ def install_round_trip(
         for name, value in attrs.items()
         if before[cls].get(name, missing) is not value
     )
+
+
+@contextlib.contextmanager
+def loop_in_thread() -> Iterator[asyncio.AbstractEventLoop]:
+    """A new loop running in a thread of its own; stopped, joined and closed at the end."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield loop
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+
+
+@contextlib.contextmanager
+def loop_kept_busy(loop: asyncio.AbstractEventLoop) -> Iterator[None]:
+    """``loop`` (running in another thread) stays inside one callback until the block ends:
+    what other threads hand it meanwhile (call_soon_threadsafe) runs in its next iteration,
+    in the order it was handed over."""
+    entered, leave = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        entered.set()
+        leave.wait(10)
+
+    loop.call_soon_threadsafe(hold)
+    assert entered.wait(10)
+    try:
+        yield
+    finally:
+        leave.set()

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import structlog
 from engine_helpers import _uninstall, assert_silent_on_three_loops, engines
+from guard_helpers import loop_in_thread, loop_kept_busy
 from mysqlserver import sqlalchemy_url
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -124,6 +125,32 @@ def test_warn_mode_heals_closing_the_old_loops_connections_without_io(
     healed = [entry for entry in logs if entry.get("code") == "LG101"]
     assert [(entry["released"], entry["sockets_closed"]) for entry in healed] == [(1, 1)] * 6
     assert end <= start
+
+
+def test_dispose_closes_a_running_loops_socket_when_that_loop_stops_next(
+    url: str, engines: list[AsyncEngine]
+) -> None:
+    """warn mode: dispose() on B hands the release of loop A's idle connection to A (running in
+    another thread), and A stops in the very iteration that runs it: the socket is closed all
+    the same, nothing is left for the garbage collector to warn about."""
+    loopguard.install("warn")
+    engine = create_async_engine(url)
+    engines.append(engine)
+    with loop_in_thread() as loop_a:
+        asyncio.run_coroutine_threadsafe(_connection_id(engine), loop_a).result(10)
+
+        async def dispose_on_b() -> list[Any]:
+            with loop_kept_busy(loop_a), structlog.testing.capture_logs() as logs:
+                await engine.dispose()  # A runs the release only once it is let go ...
+                loop_a.call_soon_threadsafe(loop_a.stop)  # ... and stops right after it
+            return logs
+
+        [record] = asyncio.run(dispose_on_b())
+    assert (record["code"], record["released"], record["sockets_closed"]) == ("LG104", 1, 1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gc.collect()
+    assert [str(w.message) for w in caught] == []
 
 
 @pytest.mark.parametrize("pattern", ["nullpool", "dispose-per-loop"])

@@ -39,6 +39,8 @@ from guard_helpers import (
     current_test_id,
     display_path,
     error_texts,
+    loop_in_thread,
+    loop_kept_busy,
     marker_line,
     on_new_loop,
     silence_checked,
@@ -47,7 +49,12 @@ from guard_helpers import (
 from pgserver import sqlalchemy_url
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    AsyncSession,
+    create_async_engine,
+)
 from sqlalchemy.orm import sessionmaker
 from sqlalchemy.pool import NullPool, QueuePool
 from teststack import SQLALCHEMY
@@ -736,19 +743,6 @@ def test_warn_mode_idle_owner_loop_stays_usable(
 # -- an owner loop running in another thread ---------------------------------------------
 
 
-@contextlib.contextmanager
-def _loop_in_thread() -> Iterator[asyncio.AbstractEventLoop]:
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    try:
-        yield loop
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(5)
-        loop.close()
-
-
 @pytest.mark.parametrize("mode", MODES)
 def test_owner_loop_running_in_another_thread(
     url: str, engines: list[AsyncEngine], mode: str
@@ -757,7 +751,7 @@ def test_owner_loop_running_in_another_thread(
     ("still running"); warn mode heals and both loops can still use the engine."""
     engine = create_async_engine(url)
     engines.append(engine)
-    with _loop_in_thread() as loop_a:
+    with loop_in_thread() as loop_a:
 
         def on_a(coro: Awaitable[T]) -> T:
             return asyncio.run_coroutine_threadsafe(coro, loop_a).result(10)  # type: ignore[arg-type]
@@ -780,6 +774,70 @@ def test_owner_loop_running_in_another_thread(
                 assert on_a(_pid(engine)) != pid_a
             assert [w.category for w in caught] == [loopguard.LoopMismatchWarning]
         on_a(engine.dispose())
+
+
+@pytest.mark.parametrize("mode", ["warn"])
+def test_dispose_releases_another_loops_connection_among_its_own(
+    url: str, pg_dsn: str, engines: list[AsyncEngine], mode: str
+) -> None:
+    """warn mode: loop A (another thread) holds a connection while loop B heals the pool and
+    opens one of its own; A gives its connection back.  The pool now keeps connections of two
+    loops: dispose() on B releases A's without I/O (LG104: one) and closes B's as usual."""
+    engine = create_async_engine(url, pool_size=2)
+    engines.append(engine)
+    with loop_in_thread() as loop_a:
+
+        def on_a(coro: Awaitable[T]) -> T:
+            return asyncio.run_coroutine_threadsafe(coro, loop_a).result(10)  # type: ignore[arg-type]
+
+        async def open_on_a() -> tuple[AsyncConnection, int]:
+            conn = await engine.connect()
+            pid = int((await conn.execute(text("select pg_backend_pid()"))).scalar_one())
+            return conn, pid
+
+        held, pid_a = on_a(open_on_a())
+
+        async def on_b() -> tuple[int, list[MutableMapping[str, Any]]]:
+            with pytest.warns(loopguard.LoopMismatchWarning, match="still running"):
+                pid_b = await _pid(engine)
+            on_a(held.close())  # back into the pool, by its own loop
+            with structlog.testing.capture_logs() as logs:
+                await engine.dispose()
+            return pid_b, logs
+
+        pid_b, logs = asyncio.run(on_b())
+    [record] = logs
+    assert record["code"] == "LG104"
+    assert record["owner_loop_id"] == loop_id(loop_a)
+    assert (record["released"], record["sockets_closed"]) == (1, 1)
+    assert asyncio.run(_wait_backends_gone(pg_dsn, [pid_a, pid_b]))
+
+
+@pytest.mark.parametrize("mode", ["warn"])
+def test_dispose_closes_a_running_loops_socket_when_that_loop_stops_next(
+    url: str, pg_dsn: str, engines: list[AsyncEngine], mode: str
+) -> None:
+    """dispose() on B hands the release of loop A's idle connection to A (running in another
+    thread), and A stops in the very iteration that runs it: the socket is closed all the same,
+    nothing is left for the garbage collector to warn about."""
+    engine = create_async_engine(url)
+    engines.append(engine)
+    with loop_in_thread() as loop_a:
+        pid_a = asyncio.run_coroutine_threadsafe(_pid(engine), loop_a).result(10)
+
+        async def dispose_on_b() -> list[MutableMapping[str, Any]]:
+            with loop_kept_busy(loop_a), structlog.testing.capture_logs() as logs:
+                await engine.dispose()  # A runs the release only once it is let go ...
+                loop_a.call_soon_threadsafe(loop_a.stop)  # ... and stops right after it
+            return logs
+
+        [record] = asyncio.run(dispose_on_b())
+    assert (record["code"], record["released"], record["sockets_closed"]) == ("LG104", 1, 1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gc.collect()
+    assert [str(w.message) for w in caught] == []
+    assert asyncio.run(_wait_backends_gone(pg_dsn, [pid_a]))
 
 
 # -- warn mode: no leaks ------------------------------------------------------------------
