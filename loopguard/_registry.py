@@ -11,6 +11,7 @@ A hot path reads an entry with ``registry.lookup(id(obj))``: a dict lookup, no P
 
 from __future__ import annotations
 
+import functools
 import weakref
 from typing import TYPE_CHECKING, Any, Generic, Optional, TypeVar
 
@@ -99,44 +100,53 @@ class Tracked:
 
 T = TypeVar("T")
 
+_SWEEP_MIN = 64  # dead references kept at most before a sweep (and twice the live ones)
 
-class _KeyedRef(weakref.ref):  # type: ignore[type-arg]
-    """A weak reference that knows its registry key (as WeakValueDictionary's KeyedRef).
 
-    No ``__new__``/``__init__`` of its own: built by weakref's C constructor, then given its
-    key (two Python frames fewer per tracked object)."""
-
-    __slots__ = ("key",)
-    key: int
+_weakref = weakref.ref
+_partial = functools.partial
 
 
 class Registry(Generic[T]):
     """Facts about live objects by ``id()``; an entry goes when its object is collected.
 
-    The weak reference's callback runs while the object is being freed, before its memory
-    (and so its id) can be reused: an entry never outlives its object.
+    Each entry's weak reference has for callback ``partial(entries.pop, key)``: a C call, no
+    Python code run when an object dies.  It runs while the object is being freed, before its
+    memory (and so its id) can be reused: an entry never outlives its object, and never
+    removes a newer object's (a reference replaced or discarded dies with its callback
+    unrun).  A collected object's dead reference stays in ``_refs`` until its key is used
+    again or the next sweep (when ``_refs`` has grown to twice the live entries).
     """
 
     def __init__(self, name: str) -> None:
         self.name = name
         self._entries: dict[int, T] = {}
-        self._refs: dict[int, _KeyedRef] = {}
+        self._refs: dict[int, weakref.ref[Any]] = {}
+        self._sweep_above = _SWEEP_MIN
         self.lookup = self._entries.get  # lookup(id(obj)): the hot path's read
+        self._pop = self._entries.pop  # the references' callback, with their key
         _ALL.append(self)
 
     def add(self, obj: Any, facts: T, anchor: Any = None) -> T:
         """Track ``obj``; ``anchor``: an object that dies with it, when ``obj`` cannot be
         weakly referenced.  Without either the entry stays until ``discard``/``clear``."""
         key = id(obj)
+        self._entries[key] = facts  # first: a sweep keeps the references of entries only
+        refs = self._refs
         try:
-            ref = _KeyedRef(obj if anchor is None else anchor, self._collected)
+            refs[key] = _weakref(obj if anchor is None else anchor, _partial(self._pop, key))
         except TypeError:
-            self._refs.pop(key, None)
+            refs.pop(key, None)
         else:
-            ref.key = key
-            self._refs[key] = ref
-        self._entries[key] = facts
+            if len(refs) > self._sweep_above:
+                self._sweep()
         return facts
+
+    def _sweep(self) -> None:
+        """Drop the dead references of collected objects (amortized: a constant per add)."""
+        entries = self._entries
+        self._refs = {key: ref for key, ref in self._refs.items() if key in entries}
+        self._sweep_above = max(2 * len(self._refs), _SWEEP_MIN)
 
     def get(self, obj: Any) -> Optional[T]:
         return self._entries.get(id(obj))
@@ -146,11 +156,6 @@ class Registry(Generic[T]):
         key = id(obj)
         self._refs.pop(key, None)  # the reference dies with its callback unrun
         return self._entries.pop(key, None)
-
-    def _collected(self, ref: _KeyedRef) -> None:
-        if self._refs.get(ref.key) is ref:
-            del self._refs[ref.key]
-            self._entries.pop(ref.key, None)
 
     def live(self) -> Iterator[tuple[Any, T]]:
         """(object, facts) of the tracked objects that can be reached (not via an anchor)."""
