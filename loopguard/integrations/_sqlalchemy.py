@@ -45,7 +45,6 @@ from .._loops import (
     remove_fork_listener,
     running_loop,
 )
-from .._registry import Origin
 from .._state import STATE
 from . import _sqlalchemy_pool as pools
 from ._base import Integration, Patch
@@ -88,16 +87,6 @@ def _is_guarded_pool(pool: Any) -> bool:
     return _unguarded_pool_class is not None and not isinstance(pool, _unguarded_pool_class)
 
 
-def track_engine(sync_engine: Any, origin: Origin) -> None:
-    pool = sync_engine.pool
-    if not _is_guarded_pool(pool):
-        return
-    if pool in POOLS:  # same pool, another AsyncEngine proxy: keep the first site
-        return
-    facts = EngineFacts(sync_engine.url, type(pool).__name__, origin)
-    POOLS.add(pool, PoolState(facts, pools.is_queued(pool)))
-
-
 def _make_tracking_pool_factory(original: Callable[..., Any]) -> Callable[..., Any]:
     """``create_async_pool_from_url()``: a pool with no AsyncEngine around it, reported at the
     line that created it (the first frame outside SQLAlchemy)."""
@@ -108,8 +97,13 @@ def _make_tracking_pool_factory(original: Callable[..., Any]) -> Callable[..., A
             from sqlalchemy.engine import make_url
 
             site = _sites.user_site(_context.rootdir, skip=2)
-            origin = Origin(site, _context.current_test(), running_loop() is not None)
-            facts = EngineFacts(make_url(url), type(pool).__name__, origin)
+            facts = EngineFacts(
+                make_url(url),
+                type(pool).__name__,
+                site,
+                _context.current_test(),
+                running_loop() is not None,
+            )
             facts.resource = POOL_RESOURCE
             POOLS.add(pool, PoolState(facts, pools.is_queued(pool)))
         return pool
@@ -120,9 +114,20 @@ def _make_tracking_pool_factory(original: Callable[..., Any]) -> Callable[..., A
 def _make_tracking_init(original: Callable[..., None]) -> Callable[..., None]:
     def __init__(self: Any, sync_engine: Any, *args: Any, **kwargs: Any) -> None:
         original(self, sync_engine, *args, **kwargs)
-        site = _sites.user_site(_context.rootdir, skip=2)
-        loop = running_loop()
-        track_engine(self.sync_engine, Origin(site, _context.current_test(), loop is not None))
+        sync_engine = self.sync_engine
+        pool = sync_engine.pool
+        # Tracked once per pool (execution_options() builds AsyncEngines on the same pool:
+        # the first site is kept), and only a guarded pool's creation site is looked up.
+        if _pool_lookup(id(pool)) is None and _is_guarded_pool(pool):
+            site = _sites.user_site(_context.rootdir, skip=2)
+            facts = EngineFacts(
+                sync_engine.url,
+                type(pool).__name__,
+                site,
+                _current_test(),
+                running_loop() is not None,
+            )
+            POOLS.add(pool, PoolState(facts, pools.is_queued(pool)))
 
     return __init__
 
@@ -132,8 +137,11 @@ def _make_tracking_recreate(original: Callable[[Any], Any]) -> Callable[[Any], A
         pool = original(self)
         state = _pool_lookup(id(self))
         # The new pool starts unbound: the next loop to connect owns it.
-        if state is not None and _is_guarded_pool(pool) and pool not in POOLS:
-            POOLS.add(pool, PoolState(state.origin, pools.is_queued(pool)))
+        if state is not None and _pool_lookup(id(pool)) is None:
+            if type(pool) is type(self):  # recreate()'s own copy: guarded and queued alike
+                POOLS.add(pool, PoolState(state.origin, state.queued))
+            elif _is_guarded_pool(pool):
+                POOLS.add(pool, PoolState(state.origin, pools.is_queued(pool)))
         return pool
 
     return recreate
@@ -173,6 +181,8 @@ def _make_guarded_do_get(original: Callable[[Any], Any]) -> Callable[[Any], Any]
                 conn = _adopt_connection(
                     self, state, record, _driver_loop(dbapi_connection) or loop
                 )
+                if conn.loop() is loop:
+                    return record  # adopted on this loop: the checkout is noted already
             elif binding is None:
                 _bind(self, state, conn.binding)  # tracked again after a reinstall
                 binding = conn.binding
@@ -312,10 +322,14 @@ def _adopt_existing_engines() -> None:
     """Engines created before install(): guarded too, with their creation site unknown."""
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-    unknown = Origin(None, None, None, known=False)
     for obj in gc.get_objects():
         if type(obj) is AsyncEngine:
-            track_engine(obj.sync_engine, unknown)
+            pool = obj.sync_engine.pool
+            if _pool_lookup(id(pool)) is None and _is_guarded_pool(pool):
+                facts = EngineFacts(
+                    obj.sync_engine.url, type(pool).__name__, None, None, None, known=False
+                )
+                POOLS.add(pool, PoolState(facts, pools.is_queued(pool)))
 
 
 # Every pool class that keeps connections has a _do_get: the earliest point of each checkout.

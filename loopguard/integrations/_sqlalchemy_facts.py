@@ -30,14 +30,17 @@ class EngineFacts(Origin):
 
     __slots__ = ("_url", "_rendered", "pool_class", "resource")
 
-    def __init__(self, url: Any, pool_class: str, origin: Origin) -> None:
-        super().__init__(
-            origin.site,
-            origin.created_during,
-            origin.created_in_loop,
-            origin.known,
-            origin.fixture_entry,
-        )
+    def __init__(
+        self,
+        url: Any,
+        pool_class: str,
+        site: Optional[_sites.Site],
+        created_during: Optional[str],
+        created_in_loop: Optional[bool],
+        known: bool = True,
+    ) -> None:
+        # Built from the facts themselves, not from an Origin copied: one object per engine.
+        super().__init__(site, created_during, created_in_loop, known)
         self._url = url  # SQLAlchemy's URL (immutable); rendered only when a record needs it
         self._rendered: Optional[str] = None
         self.pool_class = pool_class
