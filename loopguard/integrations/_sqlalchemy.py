@@ -245,7 +245,11 @@ def _make_guarded_dispose(original: Callable[[Any], None]) -> Callable[[Any], No
     def dispose(self: Any) -> None:
         state = _pool_lookup(id(self))
         if state is not None:
-            _release_foreign_before_dispose(self, state)
+            connections_on = state.connections_on
+            # None: no connection adopted, so none of another loop; else one loop's (the
+            # running one: nothing to release) or several loops' (never this loop's alone).
+            if connections_on is not None and connections_on() is not running_loop():
+                _release_foreign_before_dispose(self, state)
         original(self)
 
     return dispose

@@ -61,12 +61,22 @@ class PoolState(Tracked):
     whole before a checkout; the other pools (StaticPool, SingletonThreadPool, AssertionPool)
     are checked connection by connection."""
 
-    __slots__ = ("queued",)
+    __slots__ = ("queued", "connections_on")
     origin: EngineFacts
 
     def __init__(self, origin: EngineFacts, queued: bool = True) -> None:
         super().__init__(origin)
         self.queued = queued
+        # The weak reference to the one loop every connection adopted for this pool belongs
+        # to (None: none adopted; ``_several_loops``: more than one): dispose() looks for
+        # connections of another loop (LG104) only when some may be there.
+        self.connections_on: Optional[Callable[[], Any]] = None
+
+
+def _several_loops() -> Any:
+    """``PoolState.connections_on`` of a pool with connections of several loops: it returns
+    no loop (itself), so every dispose() looks."""
+    return _several_loops
 
 
 class ConnectionFacts:
@@ -165,6 +175,11 @@ def _adopt_connection(pool: Any, state: PoolState, record: Any, loop: Any) -> Co
         except TypeError:  # a driver connection without weak references
             pass
     conn = CONNECTIONS.add(record, facts)
+    connections_on = state.connections_on
+    if connections_on is None:
+        state.connections_on = binding.loop._ref
+    elif connections_on() is not loop:
+        state.connections_on = _several_loops
     if state.binding is None:
         _bind(pool, state, binding)
     return conn
