@@ -178,9 +178,7 @@ def _make_guarded_do_get(original: Callable[[Any], Any]) -> Callable[[Any], Any]
             if conn is None or conn.started is not record.starttime:
                 # Adopt it for the loop it really belongs to: it may have been opened before
                 # install(), or reconnected by an earlier checkout on another loop.
-                conn = _adopt_connection(
-                    self, state, record, _driver_loop(dbapi_connection) or loop
-                )
+                conn = _adopt_connection(self, state, record, loop)
                 if conn.loop() is loop:
                     return record  # adopted on this loop: the checkout is noted already
             elif binding is None:
@@ -280,13 +278,16 @@ def _report_connections_left_on(loop: Any) -> None:
     if not bound:
         return
     for key in bound:
-        found = POOLS.find(key)
-        if found is None:  # collected (or disposed and untracked) since
+        state = _pool_lookup(key)
+        if state is None:  # collected (or disposed and untracked) since
             continue
-        pool, state = found
         binding = state.binding
         if binding is None or binding.loop() is not loop:
             continue
+        found = POOLS.find(key)
+        if found is None:
+            continue
+        pool = found[0]
         idle = 0
         for record in pools.idle_records(pool):
             conn = _connection_facts(record)

@@ -106,7 +106,13 @@ class ConnectionFacts:
     )
 
     def __init__(
-        self, binding: Binding, dbapi_id: int, started: Any, state: PoolState, record: Any
+        self,
+        binding: Binding,
+        dbapi_id: int,
+        started: Any,
+        state: PoolState,
+        record: Any,
+        checked_out_by: Optional[tuple[Any, Any]],
     ) -> None:
         self.binding = binding
         self.dbapi_id = dbapi_id
@@ -115,10 +121,10 @@ class ConnectionFacts:
         self.record = weakref.ref(record)
         self.loop: Callable[[], Any] = binding.loop._ref  # the loop's weak reference
         self.owner: Optional[Callable[[], Any]] = None  # the same, where statements are checked
-        self.checked_out_during: Optional[str] = None
+        self.checked_out_during = binding.during  # adopted at a checkout (or a use)
         # The pytest fixture whose setup checked it out, as _context.fixtures_in_setup holds
         # it (described only in a record): the fixture a held connection comes from.
-        self.checked_out_by: Optional[tuple[Any, Any]] = None
+        self.checked_out_by = checked_out_by
 
     def holds(self, record: Any) -> bool:
         """``record`` still holds the DBAPI connection these facts are about."""
@@ -157,19 +163,28 @@ def _driver_loop(dbapi_connection: Any) -> Any:
     return getattr(driver, "_loop", None)
 
 
-def _adopt_connection(pool: Any, state: PoolState, record: Any, loop: Any) -> ConnectionFacts:
-    """A connection seen for the first time: it belongs to ``loop``."""
+def _adopt_connection(pool: Any, state: PoolState, record: Any, running: Any) -> ConnectionFacts:
+    """A connection seen for the first time: it belongs to its driver connection's loop
+    (asyncpg: ``Connection._loop``), else to ``running``, the loop using it now."""
+    dbapi_connection = record.dbapi_connection
+    driver = getattr(dbapi_connection, "driver_connection", None)
+    loop = getattr(driver, "_loop", None) or running
     site = _sites.user_site(_context.rootdir, skip=3)
     binding = Binding(LoopRef(loop), site, _context.current_test())
-    facts = ConnectionFacts(binding, id(record.dbapi_connection), record.starttime, state, record)
-    facts.checked_out_during = binding.during
-    facts.checked_out_by = _fixture_in_setup() if _fixtures_in_setup else None
-    driver = getattr(record.dbapi_connection, "driver_connection", None)
-    if driver is not None:
-        if not (type(driver).__module__ or "").startswith("asyncpg"):
-            # asyncpg checks every operation itself (the asyncpg guard reports it as LG101);
-            # the other drivers are checked by loopguard's hooks in SQLAlchemy's adapters.
-            facts.owner = binding.loop._ref
+    facts = ConnectionFacts(
+        binding,
+        id(dbapi_connection),
+        record.starttime,
+        state,
+        record,
+        _fixture_in_setup() if _fixtures_in_setup else None,
+    )
+    if driver is not None and not (type(driver).__module__ or "").startswith("asyncpg"):
+        # The other drivers are checked by loopguard's hooks in SQLAlchemy's adapters, which
+        # find the facts by driver connection.  asyncpg checks every operation itself (the
+        # asyncpg guard reports it as LG101, and hands a connection SQLAlchemy's pool holds
+        # to ``_sqlalchemy_held.on_driver_mismatch``, which looks for it among the records).
+        facts.owner = binding.loop._ref
         try:  # noqa: SIM105 (contextlib.suppress: three Python calls per connection)
             DRIVERS.add(driver, facts)
         except TypeError:  # a driver connection without weak references
@@ -183,6 +198,20 @@ def _adopt_connection(pool: Any, state: PoolState, record: Any, loop: Any) -> Co
     if state.binding is None:
         _bind(pool, state, binding)
     return conn
+
+
+def _facts_of_driver(driver_connection: Any) -> Optional[ConnectionFacts]:
+    """The facts of the pooled connection whose driver connection is ``driver_connection``:
+    from DRIVERS, else (asyncpg's, not kept there) from the records holding it now."""
+    conn = DRIVERS.lookup(id(driver_connection))
+    if conn is not None:
+        return conn
+    for record, conn in CONNECTIONS.live():  # only when a mismatch is being reported
+        dbapi_connection = record.dbapi_connection
+        if getattr(dbapi_connection, "driver_connection", None) is driver_connection:
+            # Facts of an earlier connection of the record: this one is not adopted yet.
+            return conn if conn.holds(record) else None
+    return None
 
 
 def _connection_facts(record: Any) -> Optional[ConnectionFacts]:
