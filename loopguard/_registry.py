@@ -144,9 +144,10 @@ class Registry(Generic[T]):
 
     def _sweep(self) -> None:
         """Drop the dead references of collected objects (amortized: a constant per add)."""
-        entries = self._entries
-        self._refs = {key: ref for key, ref in self._refs.items() if key in entries}
-        self._sweep_above = max(2 * len(self._refs), _SWEEP_MIN)
+        refs = self._refs
+        live = refs.keys() & self._entries.keys()  # C loops: the dead are never looked at
+        self._refs = dict(zip(live, map(refs.__getitem__, live)))
+        self._sweep_above = max(2 * len(live), _SWEEP_MIN)
 
     def get(self, obj: Any) -> Optional[T]:
         return self._entries.get(id(obj))
