@@ -21,7 +21,8 @@ Where it hooks, and why each hook is the one it is:
   (pytest rendering a failure) breaks that parse on CPython 3.11.0 to 3.11.7.  In a forked
   child, a connection of the parent's loop is left alone (kept, never closed).
 - ``QueuePool.recreate`` (patched): ``Engine.dispose()`` replaces the pool with
-  ``pool.recreate()``; the new pool starts unbound.  (Not the ``engine_disposed`` event: a
+  ``pool.recreate()``; the new pool starts unbound, and is tracked from its first checkout
+  (a disposed engine is usually discarded unused).  (Not the ``engine_disposed`` event: a
   listener shows in every engine's ``dispatch``, and one on the ``Engine`` class switches on
   event dispatch for every connection of every engine.)
 
@@ -64,6 +65,10 @@ from ._sqlalchemy_facts import (
     _loop_number_of,
     _mismatch_record,
     _pool_record,
+    forget_pending,
+    pending_lookup,
+    track_later,
+    track_pending,
 )
 
 _current_test = _context.current_test
@@ -75,6 +80,7 @@ _fixture_in_setup = _context.fixture_in_setup  # the innermost fixture whose set
 MIN_VERSION = (1, 4, 24)
 
 _pool_lookup = POOLS.lookup
+_pending_lookup = pending_lookup
 _connection_lookup = CONNECTIONS.lookup
 
 _unguarded_pool_class: Any = None  # sqlalchemy.pool.NullPool, set by setup()
@@ -119,6 +125,10 @@ def _make_tracking_init(original: Callable[..., None]) -> Callable[..., None]:
         # Tracked once per pool (execution_options() builds AsyncEngines on the same pool:
         # the first site is kept), and only a guarded pool's creation site is looked up.
         if _pool_lookup(id(pool)) is None and _is_guarded_pool(pool):
+            if _pending_lookup(id(pool)) is not None:
+                # A disposed engine's new pool in a new AsyncEngine proxy: its engine's facts.
+                track_pending(pool)
+                return
             site = _sites.user_site(_context.rootdir, skip=2)
             facts = EngineFacts(
                 sync_engine.url,
@@ -135,13 +145,19 @@ def _make_tracking_init(original: Callable[..., None]) -> Callable[..., None]:
 def _make_tracking_recreate(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
     def recreate(self: Any) -> Any:
         pool = original(self)
-        state = _pool_lookup(id(self))
-        # The new pool starts unbound: the next loop to connect owns it.
-        if state is not None and _pool_lookup(id(pool)) is None:
+        key = id(self)
+        facts: Any = _pool_lookup(key)  # a PoolState, or a _PendingPool: origin and queued
+        if facts is None:
+            facts = _pending_lookup(key)  # recreated, then disposed unused: its successor too
+            if facts is None:
+                return pool
+        # The new pool starts unbound: the next loop to connect owns it.  It is tracked at its
+        # first checkout (a disposed engine is usually discarded unused).
+        if _pool_lookup(id(pool)) is None:
             if type(pool) is type(self):  # recreate()'s own copy: guarded and queued alike
-                POOLS.add(pool, PoolState(state.origin, state.queued))
+                track_later(pool, facts.origin, facts.queued)
             elif _is_guarded_pool(pool):
-                POOLS.add(pool, PoolState(state.origin, pools.is_queued(pool)))
+                track_later(pool, facts.origin, pools.is_queued(pool))
         return pool
 
     return recreate
@@ -152,7 +168,11 @@ def _make_guarded_do_get(original: Callable[[Any], Any]) -> Callable[[Any], Any]
         __tracebackhide__ = True
         state = _pool_lookup(id(self))
         if state is None:
-            return original(self)
+            if _pending_lookup(id(self)) is None:
+                return original(self)  # not a pool loopguard guards
+            state = track_pending(self)  # a disposed engine's new pool, at its first checkout
+            if state is None:
+                return original(self)
         binding = state.binding
         # loop._ref: the weakref itself, a C call (LoopRef.__call__ adds a Python frame)
         owner = binding.loop._ref() if binding is not None else None
@@ -388,6 +408,7 @@ class SQLAlchemyIntegration(Integration):
         _loop_close.unsubscribe(_report_connections_left_on)
         remove_fork_listener(_keep_inherited_connections)
         POOLS.clear()
+        forget_pending()
         CONNECTIONS.clear()
         DRIVERS.clear()
         _bound_on.clear()

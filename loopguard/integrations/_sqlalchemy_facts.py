@@ -9,6 +9,7 @@ and ``_sqlalchemy_held`` (connections held open).
 
 from __future__ import annotations
 
+import functools
 import weakref
 from typing import Any, Callable, Optional
 
@@ -141,6 +142,46 @@ CONNECTIONS: Registry[ConnectionFacts] = Registry("sqlalchemy connections")
 # where a driver's own check or a cursor knows only that.
 DRIVERS: Registry[ConnectionFacts] = Registry("sqlalchemy driver connections")
 _connection_lookup = CONNECTIONS.lookup
+
+
+class _PendingPool(weakref.ref):  # type: ignore[type-arg]
+    """A weak reference to a pool ``recreate()`` made (``dispose()``) and not used yet, with
+    the facts it is tracked with at its first checkout: a disposed engine is usually
+    discarded unused, and its new pool need not be tracked until then.  Built by weakref's C
+    constructor, then given its facts (no Python ``__init__``)."""
+
+    __slots__ = ("origin", "queued")
+    origin: EngineFacts
+    queued: bool
+
+
+# id(pool) -> its _PendingPool.  Each reference's callback is this dict's own ``pop`` with
+# the pool's id (a C call): the entry goes while the pool is being freed, before its id can
+# be reused; a reference removed from here dies with its callback unrun.
+_pending: dict[int, _PendingPool] = {}
+pending_lookup = _pending.get  # pending_lookup(id(pool)): a dict get, no Python call
+
+
+def track_later(pool: Any, origin: EngineFacts, queued: bool) -> None:
+    """``pool`` is tracked with these facts if it is ever checked out from (or wrapped)."""
+    key = id(pool)
+    pending = _PendingPool(pool, functools.partial(_pending.pop, key))
+    pending.origin = origin
+    pending.queued = queued
+    _pending[key] = pending
+
+
+def track_pending(pool: Any) -> Optional[PoolState]:
+    """Track a pool noted by ``track_later`` (its first use); None if it was not noted."""
+    pending = _pending.pop(id(pool), None)
+    if pending is None or pending() is not pool:
+        return None
+    return POOLS.add(pool, PoolState(pending.origin, pending.queued))
+
+
+def forget_pending() -> None:
+    _pending.clear()
+
 
 # Loop number -> the ids of the pools bound on that loop (in the order they were bound): the
 # pools a closing loop may leave connections in (LG106), found without scanning every tracked
