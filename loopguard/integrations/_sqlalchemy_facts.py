@@ -165,7 +165,11 @@ pending_lookup = _pending.get  # pending_lookup(id(pool)): a dict get, no Python
 def track_later(pool: Any, origin: EngineFacts, queued: bool) -> None:
     """``pool`` is tracked with these facts if it is ever checked out from (or wrapped)."""
     key = id(pool)
-    pending = _PendingPool(pool, functools.partial(_pending.pop, key))
+    try:
+        pending = _PendingPool(pool, functools.partial(_pending.pop, key))
+    except TypeError:  # a pool class without weak references: tracked now
+        POOLS.add(pool, PoolState(origin, queued))
+        return
     pending.origin = origin
     pending.queued = queued
     _pending[key] = pending
