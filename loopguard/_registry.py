@@ -11,6 +11,8 @@ A hot path reads an entry with ``registry.lookup(id(obj))``: a dict lookup, no P
 
 from __future__ import annotations
 
+import _weakref as _weakref_module
+import collections
 import functools
 import weakref
 from typing import TYPE_CHECKING, Any, Generic, Optional, TypeVar
@@ -105,6 +107,8 @@ _SWEEP_MIN = 64  # dead references kept at most before a sweep (and twice the li
 
 _weakref = weakref.ref
 _partial = functools.partial
+_remove_dead_weakref = _weakref_module._remove_dead_weakref  # type: ignore[attr-defined]
+_consume = collections.deque  # deque(iterator, 0): runs an iterator in C, keeping nothing
 
 
 class Registry(Generic[T]):
@@ -115,7 +119,7 @@ class Registry(Generic[T]):
     memory (and so its id) can be reused: an entry never outlives its object, and never
     removes a newer object's (a reference replaced or discarded dies with its callback
     unrun).  A collected object's dead reference stays in ``_refs`` until its key is used
-    again or the next sweep (when ``_refs`` has grown to twice the live entries).
+    again or the next sweep (when ``_refs`` has doubled since the last one).
     """
 
     def __init__(self, name: str) -> None:
@@ -131,7 +135,6 @@ class Registry(Generic[T]):
         """Track ``obj``; ``anchor``: an object that dies with it, when ``obj`` cannot be
         weakly referenced.  Without either the entry stays until ``discard``/``clear``."""
         key = id(obj)
-        self._entries[key] = facts  # first: a sweep keeps the references of entries only
         refs = self._refs
         try:
             refs[key] = _weakref(obj if anchor is None else anchor, _partial(self._pop, key))
@@ -140,14 +143,18 @@ class Registry(Generic[T]):
         else:
             if len(refs) > self._sweep_above:
                 self._sweep()
+        self._entries[key] = facts
         return facts
 
     def _sweep(self) -> None:
-        """Drop the dead references of collected objects (amortized: a constant per add)."""
+        """Drop the dead references of collected objects (amortized: a constant per add).
+
+        In place, in C, each removal atomic and only of a reference that is dead then
+        (WeakValueDictionary's own helper): a reference another thread stores meanwhile is
+        kept, where replacing the dict could lose it."""
         refs = self._refs
-        live = refs.keys() & self._entries.keys()  # C loops: the dead are never looked at
-        self._refs = dict(zip(live, map(refs.__getitem__, live)))
-        self._sweep_above = max(2 * len(live), _SWEEP_MIN)
+        _consume(map(_partial(_remove_dead_weakref, refs), list(refs)), 0)
+        self._sweep_above = max(2 * len(refs), _SWEEP_MIN)
 
     def get(self, obj: Any) -> Optional[T]:
         return self._entries.get(id(obj))
