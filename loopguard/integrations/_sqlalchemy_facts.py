@@ -177,10 +177,15 @@ def track_later(pool: Any, origin: EngineFacts, queued: bool) -> None:
 
 def track_pending(pool: Any) -> Optional[PoolState]:
     """Track a pool noted by ``track_later`` (its first use); None if it was not noted."""
-    pending = _pending.pop(id(pool), None)
+    key = id(pool)
+    pending = _pending.get(key)
     if pending is None or pending() is not pool:
         return None
-    return POOLS.add(pool, PoolState(pending.origin, pending.queued))
+    # Tracked before it leaves the table: a checkout in another thread meanwhile finds one
+    # or the other, never neither.
+    state = POOLS.lookup(key) or POOLS.add(pool, PoolState(pending.origin, pending.queued))
+    _pending.pop(key, None)  # its reference dies with its callback unrun
+    return state
 
 
 def forget_pending() -> None:
