@@ -15,22 +15,26 @@ from .integrations._base import Integration, Patch
 
 Listener = Callable[[Any], None]
 
-_listeners: list[Listener] = []
+# A tuple, replaced on each change: a listener that (un)subscribes while the listeners run
+# does not disturb them, and close() iterates it without a copy.
+_listeners: tuple[Listener, ...] = ()
 
 
 def subscribe(listener: Listener) -> None:
     """Call ``listener(loop)`` whenever an open loop is about to close (until unsubscribed)."""
+    global _listeners
     if listener not in _listeners:
-        _listeners.append(listener)
+        _listeners = (*_listeners, listener)
 
 
 def unsubscribe(listener: Listener) -> None:
+    global _listeners
     if listener in _listeners:
-        _listeners.remove(listener)
+        _listeners = tuple(each for each in _listeners if each != listener)
 
 
 def _notify(loop: Any) -> None:
-    for listener in list(_listeners):
+    for listener in _listeners:
         try:
             listener(loop)
         except Exception as exc:
