@@ -15,26 +15,22 @@ from .integrations._base import Integration, Patch
 
 Listener = Callable[[Any], None]
 
-# A tuple, replaced on each change: a listener that (un)subscribes while the listeners run
-# does not disturb them, and close() iterates it without a copy.
-_listeners: tuple[Listener, ...] = ()
+_listeners: list[Listener] = []
 
 
 def subscribe(listener: Listener) -> None:
     """Call ``listener(loop)`` whenever an open loop is about to close (until unsubscribed)."""
-    global _listeners
     if listener not in _listeners:
-        _listeners = (*_listeners, listener)
+        _listeners.append(listener)
 
 
 def unsubscribe(listener: Listener) -> None:
-    global _listeners
     if listener in _listeners:
-        _listeners = tuple(each for each in _listeners if each != listener)
+        _listeners.remove(listener)
 
 
 def _notify(loop: Any) -> None:
-    for listener in _listeners:
+    for listener in list(_listeners):
         try:
             listener(loop)
         except Exception as exc:

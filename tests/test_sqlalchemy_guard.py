@@ -520,27 +520,6 @@ def test_disposed_engine_new_pool_is_guarded_and_keeps_the_creation_site(
     assert excinfo.value.created_at == f"{THIS_FILE}:{line}"
 
 
-def test_proxy_built_after_dispose_keeps_the_creation_site(
-    url: str, engines: list[AsyncEngine]
-) -> None:
-    """An execution_options() proxy built after dispose(), before the new pool's first
-    checkout, wraps that pool: a mismatch through it names the create_async_engine line."""
-    engine, line = create_async_engine(url), sys._getframe().f_lineno
-    engines.append(engine)
-
-    async def use_and_dispose() -> None:
-        await _pid(engine)
-        await engine.dispose()
-
-    asyncio.run(use_and_dispose())
-    proxy = engine.execution_options(isolation_level="SERIALIZABLE")
-    _, loop_b = on_new_loop(lambda: _pid(proxy))
-    with pytest.raises(loopguard.LoopMismatchError) as excinfo:
-        asyncio.run(_pid(engine))
-    assert excinfo.value.owner_loop_id == loop_id(loop_b)
-    assert excinfo.value.created_at == f"{THIS_FILE}:{line}"
-
-
 @pytest.mark.parametrize("mode", MODES)
 def test_per_job_engines_are_silent(url: str, mode: str, log_file: Path) -> None:
     """An engine created and disposed inside each job (the per-test fixture pattern)."""

@@ -21,8 +21,7 @@ Where it hooks, and why each hook is the one it is:
   (pytest rendering a failure) breaks that parse on CPython 3.11.0 to 3.11.7.  In a forked
   child, a connection of the parent's loop is left alone (kept, never closed).
 - ``QueuePool.recreate`` (patched): ``Engine.dispose()`` replaces the pool with
-  ``pool.recreate()``; the new pool starts unbound, and is tracked from its first checkout
-  (a disposed engine is usually discarded unused).  (Not the ``engine_disposed`` event: a
+  ``pool.recreate()``; the new pool starts unbound.  (Not the ``engine_disposed`` event: a
   listener shows in every engine's ``dispatch``, and one on the ``Engine`` class switches on
   event dispatch for every connection of every engine.)
 
@@ -46,6 +45,7 @@ from .._loops import (
     remove_fork_listener,
     running_loop,
 )
+from .._registry import Origin
 from .._state import STATE
 from . import _sqlalchemy_pool as pools
 from ._base import Integration, Patch
@@ -65,10 +65,6 @@ from ._sqlalchemy_facts import (
     _loop_number_of,
     _mismatch_record,
     _pool_record,
-    forget_pending,
-    pending_lookup,
-    track_later,
-    track_pending,
 )
 
 _current_test = _context.current_test
@@ -80,7 +76,6 @@ _fixture_in_setup = _context.fixture_in_setup  # the innermost fixture whose set
 MIN_VERSION = (1, 4, 24)
 
 _pool_lookup = POOLS.lookup
-_pending_lookup = pending_lookup
 _connection_lookup = CONNECTIONS.lookup
 
 _unguarded_pool_class: Any = None  # sqlalchemy.pool.NullPool, set by setup()
@@ -93,6 +88,16 @@ def _is_guarded_pool(pool: Any) -> bool:
     return _unguarded_pool_class is not None and not isinstance(pool, _unguarded_pool_class)
 
 
+def track_engine(sync_engine: Any, origin: Origin) -> None:
+    pool = sync_engine.pool
+    if not _is_guarded_pool(pool):
+        return
+    if pool in POOLS:  # same pool, another AsyncEngine proxy: keep the first site
+        return
+    facts = EngineFacts(sync_engine.url, type(pool).__name__, origin)
+    POOLS.add(pool, PoolState(facts, pools.is_queued(pool)))
+
+
 def _make_tracking_pool_factory(original: Callable[..., Any]) -> Callable[..., Any]:
     """``create_async_pool_from_url()``: a pool with no AsyncEngine around it, reported at the
     line that created it (the first frame outside SQLAlchemy)."""
@@ -103,13 +108,8 @@ def _make_tracking_pool_factory(original: Callable[..., Any]) -> Callable[..., A
             from sqlalchemy.engine import make_url
 
             site = _sites.user_site(_context.rootdir, skip=2)
-            facts = EngineFacts(
-                make_url(url),
-                type(pool).__name__,
-                site,
-                _context.current_test(),
-                running_loop() is not None,
-            )
+            origin = Origin(site, _context.current_test(), running_loop() is not None)
+            facts = EngineFacts(make_url(url), type(pool).__name__, origin)
             facts.resource = POOL_RESOURCE
             POOLS.add(pool, PoolState(facts, pools.is_queued(pool)))
         return pool
@@ -120,24 +120,9 @@ def _make_tracking_pool_factory(original: Callable[..., Any]) -> Callable[..., A
 def _make_tracking_init(original: Callable[..., None]) -> Callable[..., None]:
     def __init__(self: Any, sync_engine: Any, *args: Any, **kwargs: Any) -> None:
         original(self, sync_engine, *args, **kwargs)
-        sync_engine = self.sync_engine
-        pool = sync_engine.pool
-        # Tracked once per pool (execution_options() builds AsyncEngines on the same pool:
-        # the first site is kept), and only a guarded pool's creation site is looked up.
-        if _pool_lookup(id(pool)) is None and _is_guarded_pool(pool):
-            if _pending_lookup(id(pool)) is not None:
-                # A disposed engine's new pool in a new AsyncEngine proxy: its engine's facts.
-                track_pending(pool)
-                return
-            site = _sites.user_site(_context.rootdir, skip=2)
-            facts = EngineFacts(
-                sync_engine.url,
-                type(pool).__name__,
-                site,
-                _current_test(),
-                running_loop() is not None,
-            )
-            POOLS.add(pool, PoolState(facts, pools.is_queued(pool)))
+        site = _sites.user_site(_context.rootdir, skip=2)
+        loop = running_loop()
+        track_engine(self.sync_engine, Origin(site, _context.current_test(), loop is not None))
 
     return __init__
 
@@ -145,19 +130,10 @@ def _make_tracking_init(original: Callable[..., None]) -> Callable[..., None]:
 def _make_tracking_recreate(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
     def recreate(self: Any) -> Any:
         pool = original(self)
-        key = id(self)
-        facts: Any = _pool_lookup(key)  # a PoolState, or a _PendingPool: origin and queued
-        if facts is None:
-            facts = _pending_lookup(key)  # recreated, then disposed unused: its successor too
-            if facts is None:
-                return pool
-        # The new pool starts unbound: the next loop to connect owns it.  It is tracked at its
-        # first checkout (a disposed engine is usually discarded unused).
-        if _pool_lookup(id(pool)) is None:
-            if type(pool) is type(self):  # recreate()'s own copy: guarded and queued alike
-                track_later(pool, facts.origin, facts.queued)
-            elif _is_guarded_pool(pool):
-                track_later(pool, facts.origin, pools.is_queued(pool))
+        state = _pool_lookup(id(self))
+        # The new pool starts unbound: the next loop to connect owns it.
+        if state is not None and _is_guarded_pool(pool) and pool not in POOLS:
+            POOLS.add(pool, PoolState(state.origin, pools.is_queued(pool)))
         return pool
 
     return recreate
@@ -168,11 +144,7 @@ def _make_guarded_do_get(original: Callable[[Any], Any]) -> Callable[[Any], Any]
         __tracebackhide__ = True
         state = _pool_lookup(id(self))
         if state is None:
-            if _pending_lookup(id(self)) is None:
-                return original(self)  # not a pool loopguard guards
-            state = track_pending(self)  # a disposed engine's new pool, at its first checkout
-            if state is None:
-                return original(self)
+            return original(self)
         binding = state.binding
         # loop._ref: the weakref itself, a C call (LoopRef.__call__ adds a Python frame)
         owner = binding.loop._ref() if binding is not None else None
@@ -198,9 +170,9 @@ def _make_guarded_do_get(original: Callable[[Any], Any]) -> Callable[[Any], Any]
             if conn is None or conn.started is not record.starttime:
                 # Adopt it for the loop it really belongs to: it may have been opened before
                 # install(), or reconnected by an earlier checkout on another loop.
-                conn = _adopt_connection(self, state, record, loop)
-                if conn.loop() is loop:
-                    return record  # adopted on this loop: the checkout is noted already
+                conn = _adopt_connection(
+                    self, state, record, _driver_loop(dbapi_connection) or loop
+                )
             elif binding is None:
                 _bind(self, state, conn.binding)  # tracked again after a reinstall
                 binding = conn.binding
@@ -263,11 +235,7 @@ def _make_guarded_dispose(original: Callable[[Any], None]) -> Callable[[Any], No
     def dispose(self: Any) -> None:
         state = _pool_lookup(id(self))
         if state is not None:
-            connections_on = state.connections_on
-            # None: no connection adopted, so none of another loop; else one loop's (the
-            # running one: nothing to release) or several loops' (never this loop's alone).
-            if connections_on is not None and connections_on() is not running_loop():
-                _release_foreign_before_dispose(self, state)
+            _release_foreign_before_dispose(self, state)
         original(self)
 
     return dispose
@@ -298,16 +266,13 @@ def _report_connections_left_on(loop: Any) -> None:
     if not bound:
         return
     for key in bound:
-        state = _pool_lookup(key)
-        if state is None:  # collected (or disposed and untracked) since
+        found = POOLS.find(key)
+        if found is None:  # collected (or disposed and untracked) since
             continue
+        pool, state = found
         binding = state.binding
         if binding is None or binding.loop() is not loop:
             continue
-        found = POOLS.find(key)
-        if found is None:
-            continue
-        pool = found[0]
         idle = 0
         for record in pools.idle_records(pool):
             conn = _connection_facts(record)
@@ -347,14 +312,10 @@ def _adopt_existing_engines() -> None:
     """Engines created before install(): guarded too, with their creation site unknown."""
     from sqlalchemy.ext.asyncio import AsyncEngine
 
+    unknown = Origin(None, None, None, known=False)
     for obj in gc.get_objects():
         if type(obj) is AsyncEngine:
-            pool = obj.sync_engine.pool
-            if _pool_lookup(id(pool)) is None and _is_guarded_pool(pool):
-                facts = EngineFacts(
-                    obj.sync_engine.url, type(pool).__name__, None, None, None, known=False
-                )
-                POOLS.add(pool, PoolState(facts, pools.is_queued(pool)))
+            track_engine(obj.sync_engine, unknown)
 
 
 # Every pool class that keeps connections has a _do_get: the earliest point of each checkout.
@@ -408,7 +369,6 @@ class SQLAlchemyIntegration(Integration):
         _loop_close.unsubscribe(_report_connections_left_on)
         remove_fork_listener(_keep_inherited_connections)
         POOLS.clear()
-        forget_pending()
         CONNECTIONS.clear()
         DRIVERS.clear()
         _bound_on.clear()

@@ -9,7 +9,6 @@ and ``_sqlalchemy_held`` (connections held open).
 
 from __future__ import annotations
 
-import functools
 import weakref
 from typing import Any, Callable, Optional
 
@@ -31,17 +30,14 @@ class EngineFacts(Origin):
 
     __slots__ = ("_url", "_rendered", "pool_class", "resource")
 
-    def __init__(
-        self,
-        url: Any,
-        pool_class: str,
-        site: Optional[_sites.Site],
-        created_during: Optional[str],
-        created_in_loop: Optional[bool],
-        known: bool = True,
-    ) -> None:
-        # Built from the facts themselves, not from an Origin copied: one object per engine.
-        super().__init__(site, created_during, created_in_loop, known)
+    def __init__(self, url: Any, pool_class: str, origin: Origin) -> None:
+        super().__init__(
+            origin.site,
+            origin.created_during,
+            origin.created_in_loop,
+            origin.known,
+            origin.fixture_entry,
+        )
         self._url = url  # SQLAlchemy's URL (immutable); rendered only when a record needs it
         self._rendered: Optional[str] = None
         self.pool_class = pool_class
@@ -62,22 +58,12 @@ class PoolState(Tracked):
     whole before a checkout; the other pools (StaticPool, SingletonThreadPool, AssertionPool)
     are checked connection by connection."""
 
-    __slots__ = ("queued", "connections_on")
+    __slots__ = ("queued",)
     origin: EngineFacts
 
     def __init__(self, origin: EngineFacts, queued: bool = True) -> None:
         super().__init__(origin)
         self.queued = queued
-        # The weak reference to the one loop every connection adopted for this pool belongs
-        # to (None: none adopted; ``_several_loops``: more than one): dispose() looks for
-        # connections of another loop (LG104) only when some may be there.
-        self.connections_on: Optional[Callable[[], Any]] = None
-
-
-def _several_loops() -> Any:
-    """``PoolState.connections_on`` of a pool with connections of several loops: it returns
-    no loop (itself), so every dispose() looks."""
-    return _several_loops
 
 
 class ConnectionFacts:
@@ -107,13 +93,7 @@ class ConnectionFacts:
     )
 
     def __init__(
-        self,
-        binding: Binding,
-        dbapi_id: int,
-        started: Any,
-        state: PoolState,
-        record: Any,
-        checked_out_by: Optional[tuple[Any, Any]],
+        self, binding: Binding, dbapi_id: int, started: Any, state: PoolState, record: Any
     ) -> None:
         self.binding = binding
         self.dbapi_id = dbapi_id
@@ -122,10 +102,10 @@ class ConnectionFacts:
         self.record = weakref.ref(record)
         self.loop: Callable[[], Any] = binding.loop._ref  # the loop's weak reference
         self.owner: Optional[Callable[[], Any]] = None  # the same, where statements are checked
-        self.checked_out_during = binding.during  # adopted at a checkout (or a use)
+        self.checked_out_during: Optional[str] = None
         # The pytest fixture whose setup checked it out, as _context.fixtures_in_setup holds
         # it (described only in a record): the fixture a held connection comes from.
-        self.checked_out_by = checked_out_by
+        self.checked_out_by: Optional[tuple[Any, Any]] = None
 
     def holds(self, record: Any) -> bool:
         """``record`` still holds the DBAPI connection these facts are about."""
@@ -142,55 +122,6 @@ CONNECTIONS: Registry[ConnectionFacts] = Registry("sqlalchemy connections")
 # where a driver's own check or a cursor knows only that.
 DRIVERS: Registry[ConnectionFacts] = Registry("sqlalchemy driver connections")
 _connection_lookup = CONNECTIONS.lookup
-
-
-class _PendingPool(weakref.ref):  # type: ignore[type-arg]
-    """A weak reference to a pool ``recreate()`` made (``dispose()``) and not used yet, with
-    the facts it is tracked with at its first checkout: a disposed engine is usually
-    discarded unused, and its new pool need not be tracked until then.  Built by weakref's C
-    constructor, then given its facts (no Python ``__init__``)."""
-
-    __slots__ = ("origin", "queued")
-    origin: EngineFacts
-    queued: bool
-
-
-# id(pool) -> its _PendingPool.  Each reference's callback is this dict's own ``pop`` with
-# the pool's id (a C call): the entry goes while the pool is being freed, before its id can
-# be reused; a reference removed from here dies with its callback unrun.
-_pending: dict[int, _PendingPool] = {}
-pending_lookup = _pending.get  # pending_lookup(id(pool)): a dict get, no Python call
-
-
-def track_later(pool: Any, origin: EngineFacts, queued: bool) -> None:
-    """``pool`` is tracked with these facts if it is ever checked out from (or wrapped)."""
-    key = id(pool)
-    try:
-        pending = _PendingPool(pool, functools.partial(_pending.pop, key))
-    except TypeError:  # a pool class without weak references: tracked now
-        POOLS.add(pool, PoolState(origin, queued))
-        return
-    pending.origin = origin
-    pending.queued = queued
-    _pending[key] = pending
-
-
-def track_pending(pool: Any) -> Optional[PoolState]:
-    """Track a pool noted by ``track_later`` (its first use); None if it was not noted."""
-    key = id(pool)
-    pending = _pending.get(key)
-    if pending is None or pending() is not pool:
-        return None
-    # Tracked before it leaves the table: a checkout in another thread meanwhile finds one
-    # or the other, never neither.
-    state = POOLS.lookup(key) or POOLS.add(pool, PoolState(pending.origin, pending.queued))
-    _pending.pop(key, None)  # its reference dies with its callback unrun
-    return state
-
-
-def forget_pending() -> None:
-    _pending.clear()
-
 
 # Loop number -> the ids of the pools bound on that loop (in the order they were bound): the
 # pools a closing loop may leave connections in (LG106), found without scanning every tracked
@@ -213,55 +144,27 @@ def _driver_loop(dbapi_connection: Any) -> Any:
     return getattr(driver, "_loop", None)
 
 
-def _adopt_connection(pool: Any, state: PoolState, record: Any, running: Any) -> ConnectionFacts:
-    """A connection seen for the first time: it belongs to its driver connection's loop
-    (asyncpg: ``Connection._loop``), else to ``running``, the loop using it now."""
-    dbapi_connection = record.dbapi_connection
-    driver = getattr(dbapi_connection, "driver_connection", None)
-    loop = getattr(driver, "_loop", None) or running
+def _adopt_connection(pool: Any, state: PoolState, record: Any, loop: Any) -> ConnectionFacts:
+    """A connection seen for the first time: it belongs to ``loop``."""
     site = _sites.user_site(_context.rootdir, skip=3)
     binding = Binding(LoopRef(loop), site, _context.current_test())
-    facts = ConnectionFacts(
-        binding,
-        id(dbapi_connection),
-        record.starttime,
-        state,
-        record,
-        _fixture_in_setup() if _fixtures_in_setup else None,
-    )
-    if driver is not None and not (type(driver).__module__ or "").startswith("asyncpg"):
-        # The other drivers are checked by loopguard's hooks in SQLAlchemy's adapters, which
-        # find the facts by driver connection.  asyncpg checks every operation itself (the
-        # asyncpg guard reports it as LG101, and hands a connection SQLAlchemy's pool holds
-        # to ``_sqlalchemy_held.on_driver_mismatch``, which looks for it among the records).
-        facts.owner = binding.loop._ref
+    facts = ConnectionFacts(binding, id(record.dbapi_connection), record.starttime, state, record)
+    facts.checked_out_during = binding.during
+    facts.checked_out_by = _fixture_in_setup() if _fixtures_in_setup else None
+    driver = getattr(record.dbapi_connection, "driver_connection", None)
+    if driver is not None:
+        if not (type(driver).__module__ or "").startswith("asyncpg"):
+            # asyncpg checks every operation itself (the asyncpg guard reports it as LG101);
+            # the other drivers are checked by loopguard's hooks in SQLAlchemy's adapters.
+            facts.owner = binding.loop._ref
         try:  # noqa: SIM105 (contextlib.suppress: three Python calls per connection)
             DRIVERS.add(driver, facts)
         except TypeError:  # a driver connection without weak references
             pass
     conn = CONNECTIONS.add(record, facts)
-    connections_on = state.connections_on
-    if connections_on is None:
-        state.connections_on = binding.loop._ref
-    elif connections_on() is not loop:
-        state.connections_on = _several_loops
     if state.binding is None:
         _bind(pool, state, binding)
     return conn
-
-
-def _facts_of_driver(driver_connection: Any) -> Optional[ConnectionFacts]:
-    """The facts of the pooled connection whose driver connection is ``driver_connection``:
-    from DRIVERS, else (asyncpg's, not kept there) from the records holding it now."""
-    conn = DRIVERS.lookup(id(driver_connection))
-    if conn is not None:
-        return conn
-    for record, conn in CONNECTIONS.live():  # only when a mismatch is being reported
-        dbapi_connection = record.dbapi_connection
-        if getattr(dbapi_connection, "driver_connection", None) is driver_connection:
-            # Facts of an earlier connection of the record: this one is not adopted yet.
-            return conn if conn.holds(record) else None
-    return None
 
 
 def _connection_facts(record: Any) -> Optional[ConnectionFacts]:

@@ -72,7 +72,7 @@ from ._sqlalchemy_facts import (
     DRIVERS,
     ConnectionFacts,
     _adopt_connection,
-    _facts_of_driver,
+    _driver_loop,
     _pool_record,
 )
 
@@ -134,7 +134,7 @@ def _on_mismatch(conn: ConnectionFacts, loop: Any, operation: str) -> bool:
         return False  # released or invalidated already: SQLAlchemy's own path follows
     if not conn.holds(record):
         pool = getattr(record, "_ConnectionRecord__pool", None)  # the record's own pool
-        _adopt_connection(pool, conn.state, record, loop)
+        _adopt_connection(pool, conn.state, record, _driver_loop(record.dbapi_connection) or loop)
         return False
     if STATE.mode == "raise":
         raise raise_record(_held_record(conn, loop, "raised", operation))
@@ -162,7 +162,7 @@ def on_driver_mismatch(driver_connection: Any, loop: Any, operation: str) -> boo
     using it: True when it is a connection SQLAlchemy's pool holds (reported here as LG101,
     or raised), False to leave it to asyncpg."""
     __tracebackhide__ = True
-    conn = _facts_of_driver(driver_connection)
+    conn = _driver_lookup(id(driver_connection))
     if conn is None:
         return False
     record = conn.record()
