@@ -229,3 +229,17 @@ def loop_kept_busy(loop: asyncio.AbstractEventLoop) -> Iterator[None]:
         yield
     finally:
         leave.set()
+
+
+def dispose_as_loop_stops(engine: Any, loop: asyncio.AbstractEventLoop) -> list[Any]:
+    """``await engine.dispose()`` on a new loop while ``loop`` (running in another thread) is
+    held inside one callback, then ``loop`` is told to stop: whatever dispose() handed it runs
+    in its very last iteration.  Returns the structlog records dispose() logged."""
+
+    async def dispose() -> list[Any]:
+        with loop_kept_busy(loop), structlog.testing.capture_logs() as logs:
+            await engine.dispose()  # the loop runs what it is handed only once let go ...
+            loop.call_soon_threadsafe(loop.stop)  # ... and stops right after it
+        return logs
+
+    return asyncio.run(dispose())

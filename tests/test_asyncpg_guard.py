@@ -19,7 +19,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import threading
 import tracemalloc
 import warnings
 import weakref
@@ -47,6 +46,7 @@ from guard_helpers import (
     display_path,
     error_texts,
     install_round_trip,
+    loop_in_thread,
     marker_line,
     on_new_loop,
     silence_checked,
@@ -214,19 +214,6 @@ def import_time_loop() -> Iterator[asyncio.AbstractEventLoop]:
             loop.run_until_complete(asyncio.sleep(0))
             loop.close()
         asyncio.set_event_loop_policy(old)
-
-
-@contextlib.contextmanager
-def _loop_in_thread() -> Iterator[asyncio.AbstractEventLoop]:
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    try:
-        yield loop
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(5)
-        loop.close()
 
 
 # -- scenario 4: a module-global pool created on the first loop -------------------------------
@@ -857,7 +844,7 @@ def test_connection_of_an_idle_loop_is_left_untouched(pg_dsn: str) -> None:
 
 def test_connection_of_a_loop_running_in_another_thread(pg_dsn: str) -> None:
     """Owner loop running in another thread: cause running-loop, and the owner keeps using it."""
-    with _loop_in_thread() as loop_a:
+    with loop_in_thread() as loop_a:
 
         def on_a(coro: Awaitable[T]) -> T:
             return asyncio.run_coroutine_threadsafe(coro, loop_a).result(10)  # type: ignore[arg-type]

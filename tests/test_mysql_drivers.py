@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import structlog
 from engine_helpers import _uninstall, assert_silent_on_three_loops, engines
-from guard_helpers import loop_in_thread, loop_kept_busy
+from guard_helpers import dispose_as_loop_stops, loop_in_thread
 from mysqlserver import sqlalchemy_url
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -138,14 +138,7 @@ def test_dispose_closes_a_running_loops_socket_when_that_loop_stops_next(
     engines.append(engine)
     with loop_in_thread() as loop_a:
         asyncio.run_coroutine_threadsafe(_connection_id(engine), loop_a).result(10)
-
-        async def dispose_on_b() -> list[Any]:
-            with loop_kept_busy(loop_a), structlog.testing.capture_logs() as logs:
-                await engine.dispose()  # A runs the release only once it is let go ...
-                loop_a.call_soon_threadsafe(loop_a.stop)  # ... and stops right after it
-            return logs
-
-        [record] = asyncio.run(dispose_on_b())
+        [record] = dispose_as_loop_stops(engine, loop_a)
     assert (record["code"], record["released"], record["sockets_closed"]) == ("LG104", 1, 1)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -11,13 +11,11 @@ about a connection collected while still open.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import os
 import re
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Awaitable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -35,6 +33,7 @@ from guard_helpers import (
     display_path,
     error_texts,
     install_round_trip,
+    loop_in_thread,
     marker_line,
     on_new_loop,
     silence_checked,
@@ -158,19 +157,6 @@ def pools(_guard: None) -> Iterator[list[AsyncConnectionPool]]:
     yield made
     for pool in made:
         _discard(pool)
-
-
-@contextlib.contextmanager
-def _loop_in_thread() -> Iterator[asyncio.AbstractEventLoop]:
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    try:
-        yield loop
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(5)
-        loop.close()
 
 
 # -- the bug, without loopguard -------------------------------------------------------------------
@@ -352,7 +338,7 @@ def test_a_pool_of_a_loop_running_in_another_thread(
     dsn: str, pools: list[AsyncConnectionPool]
 ) -> None:
     """Owner loop running in another thread: cause running-loop; the owner keeps using it."""
-    with _loop_in_thread() as loop_a:
+    with loop_in_thread() as loop_a:
 
         def on_a(coro: Awaitable[T]) -> T:
             return asyncio.run_coroutine_threadsafe(coro, loop_a).result(10)  # type: ignore[arg-type]

@@ -38,9 +38,9 @@ from guard_helpers import (
     backend,
     current_test_id,
     display_path,
+    dispose_as_loop_stops,
     error_texts,
     loop_in_thread,
-    loop_kept_busy,
     marker_line,
     on_new_loop,
     silence_checked,
@@ -824,14 +824,7 @@ def test_dispose_closes_a_running_loops_socket_when_that_loop_stops_next(
     engines.append(engine)
     with loop_in_thread() as loop_a:
         pid_a = asyncio.run_coroutine_threadsafe(_pid(engine), loop_a).result(10)
-
-        async def dispose_on_b() -> list[MutableMapping[str, Any]]:
-            with loop_kept_busy(loop_a), structlog.testing.capture_logs() as logs:
-                await engine.dispose()  # A runs the release only once it is let go ...
-                loop_a.call_soon_threadsafe(loop_a.stop)  # ... and stops right after it
-            return logs
-
-        [record] = asyncio.run(dispose_on_b())
+        [record] = dispose_as_loop_stops(engine, loop_a)
     assert (record["code"], record["released"], record["sockets_closed"]) == ("LG104", 1, 1)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
