@@ -243,3 +243,12 @@ def dispose_as_loop_stops(engine: Any, loop: asyncio.AbstractEventLoop) -> list[
         return logs
 
     return asyncio.run(dispose())
+
+
+def warnings_at_collection() -> list[str]:
+    """What a full garbage collection warns about now (an unclosed socket, transport or
+    connection left for the collector): the messages, every warning recorded."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gc.collect()
+    return [str(w.message) for w in caught]

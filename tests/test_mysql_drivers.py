@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import structlog
 from engine_helpers import _uninstall, assert_silent_on_three_loops, engines
-from guard_helpers import dispose_as_loop_stops, loop_in_thread
+from guard_helpers import dispose_as_loop_stops, loop_in_thread, warnings_at_collection
 from mysqlserver import sqlalchemy_url
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -140,10 +140,7 @@ def test_dispose_closes_a_running_loops_socket_when_that_loop_stops_next(
         asyncio.run_coroutine_threadsafe(_connection_id(engine), loop_a).result(10)
         [record] = dispose_as_loop_stops(engine, loop_a)
     assert (record["code"], record["released"], record["sockets_closed"]) == ("LG104", 1, 1)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        gc.collect()
-    assert [str(w.message) for w in caught] == []
+    assert warnings_at_collection() == []
 
 
 @pytest.mark.parametrize("pattern", ["nullpool", "dispose-per-loop"])

@@ -44,6 +44,7 @@ from guard_helpers import (
     marker_line,
     on_new_loop,
     silence_checked,
+    warnings_at_collection,
     written,
 )
 from pgserver import sqlalchemy_url
@@ -826,10 +827,7 @@ def test_dispose_closes_a_running_loops_socket_when_that_loop_stops_next(
         pid_a = asyncio.run_coroutine_threadsafe(_pid(engine), loop_a).result(10)
         [record] = dispose_as_loop_stops(engine, loop_a)
     assert (record["code"], record["released"], record["sockets_closed"]) == ("LG104", 1, 1)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        gc.collect()
-    assert [str(w.message) for w in caught] == []
+    assert warnings_at_collection() == []
     assert asyncio.run(_wait_backends_gone(pg_dsn, [pid_a]))
 
 
